@@ -1,0 +1,66 @@
+"""`analyze`: results.csv and the details CSVs in; plots, tables and report.html out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import compare, curves, plots
+from .common import Context, Plot, Skip
+from .load import load_table
+from .report import write_report
+from .style import require_matplotlib
+from .tables import write_tables
+
+# In report order; the name is what a skip message calls the plot.
+PLOTTERS: list[tuple[str, Callable[[Context], list[Plot]]]] = [
+    ("memory_vs_sequence_length.png", plots.memory_vs_sequence_length),
+    ("mfu_vs_sequence_length.png", plots.mfu_vs_sequence_length),
+    ("throughput_vs_batch_size.png", plots.throughput_vs_batch_size),
+    ("memory_vs_batch_size.png", plots.memory_vs_batch_size),
+    ("mfu_vs_batch_size.png", plots.mfu_vs_batch_size),
+    ("optimization_*_comparison.png", compare.optimization_comparisons),
+    ("throughput_vs_model_size.png", plots.throughput_vs_model_size),
+    ("scaling_efficiency_vs_gpus.png", plots.scaling_efficiency_vs_gpus),
+    ("perplexity_over_time.png", curves.perplexity_over_time),
+    ("loss_vs_tokens.png", curves.loss_vs_tokens),
+    ("loss_vs_time.png", curves.loss_vs_time),
+]
+
+
+@dataclass
+class Analysis:
+    plots: list[Plot] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (plot file, why)
+    tables: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def default_details(results: Path, out: Path) -> Path | None:
+    """Where the runs wrote their details: beside results.csv (the trainer's layout) or in out."""
+    for candidate in (results.parent / "results" / "details", out / "details"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def analyze(results: str | Path = "results.csv", out: str | Path = "results",
+            details: str | Path | None = None) -> Analysis:
+    """Write every plot that applies, the per-tag tables and report.html under `out`."""
+    results, out = Path(results), Path(out)
+    table = load_table(results)
+    require_matplotlib()
+    ctx = Context(table, out, Path(details) if details else default_details(results, out))
+    done = Analysis()
+    for name, plotter in PLOTTERS:
+        try:
+            done.plots += plotter(ctx)
+        except Skip as why:
+            done.skipped.append((name, str(why)))
+    done.tables = write_tables(table, out)
+    done.notes = [f"{rep.name}: {len(rep.lines)} rows in {results.name}, using line {rep.used}"
+                  for rep in table.repeats]
+    done.report = write_report(table, done.plots, done.skipped, done.tables, results, out)
+    return done

@@ -1,0 +1,237 @@
+"""Reading results.csv and the per-run details CSVs into typed runs and curves.
+
+Cells are strings and may be empty; everything numeric goes through `num`, which turns empty,
+non-numeric and non-finite cells into None so a plot never draws a NaN as a value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmprof.errors import UserError
+from lmprof.results import read_rows
+
+# Without these a row cannot be placed on any plot or table.
+REQUIRED_COLUMNS = ("run_name", "sequence_length", "batch_size")
+# Statuses whose measurements are real (a diverged run still ran every step at full speed).
+MEASURED = ("ok", "diverged")
+FAILED = ("oom", "failed", "timeout", "interrupted")
+_FALSE = ("", "false", "none", "no", "off", "0")
+
+
+def num(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _flag(text: str | None) -> bool:
+    return (text or "").strip().lower() not in _FALSE
+
+
+@dataclass
+class Run:
+    """One row of results.csv with the fields the analysis reads, parsed."""
+
+    row: dict[str, str]
+    line: int  # the row's line in results.csv (header is line 1), for the report
+
+    def get(self, column: str) -> str:
+        return (self.row.get(column) or "").strip()
+
+    def num(self, column: str) -> float | None:
+        return num(self.get(column))
+
+    @property
+    def name(self) -> str:
+        return self.get("run_name")
+
+    @property
+    def tag(self) -> str:
+        return self.get("tag")
+
+    @property
+    def status(self) -> str:
+        # The seed's writer only ever wrote finished runs, and had no status column.
+        return self.get("status").lower() or "ok"
+
+    @property
+    def measured(self) -> bool:
+        return self.status in MEASURED
+
+    @property
+    def precision(self) -> str:
+        return self.get("precision").lower() or ("fp16" if _flag(self.get("fp16")) else "fp32")
+
+    @property
+    def attention(self) -> str:
+        value = self.get("attention").lower()
+        if value:
+            return value
+        return "flash" if _flag(self.get("flash_attention")) else "vanilla"
+
+    @property
+    def checkpointing(self) -> str:
+        value = self.get("grad_checkpoint").lower()
+        if value in _FALSE:
+            return "none"
+        return "full" if value in ("true", "yes", "on", "1") else value
+
+    @property
+    def compiled(self) -> bool:
+        return _flag(self.get("compile"))
+
+    @property
+    def gpus(self) -> int:
+        n = self.num("ddp_gpus") or self.num("gpu_count")
+        return int(n) if n else 1
+
+    @property
+    def tokens_per_sec(self) -> float | None:
+        # Steady state leaves out warm-up and compile steps; the seed's whole-run average is the
+        # fallback for rows that lack it.
+        return self.num("steady_tokens_per_sec") or self.num("throughput")
+
+    @property
+    def mem_gb(self) -> float | None:
+        return self.num("peak_gpu_mem_gb")
+
+    @property
+    def mfu(self) -> float | None:
+        return self.num("mfu")
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return (self.tag, self.get("config_hash") or self.name)
+
+
+@dataclass
+class Repeat:
+    """A configuration that has several rows; `used` is the one the analysis reads."""
+
+    name: str
+    tag: str
+    lines: list[int]
+    statuses: list[str]
+    used: int
+
+
+@dataclass
+class Table:
+    runs: list[Run]  # one per configuration, in first-seen order
+    n_rows: int
+    columns: list[str]
+    repeats: list[Repeat] = field(default_factory=list)
+
+    def tagged(self, *prefixes: str) -> list[Run]:
+        return [r for r in self.runs if any(r.tag.startswith(p) for p in prefixes)]
+
+    @property
+    def tags(self) -> list[str]:
+        return list(dict.fromkeys(r.tag for r in self.runs))
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        raise UserError(f"no results table at {path}: run `lmprof sweep` first, or pass --results")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; --results takes the results.csv file")
+    try:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        rows = read_rows(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
+    if not header:
+        raise UserError(f"{path} is empty: no header and no runs")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise UserError(
+            f"{path} is not an lmprof results table: missing column(s) {', '.join(missing)}"
+        )
+    for i, row in enumerate(rows, start=2):
+        if None in row:
+            raise UserError(
+                f"{path} line {i} has {len(header) + len(row[None])} cells but the header has "
+                f"{len(header)}: the file is malformed"
+            )
+    if not rows:
+        raise UserError(f"{path} has a header but no runs")
+    return rows
+
+
+def load_table(path: str | Path) -> Table:
+    """The runs of a results table, one per configuration: the latest ok row of each."""
+    path = Path(path)
+    rows = _read(path)
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for i, row in enumerate(rows, start=2):
+        run = Run({k: v or "" for k, v in row.items()}, i)
+        groups.setdefault(run.identity, []).append(run)
+    runs, repeats = [], []
+    for group in groups.values():
+        ok = [r for r in group if r.status == "ok"]
+        # Rows are appended in time order, so the last one is the latest.
+        used = (ok or group)[-1]
+        runs.append(used)
+        if len(group) > 1:
+            repeats.append(Repeat(used.name, used.tag, [r.line for r in group],
+                                  [r.status for r in group], used.line))
+    return Table(runs, len(rows), list(rows[0].keys()), repeats)
+
+
+@dataclass
+class Curve:
+    """Per-step training metrics and evaluation points of one run (NaN where not logged)."""
+
+    train: dict[str, np.ndarray]
+    eval: dict[str, np.ndarray]
+
+    def col(self, which: str, column: str) -> np.ndarray | None:
+        data = self.train if which == "train" else self.eval
+        values = data.get(column)
+        if values is None or not np.isfinite(values).any():
+            return None
+        return values
+
+
+def _read_numeric_csv(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error):
+        return {}
+    if not rows:
+        return {}
+    cols: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        if key is None:
+            continue
+        values = [num(r.get(key)) for r in rows]
+        cols[key] = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return cols
+
+
+def read_curve(details_dir: Path, run_name: str) -> Curve | None:
+    """The run's details CSVs, or None when it logged no step."""
+    train = _read_numeric_csv(details_dir / f"{run_name}_metrics.csv")
+    evals = _read_numeric_csv(details_dir / f"{run_name}_eval.csv")
+    # The seed logged loss but older rows may lack perplexity; it is exp(loss) either way.
+    for data, loss, ppl in ((train, "loss", "perplexity"), (evals, "eval_loss", "eval_perplexity")):
+        if loss in data and ppl not in data:
+            with np.errstate(over="ignore"):
+                data[ppl] = np.exp(data[loss])
+    if "step" not in train or not np.isfinite(train["step"]).any():
+        return None
+    return Curve(train, evals)

@@ -1,0 +1,323 @@
+"""Sweep plots: a metric against the swept value, one line per configuration.
+
+Each function takes the context and returns the plots it wrote, or raises Skip with the reason
+it does not apply. Readings are one sentence computed from the same numbers the plot draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .common import (
+    Context,
+    Plot,
+    Series,
+    Skip,
+    failure_clause,
+    more_less,
+    sentence,
+    series_of,
+)
+from .load import Run
+from .style import (
+    TOKENS_LABEL,
+    figure,
+    fmt_num,
+    fmt_tick,
+    footnote,
+    mark_failures,
+    save,
+    set_x,
+    tokens_axis,
+)
+
+MEM_LABEL = "peak GPU memory (GB)"
+MFU_LABEL = "MFU (% of peak FLOP/s)"
+
+
+def _seq(r: Run) -> float | None:
+    return r.num("sequence_length")
+
+
+def _bs(r: Run) -> float | None:
+    return r.num("batch_size")
+
+
+def _mfu_pct(r: Run) -> float | None:
+    return None if r.mfu is None else r.mfu * 100.0
+
+
+def _draw(ax: Any, series: Sequence[Series], ylabel: str) -> None:
+    for s in series:
+        if s.points:
+            xs, ys = [p[0] for p in s.points], [p[1] for p in s.points]
+            ax.plot(xs, ys, marker="o", color=s.color, label=s.label, linewidth=2)
+        mark_failures(ax, [(x, r.status, s.color) for x, r in s.failed])
+    ax.set_ylabel(ylabel)
+    if ylabel == TOKENS_LABEL:
+        tokens_axis(ax)
+    ax.set_ylim(bottom=0)
+    top = max((p[1] for s in series for p in s.points), default=1.0)
+    # Headroom above the data for the failure markers at the top of the axis.
+    ax.set_ylim(top=top * (1.25 if any(s.failed for s in series) else 1.08))
+
+
+def _legend(ax: Any) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    if uniq:
+        ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="best")
+
+
+def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],
+           x: Callable[[Run], float | None], xlabel: str, xdim: str,
+           panels: Sequence[tuple[Callable[[Run], float | None], str]],
+           extra: Callable[[Any, Sequence[Series]], None] | None = None) -> list[list[Series]]:
+    """One figure with a panel per metric; returns each panel's series for the reading."""
+    fig, axes = figure(ncols=len(panels))
+    out, undrawn_all = [], {}
+    for ax, (y, ylabel) in zip(axes[0], panels, strict=True):
+        series, undrawn = series_of(ctx, runs, x, y, exclude=(xdim,))
+        out.append(series)
+        undrawn_all.update({r.line: r for r in undrawn})
+        _draw(ax, series, ylabel)
+        if extra is not None and ax is axes[0][0]:
+            extra(ax, series)
+        set_x(ax, [p[0] for s in series for p in s.points] + [f[0] for s in series for f in s.failed], xlabel)
+        _legend(ax)
+    fig.suptitle(title, fontsize=13)
+    footnote(fig, list(undrawn_all.values()), "not run, or no value")
+    save(fig, ctx.out / file)
+    return out
+
+
+def _require(runs: Sequence[Run], what: str, metric: Callable[[Run], float | None] | None = None,
+             name: str = "") -> None:
+    if not runs:
+        raise Skip(f"no runs tagged {what}")
+    if metric is not None and not any(r.measured and metric(r) is not None for r in runs):
+        raise Skip(f"no run tagged {what} recorded {name}")
+
+
+def _prefix(series: Sequence[Series], s: Series) -> str:
+    return f"For {s.label}, " if len(series) > 1 else ""
+
+
+def _growth(series: Sequence[Series], noun: str, fmt: Callable[[float], str],
+            at: Callable[[float], str], what: str) -> str:
+    """'peak memory grows from 2.00 GB at 128 tokens to 11.8 GB at 1024 tokens (5.9x for 8x the
+    length)' for the series with the most points."""
+    s = max(series, key=lambda s: len(s.points))
+    if not s.points:
+        return ""
+    (x0, y0, _), (x1, y1, _) = s.points[0], s.points[-1]
+    if len(s.points) < 2:
+        return f"{_prefix(series, s)}{noun} was {fmt(y0)} at {at(x0)}"
+    verb = "grows" if y1 >= y0 else "falls"
+    return (f"{_prefix(series, s)}{noun} {verb} from {fmt(y0)} at {at(x0)} to {fmt(y1)} at "
+            f"{at(x1)} ({y1 / y0:.2g}x for {x1 / x0:.3g}x the {what})")
+
+
+def _gb(y: float) -> str:
+    return f"{y:.2f} GB"
+
+
+def _pct(y: float) -> str:
+    return f"{y:.1f}%"
+
+
+def _tps(y: float) -> str:
+    return f"{fmt_num(y)} tokens/s"
+
+
+def _tokens(x: float) -> str:
+    return f"{fmt_tick(x)} tokens"
+
+
+def _batch(x: float) -> str:
+    return f"batch {fmt_tick(x)}"
+
+
+def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
+    runs = ctx.table.tagged("seq_len")
+    _require(runs, "seq_len", lambda r: r.mem_gb, "peak memory")
+
+    def predicted(ax: Any, series: Sequence[Series]) -> None:
+        top = 0.0
+        for s in series:
+            pts = [(x, r.num("predicted_peak_mem_gb")) for x, _, r in s.points]
+            pts = sorted((x, y) for x, y in pts + [(x, r.num("predicted_peak_mem_gb")) for x, r in s.failed]
+                         if y is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".",
+                        color=s.color, alpha=0.8, label=f"{s.label} predicted")
+                top = max(top, max(p[1] for p in pts))
+        # Keep the failure markers (drawn at the top of the axis) clear of the prediction line.
+        headroom = 1.25 if any(s.failed for s in series) else 1.08
+        ax.set_ylim(0, max(ax.get_ylim()[1], top * headroom))
+
+    file = "memory_vs_sequence_length.png"
+    (series,) = _sweep(ctx, file, "Peak GPU memory vs sequence length", runs, _seq,
+                       "sequence length (tokens)", "sequence_length",
+                       [(lambda r: r.mem_gb, MEM_LABEL)], extra=predicted)
+    errs = [abs(r.num("predicted_peak_mem_gb") / y - 1) for s in series for _, y, r in s.points
+            if r.num("predicted_peak_mem_gb")]
+    reading = sentence(
+        _growth(series, "peak memory", _gb, _tokens, "length"),
+        f"the memory model's prediction was within {max(errs) * 100:.0f}% of measured" if errs else "",
+        failure_clause(series, fmt_tick))
+    return [Plot(file, "Memory vs sequence length", reading, ctx.out / file)]
+
+
+def mfu_vs_sequence_length(ctx: Context) -> list[Plot]:
+    runs = ctx.table.tagged("seq_len")
+    _require(runs, "seq_len", lambda r: r.mfu, "MFU")
+    file = "mfu_vs_sequence_length.png"
+    (series,) = _sweep(ctx, file, "Model FLOPs utilisation vs sequence length", runs, _seq,
+                       "sequence length (tokens)", "sequence_length", [(_mfu_pct, MFU_LABEL)])
+    reading = sentence(_growth(series, "MFU", _pct, _tokens, "length"), failure_clause(series, fmt_tick))
+    return [Plot(file, "MFU vs sequence length", reading, ctx.out / file)]
+
+
+def _reference(series: Sequence[Series]) -> Series | None:
+    return next((s for s in series if s.label == "fp32"), series[0] if series else None)
+
+
+def _versus(series: Sequence[Series], mem_series: Sequence[Series] | None) -> str:
+    """'fp16 gives 2.1x the tokens/s of fp32 at batch 32 and 31% less memory'."""
+    ref = _reference(series)
+    parts = []
+    for s in series:
+        if s is ref or ref is None:
+            continue
+        common = [x for x, _, _ in s.points if ref.at(x) is not None]
+        if not common:
+            continue
+        x = max(common)
+        text = f"{s.label} gives {s.at(x) / ref.at(x):.2g}x the tokens/s of {ref.label} at {_batch(x)}"
+        if mem_series is not None:
+            ms = next((m for m in mem_series if m.label == s.label), None)
+            mr = next((m for m in mem_series if m.label == ref.label), None)
+            if ms and mr and ms.at(x) is not None and mr.at(x) is not None:
+                text += f" and {more_less(ms.at(x), mr.at(x), 'memory')}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _batch_runs(ctx: Context) -> list[Run]:
+    return ctx.table.tagged("bs_")
+
+
+def throughput_vs_batch_size(ctx: Context) -> list[Plot]:
+    runs = _batch_runs(ctx)
+    _require(runs, "bs_fp32/bs_fp16", lambda r: r.tokens_per_sec, "tokens/s")
+    file = "throughput_vs_batch_size.png"
+    (series,) = _sweep(ctx, file, "Throughput vs batch size", runs, _bs,
+                       "batch size (sequences per GPU)", "batch_size",
+                       [(lambda r: r.tokens_per_sec, TOKENS_LABEL)])
+    mem, _ = series_of(ctx, runs, _bs, lambda r: r.mem_gb, exclude=("batch_size",))
+    reading = sentence(_versus(series, mem) or _growth(series, "throughput", _tps, _batch, "batch"),
+                       failure_clause(series, _batch))
+    return [Plot(file, "Throughput vs batch size", reading, ctx.out / file)]
+
+
+def memory_vs_batch_size(ctx: Context) -> list[Plot]:
+    runs = _batch_runs(ctx)
+    _require(runs, "bs_fp32/bs_fp16", lambda r: r.mem_gb, "peak memory")
+    file = "memory_vs_batch_size.png"
+    (series,) = _sweep(ctx, file, "Peak GPU memory vs batch size", runs, _bs,
+                       "batch size (sequences per GPU)", "batch_size", [(lambda r: r.mem_gb, MEM_LABEL)])
+    ref = _reference(series)
+    parts = []
+    for s in series:
+        common = [x for x, _, _ in s.points if ref is not None and ref.at(x) is not None]
+        if s is ref or not common:
+            continue
+        x = max(common)
+        parts.append(f"at {_batch(x)}, {s.label} uses {more_less(s.at(x), ref.at(x), 'peak memory', ref.label)} "
+                     f"({s.at(x):.2f} vs {ref.at(x):.2f} GB)")
+    reading = sentence("; ".join(parts) or _growth(series, "peak memory", _gb, _batch, "batch"),
+                       failure_clause(series, _batch))
+    return [Plot(file, "Memory vs batch size", reading, ctx.out / file)]
+
+
+def mfu_vs_batch_size(ctx: Context) -> list[Plot]:
+    runs = _batch_runs(ctx)
+    _require(runs, "bs_fp32/bs_fp16", lambda r: r.mfu, "MFU")
+    file = "mfu_vs_batch_size.png"
+    (series,) = _sweep(ctx, file, "Model FLOPs utilisation vs batch size", runs, _bs,
+                       "batch size (sequences per GPU)", "batch_size", [(_mfu_pct, MFU_LABEL)])
+    best = max(((y, x, s) for s in series for x, y, _ in s.points), key=lambda t: t[0], default=None)
+    reading = sentence(
+        f"the highest MFU is {best[0]:.1f}% ({best[2].label}, batch {fmt_tick(best[1])})" if best else "",
+        failure_clause(series, _batch))
+    return [Plot(file, "MFU vs batch size", reading, ctx.out / file)]
+
+
+def throughput_vs_model_size(ctx: Context) -> list[Plot]:
+    runs = ctx.table.tagged("model_size")
+    _require(runs, "model_size", lambda r: r.tokens_per_sec, "tokens/s")
+    file = "throughput_vs_model_size.png"
+    panels: list[tuple[Callable[[Run], float | None], str]] = [(lambda r: r.tokens_per_sec, TOKENS_LABEL)]
+    has_mfu = any(r.mfu is not None for r in runs)
+    if has_mfu:
+        panels.append((_mfu_pct, MFU_LABEL))
+    result = _sweep(ctx, file, "Throughput and MFU vs model size", runs,
+                    lambda r: r.num("total_params_m"), "parameters (millions)", "model", panels)
+    def params(x: float) -> str:
+        return f"{fmt_tick(x)}M parameters"
+
+    growth = _growth(result[0], "throughput", _tps, params, "parameters")
+    if has_mfu and result[1] and growth:
+        s = max(result[1], key=lambda s: len(s.points))
+        if len(s.points) >= 2:
+            growth += f", while MFU goes from {s.points[0][1]:.1f}% to {s.points[-1][1]:.1f}%"
+    reading = sentence(growth, failure_clause(result[0], lambda x: f"{fmt_tick(x)}M"))
+    return [Plot(file, "Throughput vs model size", reading, ctx.out / file)]
+
+
+def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
+    runs = ctx.table.tagged("ddp")
+    _require(runs, "ddp", lambda r: r.tokens_per_sec, "tokens/s")
+    if len({r.gpus for r in runs}) < 2:
+        raise Skip("the runs tagged ddp all use the same number of GPUs")
+    series, undrawn = series_of(ctx, runs, lambda r: float(r.gpus), lambda r: r.tokens_per_sec,
+                                exclude=("gpus",))
+    s = max(series, key=lambda s: len(s.points))
+    if len(s.points) < 2:
+        raise Skip("fewer than two GPU counts of the ddp tag finished")
+    file = "scaling_efficiency_vs_gpus.png"
+    fig, axes = figure(ncols=2)
+    tps_ax, eff_ax = axes[0]
+    _draw(tps_ax, series, TOKENS_LABEL)
+    xs_all = [x for q in series for x, _, _ in q.points] + [x for q in series for x, _ in q.failed]
+    top = tps_ax.get_ylim()[1]
+    for q in series:
+        if not q.points:
+            continue
+        # Efficiency is per-GPU tokens/s relative to the smallest GPU count that finished.
+        x0, y0, _ = q.points[0]
+        xs = sorted({x for x, _, _ in q.points} | {x for x, _ in q.failed})
+        ideal = [y0 / x0 * x for x in xs]
+        tps_ax.plot(xs, ideal, linestyle="--", color=q.color, alpha=0.6, label=f"{q.label} ideal (linear)")
+        top = max(top, max(ideal) * 1.08)
+        eff_ax.plot([x for x, _, _ in q.points], [100 * (y / x) / (y0 / x0) for x, y, _ in q.points],
+                    marker="o", color=q.color, linewidth=2, label=q.label)
+        mark_failures(eff_ax, [(x, r.status, q.color) for x, r in q.failed])
+    tps_ax.set_ylim(0, top)
+    eff_ax.axhline(100, linestyle="--", color="#555555", alpha=0.7, label="ideal (100%)")
+    eff_ax.set_ylim(0, 125)
+    eff_ax.set_ylabel("scaling efficiency (% of linear)")
+    for ax in (tps_ax, eff_ax):
+        set_x(ax, xs_all, "GPUs")
+        _legend(ax)
+    fig.suptitle("Data-parallel scaling: throughput and efficiency vs GPU count", fontsize=13)
+    footnote(fig, undrawn, "not run, or no value")
+    save(fig, ctx.out / file)
+    (x0, y0, _), (x1, y1, _) = s.points[0], s.points[-1]
+    eff = 100.0 * (y1 / x1) / (y0 / x0)
+    reading = sentence(f"{_prefix(series, s)}{fmt_tick(x1)} GPUs give {y1 / y0:.2f}x the tokens/s of "
+                       f"{fmt_tick(x0)} ({eff:.0f}% scaling efficiency)",
+                       failure_clause(series, lambda x: f"{fmt_tick(x)} GPUs"))
+    return [Plot(file, "Scaling efficiency vs GPU count", reading, ctx.out / file)]

@@ -1,0 +1,568 @@
+"""The run config: one typed schema, the single source of truth for a run.
+
+A config comes from YAML and `key=value` overrides. Keys may be dotted (`model.d_model`), a
+field's unique leaf name (`d_model`, `precision`), or one of the seed assignment's flat names
+(`fp16`, `nhead`, `learning_rate`, ...), so a config written for the seed loads unchanged.
+Everything is checked before any work starts; mistakes raise `ConfigError` with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmprof.errors import ConfigError, UserError
+
+ATTENTIONS = ("vanilla", "sdpa", "flash", "mem_efficient", "cudnn")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+SCHEDULES = ("cosine", "linear", "constant")
+SOURCES = ("stdlib", "text", "hf", "synthetic")
+TOKENIZERS = ("byte", "char", "bpe", "gpt2")
+BATCHINGS = ("packed", "padded")
+DEVICES = ("auto", "cpu", "cuda")
+PARALLELISMS = ("ddp", "fsdp")
+NORMS = ("pre", "post")
+POS_ENCODINGS = ("learned", "sinusoidal")
+CHECKPOINTING = ("none", "full", "selective")
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_seq_len: int = 0  # 0: the data's sequence_length
+    norm: str = "pre"  # pre | post (post is nn.TransformerEncoderLayer's default, the seed's)
+    pos_encoding: str = "learned"  # learned | sinusoidal
+    tie_embeddings: bool = True
+    bias: bool = True
+    activation: str = "gelu"  # gelu | relu (relu is nn.TransformerEncoderLayer's, the seed's)
+    attention: str = "sdpa"  # vanilla | sdpa | flash | mem_efficient | cudnn
+    vocab_multiple: int = 64  # pad the embedding rows to a multiple of this (tensor-core shapes)
+    loss_chunk_size: int = 0  # >0: cross-entropy over this many tokens at a time, no full logits
+
+
+@dataclass
+class DataConfig:
+    source: str = "stdlib"  # stdlib | text | hf | synthetic
+    path: str = ""  # files or folders for source=text
+    hf_dataset: str = "wikitext"
+    hf_config: str = "wikitext-103-raw-v1"
+    tokenizer: str = "byte"  # byte | char | bpe | gpt2
+    vocab_size: int = 4096  # bpe: size to train; synthetic: size to draw from
+    sequence_length: int = 256
+    batching: str = "packed"  # packed | padded
+    val_fraction: float = 0.05
+    max_tokens: int = 0  # 0: the whole corpus; >0: cap the training tokens (quick runs)
+    cache_dir: str = "processed_datasets"
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = 16  # sequences per micro-batch per process
+    grad_accum_steps: int = 1
+    max_steps: int = 200
+    lr: float = 3e-4
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # the schedule's floor as a fraction of lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    seed: int = 42
+    diverge_patience: int = 50  # steps of non-finite loss before the run is `diverged`
+
+
+@dataclass
+class SystemConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | tf32 | fp16 | bf16
+    gradient_checkpointing: str = "none"  # none | full | selective (accepts true/false)
+    compile: bool = False
+    num_gpus: int = 1  # processes for this run (gloo processes on a CPU-only machine)
+    parallelism: str = "ddp"  # ddp | fsdp (when num_gpus > 1 or under torchrun)
+    timeout_s: float = 0  # sweeps: a per-run wall-clock limit, 0 for none
+    memory_limit_gb: float = 0  # sweeps: cap the child's host address space (RLIMIT_AS), 0: none
+
+
+@dataclass
+class LoggingConfig:
+    run_name: str = ""  # "" : derived from the config
+    tag: str = ""
+    output_dir: str = "."
+    logging_steps: int = 10
+    eval_interval: int = 0  # 0: evaluate once, at the end
+    eval_max_batches: int = 0  # 0: the whole validation split
+    timing_warmup_steps: int = 5  # steps left out of the steady-state figures
+    progress: bool = True
+    debug_flash: bool = False  # time one step with each SDPA backend first, as the seed did
+    tensorboard: bool = False
+
+
+@dataclass
+class ProfileConfig:
+    enabled: bool = False  # torch.profiler trace of a few steps
+    wait: int = 5
+    warmup: int = 2
+    active: int = 3
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+    breakdown: bool = False  # per-phase CUDA-event timing; costs syncs, so off by default
+    memory_snapshot: bool = False  # torch.cuda.memory._record_memory_history pickle
+    peak: str = "table"  # table | measured: where MFU's peak FLOP/s comes from
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0  # steps between checkpoints; 0: none
+    keep: int = 2
+    resume: str = "none"  # none | auto
+    dir: str = "checkpoints"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @property
+    def seq_len(self) -> int:
+        return self.data.sequence_length
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.max_seq_len or self.data.sequence_length
+
+    def hash(self) -> str:
+        """Identity of the experiment: what it computes, not where it writes or how it shows."""
+        d = self.to_dict()
+        for section, key in IDENTITY_EXCLUDED:
+            d[section].pop(key, None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+IDENTITY_EXCLUDED = (
+    ("logging", "output_dir"),
+    ("logging", "progress"),
+    ("logging", "tensorboard"),
+    ("data", "cache_dir"),
+    ("system", "timeout_s"),
+    ("system", "memory_limit_gb"),
+    ("checkpoint", "dir"),
+    ("checkpoint", "resume"),
+)
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
+_SECTION_TYPES = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "system": SystemConfig,
+    "logging": LoggingConfig,
+    "profile": ProfileConfig,
+    "checkpoint": CheckpointConfig,
+}
+DOTTED_KEYS: dict[str, Any] = {
+    f"{s}.{f.name}": f for s, t in _SECTION_TYPES.items() for f in fields(t)
+}
+
+
+def _unique_leaves() -> dict[str, str]:
+    seen: dict[str, list[str]] = {}
+    for dotted in DOTTED_KEYS:
+        seen.setdefault(dotted.split(".", 1)[1], []).append(dotted)
+    return {leaf: paths[0] for leaf, paths in seen.items() if len(paths) == 1}
+
+
+LEAF_KEYS = _unique_leaves()
+
+# The seed assignment's flat names. A value is a dotted key, or a function of the value that
+# returns (dotted key, value) pairs.
+_SEED_PREFIX = "model_config."
+
+
+def _bool_alias(target: str, on: Any, off: Any):
+    def expand(value: Any) -> list[tuple[str, Any]]:
+        flag = _coerce_bool(value, target)
+        return [(target, on if flag else off)]
+
+    return expand
+
+
+def _model_type(value: Any) -> list[tuple[str, Any]]:
+    if value != "vanilla_transformer":
+        raise ConfigError("model_type", value, "the only model type is 'vanilla_transformer'")
+    # The seed's model: nn.TransformerEncoderLayer (post-norm), sinusoidal positions, an
+    # explicit causal mask, ReLU. Keys after model_type can change any of these.
+    return [("model.attention", "vanilla"), ("model.norm", "post"),
+            ("model.pos_encoding", "sinusoidal"), ("model.activation", "relu")]
+
+
+def _dataset_name(value: Any) -> list[tuple[str, Any]]:
+    return [("data.source", "hf"), ("data.hf_dataset", value)]
+
+
+SEED_ALIASES: dict[str, Any] = {
+    "fp16": _bool_alias("system.precision", "fp16", "fp32"),
+    "bf16": _bool_alias("system.precision", "bf16", "fp32"),
+    "use_flash_attention": _bool_alias("model.attention", "flash", "vanilla"),
+    "gradient_checkpointing": "system.gradient_checkpointing",
+    "sequence_length": "data.sequence_length",
+    "model_config.d_model": "model.d_model",
+    "model_config.nhead": "model.n_heads",
+    "model_config.num_layers": "model.n_layers",
+    "model_config.dim_feedforward": "model.d_ff",
+    "model_config.dropout": "model.dropout",
+    "nhead": "model.n_heads",
+    "num_layers": "model.n_layers",
+    "dim_feedforward": "model.d_ff",
+    "learning_rate": "training.lr",
+    "lr_scheduler": "training.schedule",
+    "num_warmup_steps": "training.warmup_steps",
+    "weight_decay": "training.weight_decay",
+    "max_steps": "training.max_steps",
+    "logging_steps": "logging.logging_steps",
+    "seed": "training.seed",
+    "max_grad_norm": "training.max_grad_norm",
+    "batch_size": "training.batch_size",
+    "gradient_accumulation_steps": "training.grad_accum_steps",
+    "run_name": "logging.run_name",
+    "tag": "logging.tag",
+    "num_gpus": "system.num_gpus",
+    "model_type": _model_type,
+    "tokenizer_name": "data.tokenizer",
+    "dataset_name": _dataset_name,
+    "dataset_config": "data.hf_config",
+    "debug_flash": "logging.debug_flash",
+}
+
+ALL_KEYS = sorted(set(DOTTED_KEYS) | set(LEAF_KEYS) | set(SEED_ALIASES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Coercion: YAML 1.1 reads `3e-4` as a string and command lines give strings, so numbers written
+# as text are accepted; anything else of the wrong type is an error naming the key.
+
+
+def _coerce_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(key, value, "expected true or false")
+
+
+def _coerce(value: Any, ftype: Any, key: str) -> Any:
+    ftype = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    if ftype == "bool":
+        return _coerce_bool(value, key)
+    if ftype == "int":
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                pass
+            else:
+                if f.is_integer():
+                    return int(f)
+        raise ConfigError(key, value, "expected an integer")
+    if ftype == "float":
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "expected a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "expected a number")
+    if ftype == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool | int | float) and key == "system.gradient_checkpointing":
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, value, "expected a string")
+    raise AssertionError(f"unhandled field type {ftype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flattening and alias resolution
+
+
+def _flatten(raw: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{prefix}{key}", value, "config keys must be strings")
+        dotted = f"{prefix}{key}"
+        is_container = dotted in _SECTION_TYPES or dotted == "model_config"
+        if isinstance(value, Mapping) and (is_container or dotted not in _known_keys_set()):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _known_keys_set() -> set[str]:
+    return set(ALL_KEYS)
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, ALL_KEYS, n=1, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    if not match:
+        match = difflib.get_close_matches(leaf, ALL_KEYS, n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'?" if match else "see `lmprof run --help-config` for the keys"
+
+
+def expand_key(key: str, value: Any) -> list[tuple[str, Any]]:
+    """Translate one user key into (dotted key, value) pairs of the schema."""
+    if key in DOTTED_KEYS:
+        return [(key, value)]
+    alias = SEED_ALIASES.get(key)
+    if alias is None and key.startswith(_SEED_PREFIX):
+        alias = SEED_ALIASES.get(key[len(_SEED_PREFIX):])
+    if alias is not None:
+        return alias(value) if callable(alias) else [(alias, value)]
+    if key in LEAF_KEYS:
+        return [(LEAF_KEYS[key], value)]
+    raise ConfigError(key, value, f"unknown key; {_closest(key)}")
+
+
+def _set(cfg: RunConfig, dotted: str, value: Any) -> None:
+    section, name = dotted.split(".", 1)
+    f = DOTTED_KEYS[dotted]
+    value = _coerce(value, f.type, dotted)
+    if dotted == "system.gradient_checkpointing":
+        value = _checkpointing_mode(value)
+    setattr(getattr(cfg, section), name, value)
+
+
+def _checkpointing_mode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    text = str(value).lower()
+    if text in ("true", "yes", "on", "1"):
+        return "full"
+    if text in ("false", "no", "off", "0"):
+        return "none"
+    return text
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` from a command line; the value is read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, or one clear error."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
+    return data
+
+
+def build_config(
+    *layers: Mapping[str, Any], overrides: Sequence[str] = (), run: str | None = None
+) -> RunConfig:
+    """Apply mappings in order over the defaults, then `key=value` overrides, then validate."""
+    cfg = RunConfig()
+    try:
+        for layer in layers:
+            for key, value in _flatten(layer):
+                for dotted, v in expand_key(key, value):
+                    _set(cfg, dotted, v)
+        for text in overrides:
+            key, value = parse_override(text)
+            if isinstance(value, Mapping):
+                items = list(_flatten(value, key + "."))
+            else:
+                items = [(key, value)]
+            for k, v in items:
+                for dotted, vv in expand_key(k, v):
+                    _set(cfg, dotted, vv)
+        validate(cfg)
+    except ConfigError as exc:
+        if run and not exc.run:
+            raise ConfigError(exc.key, exc.value, exc.allowed, run=run) from None
+        raise
+    if not cfg.logging.run_name:
+        cfg.logging.run_name = default_run_name(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    layers = [load_yaml(path)] if path else []
+    if layers and "experiments" in layers[0]:
+        raise UserError(
+            f"'{path}' is a sweep file (it has 'experiments'); run it with `lmprof sweep {path}`"
+        )
+    return build_config(*layers, overrides=overrides)
+
+
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Rebuild a resolved config saved by `to_dict` (no aliases needed, still validated)."""
+    return build_config(d)
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    m, s = cfg.model, cfg.system
+    name = (
+        f"L{m.n_layers}_d{m.d_model}_T{cfg.seq_len}_B{cfg.training.batch_size}"
+        f"_{s.precision}_{m.attention}"
+    )
+    if s.gradient_checkpointing != "none":
+        name += f"_ckpt{s.gradient_checkpointing}"
+    if s.compile:
+        name += "_compile"
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: everything that can be checked without a device. What depends on the machine
+# (fp16 without a GPU, too few GPUs) is `check_environment`, so sweeps can plan for other hosts.
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+_CHOICES = {
+    "model.attention": ATTENTIONS,
+    "model.norm": NORMS,
+    "model.activation": ("gelu", "relu"),
+    "model.pos_encoding": POS_ENCODINGS,
+    "data.source": SOURCES,
+    "data.tokenizer": TOKENIZERS,
+    "data.batching": BATCHINGS,
+    "training.schedule": SCHEDULES,
+    "system.device": DEVICES,
+    "system.precision": PRECISIONS,
+    "system.parallelism": PARALLELISMS,
+    "system.gradient_checkpointing": CHECKPOINTING,
+    "profile.peak": ("table", "measured"),
+    "checkpoint.resume": ("none", "auto"),
+}
+_POSITIVE = (
+    "model.d_model", "model.n_heads", "model.n_layers", "model.d_ff", "model.vocab_multiple",
+    "data.sequence_length", "data.vocab_size", "training.batch_size",
+    "training.grad_accum_steps", "training.max_steps", "logging.logging_steps",
+    "system.num_gpus", "checkpoint.keep", "training.diverge_patience",
+)
+_NON_NEGATIVE = (
+    "model.max_seq_len", "model.loss_chunk_size", "data.max_tokens", "training.warmup_steps",
+    "training.weight_decay", "training.max_grad_norm", "logging.eval_interval",
+    "logging.eval_max_batches", "logging.timing_warmup_steps", "checkpoint.interval",
+    "system.timeout_s", "system.memory_limit_gb", "profile.wait", "profile.warmup",
+)
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    section, name = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
+def validate(cfg: RunConfig) -> None:
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(key, value, "allowed: " + ", ".join(allowed))
+    for key in _POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(key, _get(cfg, key), "must be positive")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(key, _get(cfg, key), "must be zero or positive")
+    m = cfg.model
+    if m.d_model % m.n_heads:
+        raise ConfigError("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError("model.dropout", m.dropout, "must be in [0, 1)")
+    if m.max_seq_len and m.max_seq_len < cfg.seq_len:
+        raise ConfigError(
+            "model.max_seq_len", m.max_seq_len, f"must be >= data.sequence_length={cfg.seq_len}"
+        )
+    if cfg.training.lr <= 0:
+        raise ConfigError("training.lr", cfg.training.lr, "must be positive")
+    if not 0 <= cfg.training.min_lr_ratio <= 1:
+        raise ConfigError("training.min_lr_ratio", cfg.training.min_lr_ratio, "must be in [0, 1]")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError("data.val_fraction", cfg.data.val_fraction, "must be in (0, 1)")
+    if cfg.data.source == "text" and not cfg.data.path:
+        raise ConfigError("data.path", "", "data.source=text needs data.path (files or folders)")
+    if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
+        raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
+    name = cfg.logging.run_name
+    if name and (not _RUN_NAME.match(name) or len(name) > 200):
+        raise ConfigError(
+            "logging.run_name", name,
+            "must be a plain file name: letters, digits, '.', '_' and '-', at most 200",
+        )
+    # warmup_steps > max_steps is allowed: the seed's batch-size sweeps run 50 steps under its
+    # 500-step warmup (the lr just never reaches its peak), and its config must load unchanged.
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from lmprof.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_keys() -> str:
+    """The schema as text: every dotted key with its default, then the seed aliases."""
+    lines = []
+    defaults = RunConfig().to_dict()
+    for dotted in DOTTED_KEYS:
+        section, name = dotted.split(".", 1)
+        lines.append(f"  {dotted} = {defaults[section][name]!r}")
+    lines.append("")
+    lines.append("Seed aliases: " + ", ".join(sorted(SEED_ALIASES)))
+    return "\n".join(lines)

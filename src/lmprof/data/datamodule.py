@@ -1,0 +1,199 @@
+"""`build_data(cfg) -> DataModule`: the trainer's one entry point to data.
+
+Training batches (data.batching):
+  packed  windows of T+1 tokens starting every T tokens of the training stream (documents
+          joined by EOS), so each token is a target exactly once per epoch; input = w[:-1],
+          targets = w[1:]; no padding, attention_mask None.
+  padded  one document per row (the seed's behaviour, to measure PAD waste): its tokens and
+          its EOS, truncated to T+1, then PAD; targets IGNORE_INDEX where the target is PAD.
+Validation is always packed (so eval loss compares across batching modes): windows starting
+every T tokens of the validation stream, in order; the last partial window is dropped, as are
+the n_windows % world_size windows that would leave ranks with unequal shares (none on one
+rank). The last batch of a rank may have fewer rows than batch_size.
+
+data.max_tokens > 0 keeps the first max_tokens tokens of the training stream (applied here, not
+in the cache, so changing it never re-tokenizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from lmprof.data.batching import (
+    Batch,
+    SyntheticTokens,
+    hashed_ints,
+    item_batches,
+    packed_batch,
+    padded_batch,
+    padded_rows,
+    windows,
+)
+from lmprof.data.cache import open_cache
+from lmprof.data.sources import make_source
+from lmprof.data.tokenizers import SyntheticTokenizer, Tokenizer, tokenizer_spec
+from lmprof.errors import UserError
+
+SYNTHETIC_TOKENS = 1 << 26  # the nominal training stream of source=synthetic
+SYNTHETIC_VAL_WINDOWS = 64
+_SYNTH_TRAIN_KEY, _SYNTH_VAL_KEY, _SYNTH_DOC_KEY = 0x7EA1, 0x5A1D, 0xD0C5
+
+
+class DataModule:
+    """Token streams plus the batching rules; iterators are cheap to create, and each is
+    independent (resume by creating a new one with start_step)."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Tokenizer,
+        train: Any,  # 1-D token array (memmap or SyntheticTokens)
+        val: Any,
+        sequence_length: int,
+        batching: str = "packed",
+        doc_start: np.ndarray | None = None,  # padded: training documents (start, length)
+        doc_len: np.ndarray | None = None,
+        info: dict[str, Any] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.vocab_size
+        self.pad_id = tokenizer.pad_id
+        self.eos_id = tokenizer.eos_id
+        self.train, self.val = train, val
+        self.sequence_length = t = sequence_length
+        self.batching = batching
+        self.n_train_tokens = len(train)
+        self.n_val_tokens = len(val)
+        self.info = dict(info or {})
+        if self.n_val_tokens < t + 1:
+            raise UserError(
+                f"the validation split has {self.n_val_tokens} tokens, fewer than one window of "
+                f"data.sequence_length+1={t + 1}: use more text, a larger data.val_fraction or a "
+                "smaller data.sequence_length"
+            )
+        if batching == "packed":
+            if self.n_train_tokens < t + 1:
+                raise UserError(
+                    f"the training split has {self.n_train_tokens} tokens, fewer than one window "
+                    f"of data.sequence_length+1={t + 1}: use more text (or a larger "
+                    "data.max_tokens) or a smaller data.sequence_length"
+                )
+        elif batching == "padded":
+            if doc_start is None or doc_len is None:
+                raise ValueError("padded batching needs the training documents")
+            keep = doc_len >= 2  # a row needs an input and a target
+            self.doc_start, self.doc_len = doc_start[keep], doc_len[keep]
+            if not len(self.doc_start):
+                raise UserError("the training split has no document of two or more tokens")
+        else:
+            raise UserError(f"data.batching={batching!r}: packed or padded")
+
+    @property
+    def n_train_windows(self) -> int:
+        return (self.n_train_tokens - 1) // self.sequence_length
+
+    @property
+    def n_val_windows(self) -> int:
+        return (self.n_val_tokens - 1) // self.sequence_length
+
+    def n_train_items(self) -> int:
+        """Rows per epoch: windows (packed) or documents (padded)."""
+        return self.n_train_windows if self.batching == "packed" else len(self.doc_start)
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        return max(self.n_train_items() // world_size // batch_size, 1)
+
+    def train_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                      start_step: int = 0) -> Iterator[Batch]:
+        """Endless, deterministic given (seed, rank, world_size); ranks read disjoint rows;
+        start_step=k starts at exactly the k-th batch of a fresh iterator, without reading
+        the batches before it."""
+        t = self.sequence_length
+        packed = self.batching == "packed"
+        order = item_batches(
+            self.n_train_items(), batch_size, seed=seed, rank=rank, world_size=world_size,
+            start_step=start_step,
+            what="training windows" if packed else "training documents",
+        )
+        if packed:
+            return (packed_batch(windows(self.train, idx * t, t + 1)) for idx in order)
+        return (
+            padded_batch(*padded_rows(self.train, self.doc_start[idx], self.doc_len[idx],
+                                      t + 1, self.pad_id))
+            for idx in order
+        )
+
+    def val_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                    max_batches: int = 0) -> Iterator[Batch]:
+        """One pass, in order, over this rank's windows of the validation split (0: all)."""
+        if not 0 <= rank < world_size or batch_size < 1:
+            raise ValueError(f"bad rank {rank}/{world_size} or batch_size {batch_size}")
+        t = self.sequence_length
+        per_rank = self.n_val_windows // world_size
+        if per_rank < 1:
+            raise UserError(f"{self.n_val_windows} validation windows cannot be shared by "
+                            f"{world_size} ranks: use a larger data.val_fraction")
+        mine = np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
+        starts = range(0, per_rank, batch_size)
+        if max_batches:
+            starts = starts[:max_batches]
+        return (packed_batch(windows(self.val, mine[i : i + batch_size] * t, t + 1))
+                for i in starts)
+
+    def __repr__(self) -> str:
+        return (f"DataModule({self.info.get('source', '?')}, {self.tokenizer.name}, "
+                f"train={self.n_train_tokens}, val={self.n_val_tokens}, "
+                f"T={self.sequence_length}, {self.batching})")
+
+
+def build_data(cfg: Any, *, log: Callable[[str], Any] = print) -> DataModule:
+    """The DataModule for cfg.data (a RunConfig): tokenized once into the cache, then memmapped."""
+    d = cfg.data
+    if d.source == "synthetic":
+        return _synthetic(d, log)
+    source = make_source(d)
+    spec = tokenizer_spec(d.tokenizer, d.vocab_size)
+    cache = open_cache(source, spec, d.val_fraction, d.cache_dir, log)
+    train = cache.train
+    if d.max_tokens and d.max_tokens < len(train):
+        train = train[: d.max_tokens]
+    offsets = cache.train_docs
+    # Documents cut by max_tokens keep what is left of them.
+    doc_start = offsets[:-1]
+    doc_len = np.minimum(offsets[1:], len(train)) - doc_start
+    info = {
+        "source": d.source,
+        "tokenizer": cache.tokenizer.name,
+        "cache": str(cache.path),
+        "cache_built": cache.built,
+        "content_hash": cache.manifest.get("content_hash"),
+        "dtype": cache.manifest["dtype"],
+    }
+    return DataModule(tokenizer=cache.tokenizer, train=train, val=cache.val,
+                      sequence_length=d.sequence_length, batching=d.batching,
+                      doc_start=doc_start, doc_len=doc_len, info=info)
+
+
+def _synthetic(d: Any, log: Callable[[str], Any]) -> DataModule:
+    """Random tokens for pure throughput: nothing read or written; tokens are a hash of their
+    position (see SyntheticTokens), so every run and every rank sees the same stream."""
+    if d.vocab_size < 2:
+        raise UserError("data.source=synthetic needs data.vocab_size >= 2 (one id is PAD)")
+    tok = SyntheticTokenizer(d.vocab_size)
+    t = d.sequence_length
+    n = d.max_tokens or SYNTHETIC_TOKENS
+    train = SyntheticTokens(n, d.vocab_size - 1, _SYNTH_TRAIN_KEY)
+    val = SyntheticTokens(SYNTHETIC_VAL_WINDOWS * t + 1, d.vocab_size - 1, _SYNTH_VAL_KEY)
+    # padded: document i sits at i*(T+1) and is 2..T+1 tokens long.
+    n_docs = max(n // (t + 1), 1)
+    idx = np.arange(n_docs, dtype=np.int64)
+    doc_start = idx * (t + 1)
+    doc_len = np.minimum(2 + hashed_ints(idx, _SYNTH_DOC_KEY, t), n - doc_start)
+    log(f"data: synthetic tokens from {d.vocab_size - 1} ids (+PAD), "
+        f"{n:,} train + {len(val):,} val tokens, no cache")
+    info = {"source": "synthetic", "tokenizer": tok.name, "cache": None, "cache_built": False}
+    return DataModule(tokenizer=tok, train=train, val=val, sequence_length=t,
+                      batching=d.batching, doc_start=doc_start, doc_len=doc_len, info=info)

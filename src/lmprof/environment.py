@@ -1,0 +1,88 @@
+"""What this machine can run, and the facts about it that every results row carries."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from lmprof import __version__
+from lmprof.config import RunConfig
+
+_CUDA_ONLY_ATTENTION = ("flash", "mem_efficient", "cudnn")
+
+
+def check_environment(cfg: RunConfig) -> str | None:
+    """Why this machine cannot run `cfg`, or None. Cheap: initialises no CUDA context."""
+    has_cuda = torch.cuda.is_available()
+    device = cfg.system.device
+    if device == "cuda" and not has_cuda:
+        return "system.device=cuda but this machine has no CUDA GPU"
+    on_cpu = device == "cpu" or not has_cuda
+    if on_cpu and cfg.system.precision == "fp16":
+        return "precision fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)"
+    if on_cpu and cfg.model.attention in _CUDA_ONLY_ATTENTION:
+        return f"attention '{cfg.model.attention}' needs a CUDA GPU (use sdpa or vanilla on a CPU)"
+    if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
+        return (
+            f"system.num_gpus={cfg.system.num_gpus} but this machine has "
+            f"{torch.cuda.device_count()} GPU(s)"
+        )
+    return None
+
+
+@functools.cache
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if out.returncode:
+        return ""
+    dirty = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, timeout=5,
+    ).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _driver_version() -> str:
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:  # NVML absent or no driver: the column stays empty
+        return ""
+
+
+def environment_info(device: torch.device) -> dict[str, object]:
+    """The environment columns of a results row."""
+    info: dict[str, object] = {
+        "device": device.type,
+        "torch_version": torch.__version__,
+        "lmprof_version": __version__,
+        "git_commit": git_commit(),
+        "cuda_version": torch.version.cuda or "",
+        "device_name": "cpu",
+        "gpu_count": 0,
+        "nccl_version": "",
+        "driver_version": "",
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["gpu_count"] = int(os.environ.get("WORLD_SIZE", "1"))
+        try:
+            info["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception:  # builds without NCCL
+            pass
+        info["driver_version"] = _driver_version()
+    return info

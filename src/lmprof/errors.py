@@ -1,0 +1,23 @@
+"""Errors that are the user's to fix: the CLI prints them as one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, command line, files). Printed as one line."""
+
+
+class ConfigError(UserError):
+    """An invalid config value: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str, run: str | None = None):
+        self.key, self.value, self.allowed, self.run = key, value, allowed, run
+        where = f"run '{run}': " if run else ""
+        super().__init__(f"{where}{key}={value!r} is invalid: {allowed}")
+
+
+class EnvironmentMismatch(UserError):
+    """A valid config that this machine cannot run (fp16 without a GPU, too few GPUs, ...).
+
+    Sweeps record such runs as `skipped` with this message instead of stopping.
+    """

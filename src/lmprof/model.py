@@ -1,0 +1,324 @@
+"""A causal decoder-only Transformer (GPT-style), in one readable module.
+
+Token embedding + positional encoding -> N blocks of (multi-head self-attention, MLP) with pre- or
+post-LayerNorm -> final norm -> LM head tied to the embedding -> next-token cross-entropy that
+ignores PAD targets. Names follow "Attention Is All You Need" and GPT-2.
+
+Padding convention: PAD only ever follows a row's real tokens (right padding). With a causal mask
+a real query then never sees a PAD key, so the kernels that cannot take a mask (`flash`, `cudnn`)
+are exact for every real token; `vanilla`, `sdpa` and `mem_efficient` still apply the key-padding
+mask when a batch has padding. A batch with no padding takes the `is_causal` fast path everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int  # the tokenizer's, PAD included; padded up to vocab_multiple for the matmuls
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_seq_len: int = 256
+    norm: str = "pre"
+    pos_encoding: str = "learned"
+    tie_embeddings: bool = True
+    bias: bool = True
+    activation: str = "gelu"
+    attention: str = "sdpa"
+    vocab_multiple: int = 64
+    loss_chunk_size: int = 0
+    checkpointing: str = "none"  # none | full | selective
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_config(cls, cfg, vocab_size: int) -> ModelArgs:
+        m = cfg.model
+        return cls(
+            vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
+            d_ff=m.d_ff, dropout=m.dropout, max_seq_len=cfg.max_seq_len, norm=m.norm,
+            pos_encoding=m.pos_encoding, tie_embeddings=m.tie_embeddings, bias=m.bias,
+            activation=m.activation, attention=m.attention, vocab_multiple=m.vocab_multiple,
+            loss_chunk_size=m.loss_chunk_size, checkpointing=cfg.system.gradient_checkpointing,
+        )
+
+
+def _sdpa_backend(attention: str):
+    """The context that forces one SDPA kernel, or None to let PyTorch choose."""
+    if attention in ("vanilla", "sdpa"):
+        return None
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }[attention]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.d_head = args.n_heads, args.d_model // args.n_heads
+        self.attention, self.dropout = args.attention, args.dropout
+        self.backend = _sdpa_backend(args.attention)
+        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=args.bias)
+        self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
+        self.attn_dropout = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        if self.attention == "vanilla":
+            y = self._vanilla(q, k, v, key_padding)
+        else:
+            y = self._sdpa(q, k, v, key_padding)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def _vanilla(self, q, k, v, key_padding):
+        """softmax(QK^T / sqrt(d) + mask) V with the T x T matrix materialised: the baseline."""
+        T = q.size(-2)
+        # The matmuls already ran in the autocast dtype; keep the softmax there too (its kernel
+        # accumulates in fp32) instead of autocast's fp32 copy of a B*H*T*T tensor.
+        with torch.autocast(q.device.type, enabled=False):
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.d_head))
+            att.masked_fill_(~_attention_mask(T, key_padding, q.device), float("-inf"))
+            att = self.attn_dropout(att.softmax(dim=-1))
+            return att @ v
+
+    def _sdpa(self, q, k, v, key_padding):
+        p = self.dropout if self.training else 0.0
+        use_mask = key_padding is not None and self.attention in ("sdpa", "mem_efficient")
+        ctx = nullcontext() if self.backend is None else _sdpa_kernel(self.backend)
+        with ctx:
+            if use_mask:
+                mask = _attention_mask(q.size(-2), key_padding, q.device)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+
+
+def _sdpa_kernel(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([backend])
+
+
+def _attention_mask(T: int, key_padding: torch.Tensor | None, device) -> torch.Tensor:
+    """True where query i may attend key j: causal, not PAD, and always itself (no empty row)."""
+    idx = torch.arange(T, device=device)
+    causal = idx[None, :] <= idx[:, None]
+    if key_padding is None:
+        return causal
+    eye = idx[None, :] == idx[:, None]
+    return (causal & key_padding[:, None, None, :]) | eye
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.fc = nn.Linear(args.d_model, args.d_ff, bias=args.bias)
+        self.proj = nn.Linear(args.d_ff, args.d_model, bias=args.bias)
+        self.act = nn.GELU(approximate="tanh") if args.activation == "gelu" else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.act(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.pre_norm = args.norm == "pre"
+        self.ln1 = nn.LayerNorm(args.d_model, bias=args.bias)
+        self.attn = CausalSelfAttention(args)
+        self.ln2 = nn.LayerNorm(args.d_model, bias=args.bias)
+        self.mlp = MLP(args)
+        self.drop = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.ln1(x), key_padding))
+            return x + self.drop(self.mlp(self.ln2(x)))
+        x = self.ln1(x + self.drop(self.attn(x, key_padding)))
+        return self.ln2(x + self.drop(self.mlp(x)))
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(1e4) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: d_model // 2])
+    return table
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        V = args.padded_vocab_size
+        self.tok_emb = nn.Embedding(V, args.d_model)
+        if args.pos_encoding == "learned":
+            self.pos_emb = nn.Embedding(args.max_seq_len, args.d_model)
+        else:
+            self.register_buffer(
+                "pos_table", sinusoidal_table(args.max_seq_len, args.d_model), persistent=False
+            )
+        self.drop = nn.Dropout(args.dropout)
+        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        # Post-norm blocks already end in a LayerNorm; a pre-norm stack needs a final one.
+        self.ln_f = nn.LayerNorm(args.d_model, bias=args.bias) if args.norm == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(args.d_model, V, bias=False)
+        if args.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layers).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * args.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if not self.args.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        T = idx.size(1)
+        x = self.tok_emb(idx)
+        if self.args.pos_encoding == "learned":
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        else:
+            x = x + self.pos_table[:T].to(x.dtype)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = self._run_block(block, x, attention_mask)
+        return self.ln_f(x)
+
+    def _run_block(self, block: Block, x, key_padding):
+        mode = self.args.checkpointing
+        if mode == "none" or not self.training:
+            return block(x, key_padding)
+        if mode == "full":
+            return checkpoint(block, x, key_padding, use_reentrant=False)
+        return checkpoint(
+            block, x, key_padding, use_reentrant=False, context_fn=_selective_policy_context
+        )
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ):
+        """Logits (B, T, V) without targets; with targets, (mean loss, number of correct)."""
+        h = self.hidden_states(idx, attention_mask)
+        if targets is None:
+            return self.lm_head(h)
+        h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+        if self.args.loss_chunk_size:
+            return chunked_cross_entropy(h, self.lm_head.weight, targets, self.args.loss_chunk_size)
+        logits = self.lm_head(h)
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+        n_correct = (logits.detach().argmax(-1) == targets).sum()
+        return loss, n_correct
+
+
+def _selective_policy_context():
+    """Selective activation checkpointing: keep matmul and attention outputs, recompute the
+    cheap pointwise ops (norms, activations, dropout masks are replayed from the RNG state)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    save = {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten._scaled_dot_product_flash_attention.default,
+        torch.ops.aten._scaled_dot_product_efficient_attention.default,
+        torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    }
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `h @ W^T` computed a chunk of tokens at a time.
+
+    The forward pass also computes the gradients of h and W, chunk by chunk, so the full
+    (tokens x vocabulary) logits never exist: memory for logits drops from N*V to chunk*V while
+    the matmul FLOPs stay those of the plain forward + backward.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk_size):
+        N = h.size(0)
+        valid = targets != IGNORE_INDEX
+        n_valid = valid.sum().clamp(min=1)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        loss_sum = torch.zeros((), device=h.device, dtype=torch.float32)
+        n_correct = torch.zeros((), device=h.device, dtype=torch.long)
+        for s in range(0, N, chunk_size):
+            hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
+            logits = (hc @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            ok = tc != IGNORE_INDEX
+            tsafe = tc.clamp(min=0)
+            picked = logits.gather(1, tsafe[:, None]).squeeze(1)
+            loss_sum += ((lse - picked) * ok).sum()
+            n_correct += ((logits.argmax(-1) == tc) & ok).sum()
+            # d loss / d logits = softmax - onehot, zero for ignored rows (the mean applied later).
+            grad = torch.softmax(logits, dim=-1)
+            grad[torch.arange(grad.size(0), device=grad.device), tsafe] -= 1.0
+            grad *= ok[:, None]
+            grad = grad.to(h.dtype)
+            grad_h[s : s + chunk_size] = grad @ weight
+            grad_w += (grad.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), n_valid)
+        ctx.mark_non_differentiable(n_correct)
+        return loss_sum / n_valid, n_correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):
+        grad_h, grad_w, n_valid = ctx.saved_tensors
+        scale = grad_loss / n_valid
+        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None
+
+
+def chunked_cross_entropy(h, weight, targets, chunk_size: int):
+    """Mean next-token cross-entropy and number of correct predictions, without full logits."""
+    if torch.is_autocast_enabled(h.device.type):
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    with torch.autocast(h.device.type, enabled=False):
+        return _ChunkedCrossEntropy.apply(h, weight, targets, chunk_size)

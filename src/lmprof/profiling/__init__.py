@@ -1,0 +1,33 @@
+"""Profiling instruments: FLOPs and MFU, GPU peak FLOP/s, the analytic memory model.
+
+`flops_per_token` and `mfu` (flops.py), `peak_flops`, `matmul_precision` and
+`measure_peak_flops` (peaks.py), `estimate_memory` and `format_estimate` (memory_model.py).
+Names resolve lazily, so `import lmprof.profiling` stays cheap (none of these imports torch at
+import time; `measure_peak_flops` imports it when called).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FlopCount": "flops",
+    "flops_per_token": "flops",
+    "mfu": "flops",
+    "peak_flops": "peaks",
+    "matmul_precision": "peaks",
+    "measure_peak_flops": "peaks",
+    "MemoryEstimate": "memory_model",
+    "estimate_memory": "memory_model",
+    "format_estimate": "memory_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lmprof.profiling' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"lmprof.profiling.{module}"), name)

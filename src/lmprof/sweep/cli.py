@@ -1,0 +1,87 @@
+"""`lmprof sweep SWEEP.yaml [--tags T ...] [--dry-run] [--force] [--retry-failed] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lmprof.errors import UserError
+
+SWEEP_HELP = """\
+Run every run of a sweep file, each in its own process (torchrun for num_gpus > 1; gloo
+processes on a machine without a GPU), one after another.
+
+The file is the course assignment's format: base_config plus experiments, each a group with a
+name, a tag and either params (every combination of the lists) over fixed_params, or a list of
+named runs. key=value overrides apply to every run (e.g. training.max_steps=50). Every run is
+validated before the first starts.
+
+Per run: logs/<run>.log (its output), one row in results.csv with its status: ok, oom,
+diverged, failed, timeout (system.timeout_s), interrupted (Ctrl-C) or skipped (this machine
+cannot run it, e.g. fp16 without a GPU). system.memory_limit_gb caps each run's address space.
+"""
+
+RESUME_HELP = """\
+Rerunning a sweep resumes it. A run whose config hash already has an ok or oom row in
+results.csv is done and skipped (--force reruns it). A run whose last row is failed, diverged
+or timeout is kept as it is (--retry-failed reruns it). Runs with no row, or whose last row
+is interrupted or skipped, run.
+
+Ctrl-C stops the current run (it records itself as interrupted), ends the sweep and exits
+with 130; Ctrl-C again kills the run at once. Exit status: 0 when every run ended ok, oom or
+skipped; 1 otherwise; 2 for an invalid sweep file (nothing runs).
+"""
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True) -> None:
+    """The sweep's flags; `sweep_file=False` leaves the file to the caller (run_experiments.py)."""
+    if sweep_file:
+        parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides applied to every run")
+    parser.add_argument("--tags", nargs="+", metavar="T",
+                        help="run only the groups with one of these tags (or group names)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (runs, settings, GPUs, what would be skipped and "
+                             "why) and start nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun runs that are already done (ok or oom)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="rerun runs whose last attempt failed, diverged or timed out")
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sweep", help="run a sweep of runs, each in its own process", description=SWEEP_HELP,
+        epilog=RESUME_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_sweep_arguments(p)
+    p.set_defaults(func=cmd_sweep)
+    return p
+
+
+def split_tags(tags: Sequence[str] | None, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`--tags a b key=v` hands key=v to --tags; move such words back to the overrides."""
+    tags = list(tags or [])
+    moved = [t for t in tags if "=" in t]
+    return [t for t in tags if "=" not in t], [*overrides, *moved]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lmprof.sweep.plan import plan_sweep
+    from lmprof.sweep.runner import format_plan, run_sweep
+
+    tags, overrides = split_tags(args.tags, args.overrides)
+    try:
+        plans = plan_sweep(args.sweep_file, tags=tags or None, overrides=overrides)
+    except UserError as exc:
+        print(f"lmprof sweep: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        applied = f"; overrides for every run: {' '.join(overrides)}" if overrides else ""
+        print(f"{args.sweep_file}: plan (nothing is started){applied}")
+        print(format_plan(plans, force=args.force, retry_failed=args.retry_failed))
+        return 0
+    report = run_sweep(plans, force=args.force, retry_failed=args.retry_failed)
+    return report.exit_code

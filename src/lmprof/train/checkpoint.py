@@ -1,0 +1,483 @@
+"""Checkpoints: save a run every checkpoint.interval steps and on SIGTERM, resume it exactly.
+
+Layout, one folder per checkpoint, written whole or not at all:
+
+    <output_dir>/<checkpoint.dir>/<run_name>/step_<N>/
+        .metadata, __<rank>_0.distcp   model and optimizer tensors (torch.distributed.checkpoint)
+        trainer.json                   step, scheduler, GradScaler, lr, run identity (rank 0)
+        rank_<r>.json                  rank r's RNG states (torch CPU/CUDA, python, numpy), counters
+
+Every rank writes into `.tmp_step_<N>`; when all have finished, rank 0 renames it to `step_<N>`,
+so a folder with that name is always complete, and prunes all but the newest checkpoint.keep.
+One code path serves one process, DDP and FSDP2: DCP writes each rank's shards (DDP's replicated
+tensors once) and reshards on load.
+
+Loading never runs code from the files. DCP itself does unpickle: its `.metadata` with plain
+`pickle.load`, and non-tensor entries with `torch.load(weights_only=False)`. So only tensors go
+through DCP (everything else is JSON), the reader unpickles `.metadata` with an allow-list of
+DCP's own metadata classes, and refuses any non-tensor entry; tensors are read by DCP with
+`torch.load(weights_only=True)`.
+
+Resume (checkpoint.resume=auto) continues from the newest complete checkpoint of this run name if
+it was written by the same model/data/training config and world size; the data iterator is
+deterministic given its start step, so the resumed run sees exactly the batches the original
+would have. Rows of the details CSVs after the checkpoint's step (written before the kill) are
+dropped and the rest kept, so the curve continues without duplicated or missing steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lmprof.config import RunConfig
+from lmprof.io import atomic_write_text
+from lmprof.train.distributed import DistInfo
+
+if TYPE_CHECKING:
+    from lmprof.train.loop import Trainer
+
+log = logging.getLogger("lmprof")
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+FORMAT_VERSION = 1
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: the step finished, a checkpoint was written, the run stops."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (another config, tampered, incomplete)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding checkpoints
+
+
+def checkpoint_root(cfg: RunConfig) -> Path:
+    return Path(cfg.logging.output_dir) / cfg.checkpoint.dir / cfg.logging.run_name
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first (a `step_<N>` folder is complete by
+    construction; the files are checked too, in case one was deleted by hand)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def resume_identity(cfg: RunConfig) -> str:
+    """What must match for a resumed run to continue the same curve: the model, the data, the
+    training recipe and the precision (not compile, checkpointing or DDP vs FSDP)."""
+    d = cfg.to_dict()
+    d["data"].pop("cache_dir", None)
+    key = {s: d[s] for s in ("model", "data", "training")} | {"precision": d["system"]["precision"]}
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe reading of DCP files
+
+
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata",
+        "BytesStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds DCP's metadata dataclasses and nothing else: any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in _METADATA_CLASSES.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise CheckpointError(f"checkpoint metadata refers to {module}.{name}: refused")
+
+
+def _reader(path: Path):
+    """A DCP FileSystemReader that unpickles nothing outside the allow-list."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.planner import LoadItemType
+
+    class SafeFileSystemReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+            meta_path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(meta_path, "rb") as f:
+                try:
+                    metadata = _MetadataUnpickler(f).load()
+                except CheckpointError:
+                    raise
+                except Exception as exc:
+                    raise CheckpointError(f"unreadable checkpoint metadata: {exc}") from None
+            if not isinstance(metadata, Metadata):
+                raise CheckpointError("checkpoint metadata is not DCP metadata")
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+        def read_data(self, plan, planner):
+            # Non-tensor entries are torch.load(weights_only=False)'d by DCP's planner: we
+            # never write any, so one here is foreign.
+            if any(item.type == LoadItemType.BYTE_IO for item in plan.items):
+                raise CheckpointError("checkpoint holds pickled (non-tensor) entries: refused")
+            return super().read_data(plan, planner)
+
+    return SafeFileSystemReader(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host state as JSON
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch_cpu": _b64(torch.get_rng_state()),
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *(x.item() if hasattr(x, "item") else x
+                                                      for x in np_state[2:])],
+    }
+    if device.type == "cuda":
+        state["torch_cuda"] = _b64(torch.cuda.get_rng_state(device))
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(_unb64(state["torch_cpu"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(_unb64(state["torch_cuda"]), device)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Details CSVs on resume
+
+
+def trim_csv(path: Path, max_step: int) -> list[dict[str, str]]:
+    """Keep the header and the whole rows with step <= max_step (drops rows logged after the
+    checkpoint and a line torn by a kill); returns the kept rows."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return []
+    header, kept = rows[0], []
+    for r in rows[1:]:
+        if len(r) != len(header):
+            continue
+        try:
+            step = int(r[0])
+        except ValueError:
+            continue
+        if step <= max_step:
+            kept.append(r)
+    lines = [",".join(header)] + [",".join(r) for r in kept]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return [dict(zip(header, r, strict=True)) for r in kept]
+
+
+def _numbers(row: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        try:
+            out[k] = int(v) if k == "step" else float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The manager
+
+
+class CheckpointManager:
+    """The Trainer's checkpoints and pre-emption: `due(step)` every step (Python ints and one
+    CPU collective on several ranks, no device sync), `save(trainer)` when due, `attach(trainer)`
+    once after the Trainer is built (restores the newest checkpoint when resuming)."""
+
+    def __init__(self, cfg: RunConfig, dist_info: DistInfo):
+        self.cfg, self.dist = cfg, dist_info
+        self.root = checkpoint_root(cfg)
+        self.interval = cfg.checkpoint.interval
+        self.keep = cfg.checkpoint.keep
+        self.stop_requested = False  # set by the SIGTERM handler
+        self.stopping = False  # all ranks agreed to stop
+        self._fresh = True  # nothing of this process saved or loaded yet
+        self._group = None
+        self._flag = torch.zeros(1, dtype=torch.int32)
+        if dist_info.world_size > 1 and dist.is_initialized():
+            # The stop flag is agreed on every step over gloo with a CPU tensor: a host
+            # round trip, never a device sync (the default group may be NCCL).
+            cpu_backend = "gloo" in str(dist.get_backend())
+            self._group = None if cpu_backend else dist.new_group(backend="gloo")
+        self.resume_from = self._find_resume_point() if cfg.checkpoint.resume == "auto" else None
+        self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_from is not None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def close(self) -> None:
+        """Put back the SIGTERM handler that was there before."""
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+            self._old_handler = None
+
+    # -- collectives -----------------------------------------------------------------------
+
+    @property
+    def _multi(self) -> bool:
+        return self.dist.world_size > 1 and dist.is_initialized()
+
+    def _barrier(self) -> None:
+        if self._multi:
+            dist.barrier(group=self._group)
+
+    def _find_resume_point(self) -> Path | None:
+        found = list_checkpoints(self.root) if self.dist.is_main else []
+        step = torch.tensor([found[-1][0] if found else -1], dtype=torch.int64)
+        if self._multi:
+            # Rank 0 decides, so every rank loads the same step even if a filesystem lags.
+            dist.broadcast(step, src=0, group=self._group)
+        n = int(step[0])
+        return self.root / f"step_{n}" if n >= 0 else None
+
+    # -- the loop's hooks ------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        """Whether to checkpoint after `step`: every `interval` steps, or to stop (SIGTERM on
+        any rank)."""
+        stop = self.stop_requested
+        if self._multi:
+            self._flag[0] = int(stop)
+            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
+            stop = bool(self._flag[0])
+        self.stopping = stop
+        return stop or (self.interval > 0 and step % self.interval == 0)
+
+    def save(self, trainer: Trainer) -> Path:
+        """Write the checkpoint of the step just finished; after SIGTERM, raise Preempted."""
+        step = trainer.state.step
+        path = self._write(trainer, step)
+        log.info("checkpoint: step %d -> %s", step, path)
+        if self.stopping:
+            raise Preempted(f"SIGTERM: checkpoint at step {step}")
+        return path
+
+    def attach(self, trainer: Trainer) -> None:
+        """Hook the trainer up and, when resuming, restore the newest checkpoint into it."""
+        trainer.checkpoints = self
+        if self.resume_from is not None:
+            self._load(trainer, self.resume_from)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(self, trainer: Trainer, step: int) -> Path:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemWriter
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        tmp, final = self.root / f".tmp_step_{step}", self.root / f"step_{step}"
+        if self.dist.is_main:
+            if self._fresh and not self.resuming:
+                self._clear_stale()
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._fresh = False
+        self._barrier()
+        model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
+        tensors = {"model": model_sd, "optim": optim_sd["state"]}
+        with _single_process_quiet():
+            dcp.save(tensors, storage_writer=FileSystemWriter(tmp), process_group=self._group,
+                     no_dist=not dist.is_initialized())
+        st = trainer.state
+        rank_state = {
+            "rng": rng_state(trainer.device),
+            "real_tokens": st.real_tokens,
+            "processed_tokens": st.processed_tokens,
+        }
+        atomic_write_text(tmp / f"rank_{self.dist.rank}.json", json.dumps(rank_state))
+        if self.dist.is_main:
+            main_state = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "world_size": self.dist.world_size,
+                "identity": resume_identity(self.cfg),
+                "config_hash": self.cfg.hash(),
+                "train_time_s": st.train_time_s,
+                "lr": [g["lr"] for g in trainer.optimizer.param_groups],
+                "scheduler": trainer.scheduler.state_dict(),
+                "scaler": trainer.scaler.state_dict(),
+            }
+            atomic_write_text(tmp / "trainer.json", json.dumps(main_state, indent=1))
+        self._barrier()
+        if self.dist.is_main:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self._prune()
+        self._barrier()
+        return final
+
+    def _clear_stale(self) -> None:
+        """A fresh run replaces what an earlier run of this name left (else the newest-first
+        pruning would delete the new checkpoints and keep the stale ones)."""
+        stale = list_checkpoints(self.root)
+        if stale:
+            log.warning("checkpoint: removing %d checkpoint(s) of an earlier run in %s "
+                        "(checkpoint.resume=none)", len(stale), self.root)
+        for _, p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        if self.root.is_dir():
+            for p in self.root.glob(".tmp_step_*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _prune(self) -> None:
+        found = list_checkpoints(self.root)
+        for _, p in found[: max(len(found) - self.keep, 0)]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _load(self, trainer: Trainer, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        main = _read_json(path / "trainer.json")
+        if main.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: unknown checkpoint format {main.get('format')!r}")
+        if main.get("identity") != resume_identity(self.cfg):
+            raise CheckpointError(
+                f"{path} was written by another config (model, data, training or precision "
+                "differ): delete it or set checkpoint.resume=none"
+            )
+        if main.get("world_size") != self.dist.world_size:
+            raise CheckpointError(
+                f"{path} was written by {main.get('world_size')} process(es), this run has "
+                f"{self.dist.world_size}: resume with the same number"
+            )
+        mine = _read_json(path / f"rank_{self.dist.rank}.json")
+        # get_state_dict gives the live tensors (and initialises empty optimizer state with a
+        # zero-lr step), so DCP loads in place, each rank its own shards.
+        model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
+        tensors = {"model": model_sd, "optim": optim_sd["state"]}
+        with _single_process_quiet():
+            dcp.load(tensors, storage_reader=_reader(path), process_group=self._group,
+                     no_dist=not dist.is_initialized())
+        optim_sd = {"state": tensors["optim"], "param_groups": optim_sd["param_groups"]}
+        set_state_dict(trainer.raw_model, trainer.optimizer,
+                       model_state_dict=tensors["model"], optim_state_dict=optim_sd)
+        for group, lr in zip(trainer.optimizer.param_groups, main["lr"], strict=True):
+            group["lr"] = lr
+        trainer.scheduler.load_state_dict(main["scheduler"])
+        if main["scaler"]:
+            trainer.scaler.load_state_dict(main["scaler"])
+        st = trainer.state
+        st.step = int(main["step"])
+        st.train_time_s = float(main["train_time_s"])
+        st.real_tokens = int(mine["real_tokens"])
+        st.processed_tokens = int(mine["processed_tokens"])
+        set_rng_state(mine["rng"], trainer.device)
+        self._fresh = False
+        if self.dist.is_main:
+            self._continue_details(trainer, st.step)
+        log.info("resumed from %s (step %d)", path, st.step)
+
+    def _continue_details(self, trainer: Trainer, step: int) -> None:
+        """Drop detail rows past the checkpoint, and take the kept ones back into the state so
+        the summary row's averages cover the whole run."""
+        out = trainer.out
+        if out.metrics is not None:
+            trainer.state.logged = [_numbers(r) for r in trim_csv(out.metrics.path, step)]
+        if out.evals is not None:
+            trainer.state.evals = [_numbers(r) for r in trim_csv(out.evals.path, step)]
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every single-process save/load that it assumes one process: we know."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is .*single process")
+        yield
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,219 @@
+"""Instruments around the training step: NVTX ranges, an optional per-phase CUDA-event
+breakdown, a torch.profiler trace, memory by phase and allocator statistics, memory snapshots.
+
+Everything that would cost a host-device sync is off unless asked for (`profile.breakdown`,
+`profile.enabled`, `profile.memory_snapshot`); NVTX ranges and allocator statistics are host-side
+and always on, so an Nsight Systems capture of any run reads well.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from lmprof.config import RunConfig
+from lmprof.io import atomic_write_text
+
+log = logging.getLogger("lmprof")
+GIB = 1024**3
+PHASES = ("data", "forward", "backward", "optimizer")
+
+# Kernel and operator names -> the share of step time they are reported under.
+CATEGORIES = (
+    ("communication", ("nccl", "all_reduce", "allreduce", "reduce_scatter", "all_gather", "gloo")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "softmax")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
+    ("matmul", ("gemm", "matmul", "cutlass", "xmma", "nvjet", "mm_", "addmm", "bmm", "cublas")),
+)
+
+
+def categorize(name: str) -> str:
+    low = name.lower()
+    for category, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return category
+    return "other"
+
+
+class _Phase:
+    """Context for one phase of a step; cheap when only NVTX is on."""
+
+    __slots__ = ("instr", "name")
+
+    def __init__(self, instr: Instruments, name: str):
+        self.instr, self.name = instr, name
+
+    def __enter__(self):
+        ins = self.instr
+        ins.state_phase = self.name
+        if ins.cuda:
+            torch.cuda.nvtx.range_push(self.name)
+            if ins.breakdown:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                ins._open[self.name] = ev
+
+    def __exit__(self, *exc):
+        ins = self.instr
+        if ins.cuda:
+            if ins.breakdown and self.name in ins._open:
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record()
+                ins._events.append((self.name, ins._open.pop(self.name), ev))
+            torch.cuda.nvtx.range_pop()
+            if ins.probe_memory:
+                ins.memory_by_phase[self.name] = torch.cuda.memory_allocated() / GIB
+        return False
+
+
+class Instruments:
+    def __init__(self, cfg: RunConfig, device: torch.device, is_main: bool):
+        p = cfg.profile
+        self.cfg, self.device, self.is_main = cfg, device, is_main
+        self.cuda = device.type == "cuda"
+        self.breakdown = p.breakdown and self.cuda
+        self.state_phase = "setup"
+        self._open: dict[str, torch.cuda.Event] = {}
+        self._events: list[tuple[str, object, object]] = []
+        self.phase_ms: dict[str, list[float]] = defaultdict(list)
+        self.memory_by_phase: dict[str, float] = {}
+        self.probe_memory = False
+        self.probe_step = max(2, cfg.logging.timing_warmup_steps)
+        root = Path(cfg.logging.output_dir) / "results"
+        self.trace_dir = root / "traces" / cfg.logging.run_name
+        self.tables_dir = root / "tables"
+        self.profiler = self._start_profiler() if (p.enabled and is_main) else None
+        self.snapshot = p.memory_snapshot and self.cuda
+        if self.snapshot:
+            torch.cuda.memory._record_memory_history(max_entries=200_000)
+        if self.breakdown and is_main:
+            log.info("profile.breakdown is on: per-phase CUDA events cost a sync per logged step")
+
+    def phase(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+    def step_begin(self, step: int) -> None:
+        self.probe_memory = self.cuda and step + 1 == self.probe_step
+
+    def step_end(self, step: int) -> None:
+        self.probe_memory = False
+        if self.profiler is not None:
+            self.profiler.step()
+            p = self.cfg.profile
+            if step >= p.wait + p.warmup + p.active:
+                self._stop_profiler()
+
+    def collect(self) -> None:
+        """Resolve breakdown events (called on logging steps, which sync anyway)."""
+        if self._events:
+            self._events[-1][2].synchronize()
+            for name, start, end in self._events:
+                self.phase_ms[name].append(start.elapsed_time(end))
+            self._events.clear()
+
+    # ---- torch.profiler ---------------------------------------------------------------------
+
+    def _start_profiler(self):
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        p = self.cfg.profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        prof = profile(
+            activities=activities,
+            schedule=schedule(wait=p.wait, warmup=p.warmup, active=p.active, repeat=1),
+            record_shapes=p.record_shapes, profile_memory=p.profile_memory, with_stack=p.with_stack,
+            on_trace_ready=self._trace_ready,
+        )
+        prof.start()
+        return prof
+
+    def _stop_profiler(self) -> None:
+        prof, self.profiler = self.profiler, None
+        if prof is not None:
+            prof.stop()
+
+    def _trace_ready(self, prof) -> None:
+        self.trace_dir.mkdir(parents=True, exist_ok=True)
+        trace = self.trace_dir / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        self._write_op_table(prof)
+        log.info("profiler trace: %s (open in https://ui.perfetto.dev or chrome://tracing)", trace)
+
+    def _write_op_table(self, prof) -> None:
+        use_device = self.cuda
+        rows = []
+        for evt in prof.key_averages():
+            t = (evt.self_device_time_total if use_device else evt.self_cpu_time_total)
+            if t <= 0:
+                continue
+            rows.append((evt.key, evt.count, t / 1e3))
+        rows.sort(key=lambda r: -r[2])
+        total = sum(r[2] for r in rows) or 1.0
+        shares: dict[str, float] = defaultdict(float)
+        for name, _, ms in rows:
+            shares[categorize(name)] += ms / total
+        self.category_shares = dict(shares)
+        name = self.cfg.logging.run_name
+        clock = "device" if use_device else "cpu"
+        lines = [f"| operator / kernel | calls | self {clock} ms | share | category |",
+                 "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{k[:90]}` | {c} | {ms:.3f} | {ms / total:.1%} | {categorize(k)} |"
+                  for k, c, ms in rows[:30]]
+        lines += ["", "| category | share of profiled self time |", "| --- | --- |"]
+        lines += [f"| {c} | {s:.1%} |" for c, s in sorted(shares.items(), key=lambda kv: -kv[1])]
+        self.tables_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.tables_dir / f"{name}_profile_ops.md", "\n".join(lines) + "\n")
+        with open(self.tables_dir / f"{name}_profile_ops.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
+            for k, c, ms in rows:
+                w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
+
+    # ---- memory -----------------------------------------------------------------------------
+
+    def dump_snapshot(self, reason: str) -> Path | None:
+        if not self.snapshot:
+            return None
+        path = self.trace_dir / f"memory_snapshot_{reason}.pickle"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.cuda.memory._dump_snapshot(str(path))
+        log.info("memory snapshot (%s): %s (open in https://pytorch.org/memory_viz)", reason, path)
+        return path
+
+    def summary(self) -> dict[str, object]:
+        """Columns for the results row."""
+        row: dict[str, object] = {}
+        self.collect()
+        for name in PHASES:
+            if self.phase_ms.get(name):
+                row[f"{name}_ms_p50"] = statistics.median(self.phase_ms[name])
+        for name, gb in self.memory_by_phase.items():
+            row[f"mem_after_{name}_gb"] = gb
+        if self.cuda:
+            stats = torch.cuda.memory_stats(self.device)
+            row["alloc_retries"] = stats.get("num_alloc_retries", 0)
+            row["alloc_ooms"] = stats.get("num_ooms", 0)
+            row["nvml_used_gb"] = _nvml_used_gb(self.device)
+        for category, share in getattr(self, "category_shares", {}).items():
+            row[f"profile_share_{category}"] = share
+        return row
+
+    def close(self, oom: bool = False) -> None:
+        self._stop_profiler()
+        if self.snapshot:
+            self.dump_snapshot("oom" if oom else "end")
+            torch.cuda.memory._record_memory_history(enabled=None)
+
+
+def _nvml_used_gb(device: torch.device) -> float | str:
+    """The device's used memory as NVML sees it: CUDA context and NCCL buffers included."""
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except Exception:  # a driver without the query: leave the cell empty
+        return ""
+    return (total - free) / GIB

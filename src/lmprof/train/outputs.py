@@ -1,0 +1,94 @@
+"""Where a run writes: the log, the per-step and evaluation CSVs, the resolved config.
+
+Layout (the seed's): logs/<run>.log, results/details/<run>_metrics.csv (+ _eval.csv, _config.yaml)
+under logging.output_dir. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lmprof.config import RunConfig, save_config
+
+METRICS_COLUMNS = (
+    "step", "loss", "perplexity", "accuracy", "lr", "tokens_seen", "step_time_ms",
+    "tokens_per_sec", "elapsed_sec",
+)
+EVAL_COLUMNS = (
+    "step", "tokens_seen", "elapsed_sec", "eval_loss", "eval_perplexity", "eval_accuracy",
+    "eval_tokens",
+)
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+class _CsvLog:
+    """A per-run CSV appended one flushed line at a time (a kill can cut only its last line)."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], fresh: bool):
+        self.path, self.columns = path, columns
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh or not path.exists():
+            with open(path, "w", newline="") as f:
+                f.write(",".join(columns) + "\n")
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow([_fmt(row.get(c, "")) for c in self.columns])
+
+
+class RunOutputs:
+    def __init__(self, cfg: RunConfig, is_main: bool, resuming: bool = False):
+        self.cfg, self.is_main = cfg, is_main
+        root = Path(cfg.logging.output_dir)
+        name = cfg.logging.run_name
+        self.results_csv = root / "results.csv"
+        self.details_dir = root / "results" / "details"
+        self.log_path = root / "logs" / f"{name}.log"
+        self.metrics = self.evals = None
+        if not is_main:
+            return
+        self.metrics = _CsvLog(self.details_dir / f"{name}_metrics.csv", METRICS_COLUMNS, not resuming)
+        self.evals = _CsvLog(self.details_dir / f"{name}_eval.csv", EVAL_COLUMNS, not resuming)
+        save_config(cfg, self.details_dir / f"{name}_config.yaml")
+
+    def log_metrics(self, point: dict) -> None:
+        if self.metrics:
+            self.metrics.append(point)
+
+    def log_eval(self, point: dict) -> None:
+        if self.evals:
+            self.evals.append(point)
+
+    def progress_bar(self, total: int, initial: int = 0):
+        """A tqdm bar on an interactive terminal; log lines otherwise (files, sweeps)."""
+        if not (self.is_main and self.cfg.logging.progress and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=self.cfg.logging.run_name, unit="step",
+                    dynamic_ncols=True)
+
+
+def setup_logging(cfg: RunConfig, is_main: bool) -> None:
+    """Console logging, plus logs/<run>.log unless a sweep already captures our output."""
+    logger = logging.getLogger("lmprof")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if is_main and not os.environ.get("LMPROF_LOG_CAPTURED"):
+        path = Path(cfg.logging.output_dir) / "logs" / f"{cfg.logging.run_name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, mode="w")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)

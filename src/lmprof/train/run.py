@@ -1,0 +1,170 @@
+"""One run from a config to its results row, whatever happens in between.
+
+Every run that starts ends with exactly one row in results.csv: `ok`, `oom` (with the phase and
+the peak reached), `diverged`, `failed` (one-line summary; the log keeps the traceback) or
+`interrupted`. A user's mistake found before any work raises UserError and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import traceback
+
+import torch
+
+from lmprof.config import RunConfig
+from lmprof.environment import check_environment, environment_info
+from lmprof.errors import EnvironmentMismatch, UserError
+from lmprof.results import append_row
+from lmprof.train.checkpoint import CheckpointManager, Preempted
+from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from lmprof.train.loop import Diverged, Trainer
+from lmprof.train.outputs import RunOutputs, setup_logging
+
+log = logging.getLogger("lmprof")
+
+EXIT_CODES = {"ok": 0, "failed": 1, "oom": 3, "diverged": 4, "interrupted": 130}
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "Cannot allocate memory" in text
+    )
+
+
+def config_row(cfg: RunConfig) -> dict:
+    """The columns that come from the config alone (so a failed run still has them)."""
+    m, s = cfg.model, cfg.system
+    return {
+        "run_name": cfg.logging.run_name,
+        "tag": cfg.logging.tag,
+        "sequence_length": cfg.seq_len,
+        "batch_size": cfg.training.batch_size,
+        "fp16": s.precision == "fp16",
+        "grad_checkpoint": s.gradient_checkpointing != "none",
+        "flash_attention": m.attention in ("flash", "cudnn"),
+        "ddp_gpus": s.num_gpus,
+        "precision": s.precision,
+        "attention": m.attention,
+        "compile": s.compile,
+        "parallelism": s.parallelism,
+        "grad_accum_steps": cfg.training.grad_accum_steps,
+        "max_steps": cfg.training.max_steps,
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
+        "n_heads": m.n_heads,
+        "d_ff": m.d_ff,
+        "norm": m.norm,
+        "pos_encoding": m.pos_encoding,
+        "data_source": cfg.data.source,
+        "tokenizer": cfg.data.tokenizer,
+        "batching": cfg.data.batching,
+        "config_hash": cfg.hash(),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _memory_row(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    gib = 1024**3
+    return {
+        "peak_gpu_mem_gb": torch.cuda.max_memory_allocated(device) / gib,
+        "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved(device) / gib,
+    }
+
+
+def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
+    st, dist = trainer.state, trainer.dist
+    total_real = all_reduce_sum([float(st.real_tokens)], dist)[0]
+    logged = st.logged
+    row = {
+        "total_params_m": trainer.n_params / 1e6,
+        "vocab_size": trainer.args.padded_vocab_size,
+        "steps_done": st.step,
+        "tokens_seen": int(total_real),
+        "training_time_sec": st.train_time_s,
+        # The seed's throughput: real tokens over all ranks per second of training, end to end.
+        "throughput": total_real / st.train_time_s if st.train_time_s > 0 else float("nan"),
+        "final_train_loss": logged[-1]["loss"] if logged else float("nan"),
+        "avg_perplexity": sum(p["perplexity"] for p in logged) / len(logged) if logged else float("nan"),
+        "avg_accuracy": sum(p["accuracy"] for p in logged) / len(logged) if logged else float("nan"),
+    }
+    row.update(trainer.steady_state())
+    if eval_point:
+        row.update({k: eval_point[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy")})
+    return row
+
+
+def run(cfg: RunConfig) -> int:
+    """Train one run and append its row; returns the process exit code."""
+    reason = check_environment(cfg)
+    if reason:
+        raise EnvironmentMismatch(reason)
+    dist: DistInfo = init_distributed(cfg)
+    setup_logging(cfg, dist.is_main)
+    row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
+    row["ddp_gpus"] = dist.world_size
+    status, detail, trainer = "failed", "", None
+    ckpt: CheckpointManager | None = None
+    try:
+        log.info("run %s: %s", cfg.logging.run_name, cfg.hash())
+        ckpt = CheckpointManager(cfg, dist)  # the resume point, the SIGTERM handler
+        outputs = RunOutputs(cfg, dist.is_main, resuming=ckpt.resuming)
+        trainer = Trainer(cfg, dist, outputs)
+        ckpt.attach(trainer)  # restores the newest checkpoint when resuming
+        log.info("model: %.2fM parameters on %s, precision %s, attention %s",
+                 trainer.n_params / 1e6, dist.device, cfg.system.precision, cfg.model.attention)
+        trainer.fit()
+        eval_point = trainer.evaluate()
+        row |= _summary_row(trainer, eval_point)
+        status = "ok"
+    except UserError:
+        raise
+    except Diverged as exc:
+        status, detail = "diverged", str(exc)
+    except Preempted as exc:
+        status, detail = "interrupted", str(exc)
+    except KeyboardInterrupt:
+        status, detail = "interrupted", "stopped by the user"
+    except BaseException as exc:  # noqa: BLE001: every failure must end in a row
+        if is_oom(exc):
+            phase = trainer.instruments.state_phase if trainer else "setup"
+            status, detail = "oom", f"out of memory during {phase}"
+        else:
+            status, detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.error("run failed:\n%s", traceback.format_exc())
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+        if status != "ok" and trainer is not None:
+            row.setdefault("steps_done", trainer.state.step)
+            row.setdefault("total_params_m", trainer.n_params / 1e6)
+        row |= _memory_row(dist.device)
+        if trainer is not None:
+            trainer.instruments.close(oom=status == "oom")
+            row |= trainer.instruments.summary()
+        row |= {"status": status, "status_detail": detail, "finished_at": _now()}
+        if dist.is_main:
+            append_row(outputs_path(cfg), _finite(row))
+            log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+        shutdown()
+    return EXIT_CODES[status]
+
+
+def outputs_path(cfg: RunConfig):
+    from pathlib import Path
+
+    return Path(cfg.logging.output_dir) / "results.csv"
+
+
+def _finite(row: dict) -> dict:
+    return {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

@@ -1,0 +1,116 @@
+"""Config loading: the schema, the seed's aliases, overrides, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmprof.cli import main
+from lmprof.config import build_config, load_config
+from lmprof.errors import ConfigError, UserError
+
+SEED = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "config.yaml"
+
+
+def test_defaults_validate_and_name_the_run():
+    cfg = build_config()
+    assert cfg.logging.run_name.startswith("L4_d256_T256_B16_fp32_sdpa")
+    assert len(cfg.hash()) == 16
+
+
+def test_seed_flat_names_map_to_the_schema():
+    cfg = build_config({
+        "model_type": "vanilla_transformer",
+        "model_config": {"d_model": 512, "nhead": 8, "num_layers": 6, "dim_feedforward": 2048,
+                         "dropout": 0.2},
+        "learning_rate": "3e-4", "lr_scheduler": "linear", "num_warmup_steps": 10,
+        "max_steps": 100, "logging_steps": 5, "seed": 7, "max_grad_norm": 0.5,
+        "batch_size": 4, "sequence_length": 128, "fp16": True, "gradient_checkpointing": True,
+        "use_flash_attention": True, "tokenizer_name": "gpt2", "dataset_name": "wikitext",
+        "dataset_config": "wikitext-2-raw-v1", "debug_flash": True, "num_gpus": 2,
+        "run_name": "seedrun", "tag": "opts",
+    })
+    m, d, t, s, lg = cfg.model, cfg.data, cfg.training, cfg.system, cfg.logging
+    assert (m.d_model, m.n_heads, m.n_layers, m.d_ff, m.dropout) == (512, 8, 6, 2048, 0.2)
+    assert (m.norm, m.pos_encoding, m.activation) == ("post", "sinusoidal", "relu")
+    assert m.attention == "flash"  # use_flash_attention came after model_type
+    assert t.lr == pytest.approx(3e-4) and t.schedule == "linear" and t.warmup_steps == 10
+    assert (t.max_steps, t.seed, t.max_grad_norm, t.batch_size) == (100, 7, 0.5, 4)
+    assert (d.source, d.hf_dataset, d.hf_config, d.tokenizer) == ("hf", "wikitext", "wikitext-2-raw-v1", "gpt2")
+    assert (s.precision, s.gradient_checkpointing, s.num_gpus) == ("fp16", "full", 2)
+    assert (lg.logging_steps, lg.debug_flash, lg.run_name, lg.tag) == (5, True, "seedrun", "opts")
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="the seed's sweep file is not beside the repo")
+def test_seed_base_config_loads_unchanged():
+    raw = yaml.safe_load(SEED.read_text())
+    cfg = build_config(raw["base_config"])
+    assert cfg.training.lr == pytest.approx(3e-4)
+    assert cfg.training.max_steps == 8000 and cfg.training.warmup_steps == 500
+    assert cfg.model.attention == "vanilla" and cfg.system.precision == "fp16"
+
+
+def test_overrides_dotted_leaf_and_alias():
+    cfg = build_config(overrides=["model.d_model=64", "n_heads=2", "fp16=false", "precision=bf16",
+                                  "training.lr=1e-3"])
+    assert (cfg.model.d_model, cfg.model.n_heads, cfg.system.precision) == (64, 2, "bf16")
+    assert cfg.training.lr == pytest.approx(1e-3)
+
+
+def test_hash_ignores_where_outputs_go_but_not_what_is_computed():
+    a = build_config(overrides=["output_dir=/tmp/a"])
+    b = build_config(overrides=["output_dir=/tmp/b"])
+    c = build_config(overrides=["batch_size=8"])
+    assert a.hash() == b.hash() != c.hash()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("d_modle=64", "did you mean 'd_model'"),
+    ("batch_size=abc", "expected an integer"),
+    ("model.n_heads=5", "must divide model.d_model=256"),
+    ("batch_size=0", "must be positive"),
+    ("precision=fp8", "allowed: fp32, tf32, fp16, bf16"),
+    ("attention=flashy", "allowed: vanilla, sdpa, flash"),
+    ("run_name=../evil", "plain file name"),
+    ("dropout=1.5", "[0, 1)"),
+    ("compile=maybe", "expected true or false"),
+])
+def test_invalid_values_name_key_value_and_allowed(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        build_config(overrides=[override])
+    msg = str(info.value)
+    assert fragment in msg
+    assert "\n" not in msg
+    assert override.split("=")[1] in msg
+
+
+def test_bad_files_are_one_line_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base_config: {}\nexperiments: []\n")
+    with pytest.raises(UserError, match="sweep file"):
+        load_config(sweep)
+
+
+def test_cli_prints_one_line_and_exits_2(capsys):
+    assert main(["run", "model.n_heads=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lmprof: error: model.n_heads=5")
+
+
+def test_fp16_on_a_cpu_is_refused_before_work(capsys, tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "fp16=true"]) == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()

@@ -11,6 +11,6 @@ python3 benchmarks/step_throughput.py --out "$OUT" --only \
   small_seed_module_fp16 small_seed_equiv_fp16 small_vanilla_fp32 small_vanilla_bf16 small_sdpa_bf16 \
   small_flash_bf16 small_mem_efficient_bf16 small_cudnn_bf16 small_cudnn_bf16_chunked \
   small_flash_bf16_compile small_cudnn_bf16_compile small_cudnn_bf16_compile_chunked 2>&1 | tee "$OUT/bench.log" | grep -v '^{'
-mkdir -p /tmp/default && (cd /tmp/default && timeout 120 python3 -m lmprof run logging_steps=50 2>&1 | tail -8)
-cp /tmp/default/results.csv "$OUT/default_results.csv" 2>/dev/null
+
+
 cat "$OUT/step_throughput.md"

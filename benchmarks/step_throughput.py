@@ -47,6 +47,7 @@ def _cfg(shape: dict, batch: int, seq: int, **kw) -> dict:
 CONFIGS: dict[str, dict] = {
     "small_seed_module_fp16": {"seed_module": True, **_cfg(SMALL, 16, 1024, precision="fp16", dropout=0.1)},
     "small_seed_equiv_fp16": _cfg(SMALL, 16, 1024, **SEED),
+    "small_seed_equiv_mem_efficient_fp16": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "mem_efficient"}),
     "small_vanilla_fp32": _cfg(SMALL, 16, 1024, **{**SEED, "precision": "fp32"}),
     "small_vanilla_bf16": _cfg(SMALL, 16, 1024, **{**FAST, "attention": "vanilla"}),
     "small_sdpa_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="sdpa"),
@@ -58,14 +59,16 @@ CONFIGS: dict[str, dict] = {
     "small_cudnn_bf16_compile": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True),
     "small_cudnn_bf16_compile_chunked": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
                                              loss_chunk_size=4096),
+    "small_cudnn_bf16_compile_nobias": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
+                                            bias=False),
     "small_cudnn_bf16_compile_b64": _cfg(SMALL, 64, 1024, **FAST, attention="cudnn", compile=True),
     "medium_cudnn_bf16_compile": _cfg(MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True),
     "small_flash_bf16_ckpt_selective": _cfg(SMALL, 16, 1024, **FAST, attention="flash",
                                             gradient_checkpointing="selective"),
     "small_flash_bf16_ckpt_full": _cfg(SMALL, 16, 1024, **FAST, attention="flash",
                                        gradient_checkpointing="full"),
-    "small_long_131k": _cfg(SMALL, 1, 131072, **FAST, attention="flash", gradient_checkpointing="full",
-                            loss_chunk_size=8192),
+    "small_long_131k": _cfg(SMALL, 1, 131072, **{**FAST, "pos_encoding": "sinusoidal"}, attention="flash",
+                            gradient_checkpointing="full", loss_chunk_size=8192),
 }
 
 
@@ -105,7 +108,7 @@ class SeedModule(torch.nn.Module):
         x = self.emb(idx) + self.pe[: idx.size(1)]
         x = self.encoder(x, mask=self.mask, is_causal=True)
         logits = self.head(x)
-        return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def time_seed_module(spec: dict, steps: int, warmup: int) -> list[float]:

@@ -5,10 +5,10 @@ disjoint ranks, exact resume), and user mistakes are one-line errors."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import sys
+import threading
 import time
 
 import numpy as np
@@ -155,30 +155,33 @@ def test_each_tokenizer_gets_its_own_cache(tmp_path, corpus):
     assert "# file" in text or any(w in text for w in WORDS)
 
 
-def _build_in_child(cfg, queue):
-    log = Log()
-    dm = build_data(cfg, log=log)
-    queue.put((log[0].split()[1], dm.n_train_tokens, dm.n_val_tokens))
-
-
 def test_concurrent_builders_build_once(tmp_path, corpus, monkeypatch):
+    # Threads stand in for processes: each file_lock opens its own file description, and
+    # flock excludes those from each other exactly as it does across processes.
     cfg = cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="char", sequence_length=32)
     load = sources_mod.TextSource.load
 
-    def slow_load(self, val_fraction):  # both children are surely building at the same time
+    def slow_load(self, val_fraction):  # both builders are surely inside at the same time
         time.sleep(0.3)
         return load(self, val_fraction)
 
-    monkeypatch.setattr(sources_mod.TextSource, "load", slow_load)  # inherited by fork
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_build_in_child, args=(cfg, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    monkeypatch.setattr(sources_mod.TextSource, "load", slow_load)
+    results, errors = [], []
+
+    def build():
+        try:
+            log = Log()
+            dm = build_data(cfg, log=log)
+            results.append((log[0].split()[1], dm.n_train_tokens, dm.n_val_tokens))
+        except Exception as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert not errors
     assert sorted(r[0] for r in results) == ["built", "reused"]
     assert results[0][1:] == results[1][1:]
 
@@ -298,9 +301,10 @@ def test_ranks_read_disjoint_windows(packed, world_size):
 
 @pytest.mark.parametrize("batching", ["packed", "padded"])
 def test_start_step_resumes_exactly(tmp_path, corpus, batching):
-    dm = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=128,
+    dm = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=512,
                             batching=batching), log=Log())
-    # Batches of 5 over a few dozen items: the 12 batches cross epoch boundaries.
+    per_rank = dm.n_train_items() // 2
+    assert per_rank < 12 * 5 / 2  # the 12 batches of 5 cross at least two epoch boundaries
     fresh = take(dm.train_batches(5, rank=1, world_size=2, seed=9), 12)
     for k in (1, 4, 7):
         resumed = take(dm.train_batches(5, rank=1, world_size=2, seed=9, start_step=k), 12 - k)
@@ -504,3 +508,23 @@ def test_gpt2_unavailable_offline(tmp_path, corpus, monkeypatch):
     with pytest.raises(UserError) as exc:
         build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="gpt2"))
     assert "gpt2" in one_line(exc)
+
+
+def test_gpt2_rejects_an_empty_local_tokenizer(tmp_path, corpus, monkeypatch):
+    # transformers 5 returns an empty tokenizer, not an error, when 'gpt2' was never cached.
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import models
+
+    class GPT2TokenizerFast:
+        @staticmethod
+        def from_pretrained(name, local_files_only):
+            assert local_files_only  # never a download
+            return type("T", (), {"backend_tokenizer": HFTok(models.BPE())})()
+
+    module = type(sys)("transformers")
+    module.GPT2TokenizerFast = GPT2TokenizerFast
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    monkeypatch.setitem(sys.modules, "transformers", module)
+    with pytest.raises(UserError) as exc:
+        build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="gpt2"))
+    assert "local Hugging Face cache" in one_line(exc)

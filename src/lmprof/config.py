@@ -540,6 +540,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.path", "", "data.source=text needs data.path (files or folders)")
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
         raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
+    if m.attention in ("flash", "cudnn") and cfg.system.precision in ("fp32", "tf32"):
+        raise ConfigError(
+            "model.attention", m.attention,
+            f"the {m.attention} kernels need precision fp16 or bf16 (use sdpa, mem_efficient or vanilla in {cfg.system.precision})",
+        )
     name = cfg.logging.run_name
     if name and (not _RUN_NAME.match(name) or len(name) > 200):
         raise ConfigError(

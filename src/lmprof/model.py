@@ -94,12 +94,19 @@ class CausalSelfAttention(nn.Module):
 
     def _vanilla(self, q, k, v, key_padding):
         """softmax(QK^T / sqrt(d) + mask) V with the T x T matrix materialised: the baseline."""
-        T = q.size(-2)
+        B, H, T, D = q.shape
+        scale = 1.0 / math.sqrt(D)
         # The matmuls already ran in the autocast dtype; keep the softmax there too (its kernel
         # accumulates in fp32) instead of autocast's fp32 copy of a B*H*T*T tensor.
         with torch.autocast(q.device.type, enabled=False):
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.d_head))
-            att.masked_fill_(~_attention_mask(T, key_padding, q.device), float("-inf"))
+            if key_padding is None:
+                # One kernel for scale + causal mask: the additive bias rides on the matmul.
+                bias = _causal_bias(T, q.dtype, q.device)
+                att = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
+                                    alpha=scale).view(B, H, T, T)
+            else:
+                att = (q @ k.transpose(-2, -1)).mul_(scale)
+                att.masked_fill_(~_attention_mask(T, key_padding, q.device), float("-inf"))
             att = self.attn_dropout(att.softmax(dim=-1))
             return att @ v
 
@@ -118,6 +125,11 @@ def _sdpa_kernel(backend):
     from torch.nn.attention import sdpa_kernel
 
     return sdpa_kernel([backend])
+
+
+def _causal_bias(T: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """0 on and below the diagonal, -inf above: an additive causal mask."""
+    return torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
 
 
 def _attention_mask(T: int, key_padding: torch.Tensor | None, device) -> torch.Tensor:

@@ -51,6 +51,12 @@ class Run:
     def num(self, column: str) -> float | None:
         return num(self.get(column))
 
+    def pos(self, column: str) -> float | None:
+        """A measurement or sweep value: zero or negative means not recorded (a CPU run's GPU
+        memory, a killed run's throughput) and must not be drawn or divided by."""
+        value = self.num(column)
+        return value if value is not None and value > 0 else None
+
     @property
     def name(self) -> str:
         return self.get("run_name")
@@ -92,22 +98,22 @@ class Run:
 
     @property
     def gpus(self) -> int:
-        n = self.num("ddp_gpus") or self.num("gpu_count")
+        n = self.pos("ddp_gpus") or self.pos("gpu_count")
         return int(n) if n else 1
 
     @property
     def tokens_per_sec(self) -> float | None:
         # Steady state leaves out warm-up and compile steps; the seed's whole-run average is the
         # fallback for rows that lack it.
-        return self.num("steady_tokens_per_sec") or self.num("throughput")
+        return self.pos("steady_tokens_per_sec") or self.pos("throughput")
 
     @property
     def mem_gb(self) -> float | None:
-        return self.num("peak_gpu_mem_gb")
+        return self.pos("peak_gpu_mem_gb")
 
     @property
     def mfu(self) -> float | None:
-        return self.num("mfu")
+        return self.pos("mfu")
 
     @property
     def identity(self) -> tuple[str, str]:

@@ -37,11 +37,11 @@ MFU_LABEL = "MFU (% of peak FLOP/s)"
 
 
 def _seq(r: Run) -> float | None:
-    return r.num("sequence_length")
+    return r.pos("sequence_length")
 
 
 def _bs(r: Run) -> float | None:
-    return r.num("batch_size")
+    return r.pos("batch_size")
 
 
 def _mfu_pct(r: Run) -> float | None:
@@ -75,10 +75,12 @@ def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],
            panels: Sequence[tuple[Callable[[Run], float | None], str]],
            extra: Callable[[Any, Sequence[Series]], None] | None = None) -> list[list[Series]]:
     """One figure with a panel per metric; returns each panel's series for the reading."""
+    found = [series_of(ctx, runs, x, y, exclude=(xdim,)) for y, _ in panels]
+    if not found[0][0]:
+        raise Skip(f"no run has both a {xlabel.split(' (')[0]} and a {panels[0][1].split(' (')[0]}")
     fig, axes = figure(ncols=len(panels))
     out, undrawn_all = [], {}
-    for ax, (y, ylabel) in zip(axes[0], panels, strict=True):
-        series, undrawn = series_of(ctx, runs, x, y, exclude=(xdim,))
+    for ax, (series, undrawn), (_, ylabel) in zip(axes[0], found, panels, strict=True):
         out.append(series)
         undrawn_all.update({r.line: r for r in undrawn})
         _draw(ax, series, ylabel)
@@ -108,8 +110,8 @@ def _growth(series: Sequence[Series], noun: str, fmt: Callable[[float], str],
             at: Callable[[float], str], what: str) -> str:
     """'peak memory grows from 2.00 GB at 128 tokens to 11.8 GB at 1024 tokens (5.9x for 8x the
     length)' for the series with the most points."""
-    s = max(series, key=lambda s: len(s.points))
-    if not s.points:
+    s = max(series, key=lambda s: len(s.points), default=None)
+    if s is None or not s.points:
         return ""
     (x0, y0, _), (x1, y1, _) = s.points[0], s.points[-1]
     if len(s.points) < 2:
@@ -146,8 +148,8 @@ def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
     def predicted(ax: Any, series: Sequence[Series]) -> None:
         top = 0.0
         for s in series:
-            pts = [(x, r.num("predicted_peak_mem_gb")) for x, _, r in s.points]
-            pts = sorted((x, y) for x, y in pts + [(x, r.num("predicted_peak_mem_gb")) for x, r in s.failed]
+            pts = [(x, r.pos("predicted_peak_mem_gb")) for x, _, r in s.points]
+            pts = sorted((x, y) for x, y in pts + [(x, r.pos("predicted_peak_mem_gb")) for x, r in s.failed]
                          if y is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".",
@@ -161,8 +163,8 @@ def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
     (series,) = _sweep(ctx, file, "Peak GPU memory vs sequence length", runs, _seq,
                        "sequence length (tokens)", "sequence_length",
                        [(lambda r: r.mem_gb, MEM_LABEL)], extra=predicted)
-    errs = [abs(r.num("predicted_peak_mem_gb") / y - 1) for s in series for _, y, r in s.points
-            if r.num("predicted_peak_mem_gb")]
+    errs = [abs(r.pos("predicted_peak_mem_gb") / y - 1) for s in series for _, y, r in s.points
+            if r.pos("predicted_peak_mem_gb")]
     reading = sentence(
         _growth(series, "peak memory", _gb, _tokens, "length"),
         f"the memory model's prediction was within {max(errs) * 100:.0f}% of measured" if errs else "",
@@ -264,7 +266,7 @@ def throughput_vs_model_size(ctx: Context) -> list[Plot]:
     if has_mfu:
         panels.append((_mfu_pct, MFU_LABEL))
     result = _sweep(ctx, file, "Throughput and MFU vs model size", runs,
-                    lambda r: r.num("total_params_m"), "parameters (millions)", "model", panels)
+                    lambda r: r.pos("total_params_m"), "parameters (millions)", "model", panels)
     def params(x: float) -> str:
         return f"{fmt_tick(x)}M parameters"
 

@@ -234,9 +234,13 @@ def load_gpt2() -> Tokenizer:
         problems.append("tiktoken is not installed")
     else:
         try:
-            return TiktokenGPT2(tiktoken.get_encoding("gpt2"))
+            tok: Tokenizer = TiktokenGPT2(tiktoken.get_encoding("gpt2"))
         except Exception as exc:  # offline: requests/urllib errors of many kinds
-            problems.append(f"tiktoken could not load 'gpt2' ({_first_line(exc)})")
+            problems.append(f"tiktoken could not fetch 'gpt2' ({type(exc).__name__}; offline?)")
+        else:
+            if _is_gpt2(tok):
+                return tok
+            problems.append("tiktoken's 'gpt2' is not GPT-2's vocabulary")
     try:
         from transformers import GPT2TokenizerFast
     except ImportError:
@@ -247,11 +251,22 @@ def load_gpt2() -> Tokenizer:
         except Exception as exc:
             problems.append(f"'gpt2' is not in the local Hugging Face cache ({_first_line(exc)})")
         else:
-            return HFTokenizer(hf.backend_tokenizer, "gpt2", 50256, 50257, 50258)
+            tok = HFTokenizer(hf.backend_tokenizer, "gpt2", 50256, 50257, 50258)
+            # transformers 5 builds an empty tokenizer when the files are missing, silently.
+            if _is_gpt2(tok):
+                return tok
+            problems.append("'gpt2' is not in the local Hugging Face cache")
     raise UserError(
         "data.tokenizer=gpt2 is unavailable: " + "; ".join(problems)
         + " (pip install lmprof[gpt2] on a machine with network once, or use byte/char/bpe)"
     )
+
+
+def _is_gpt2(tok: Tokenizer) -> bool:
+    try:
+        return tok.encode("hello world") == [31373, 995]
+    except Exception:
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

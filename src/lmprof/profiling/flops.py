@@ -21,9 +21,11 @@ Hardware FLOPs add what the step recomputes:
   saved); post-norm blocks (the LayerNorm after the residual saves its input) and blocks with
   dropout (the mask is drawn after that matmul) recompute all of it.
 - selective checkpointing (model.py's policy) keeps the outputs of mm/addmm/bmm and the CUDA
-  SDPA kernels, so only pointwise ops run again: no extra matmul FLOPs on the GPU. On the CPU,
+  SDPA kernels, so only pointwise ops run again: no extra matmul FLOPs with SDPA on the GPU.
+  Vanilla attention computes its scores with baddbmm (the causal bias added in the matmul),
+  which the policy does not name, so QK^T is recomputed (2 * L * d * T per token). On the CPU,
   SDPA without dropout runs `_scaled_dot_product_flash_attention_for_cpu`, which the policy does
-  not name, so the attention forward is recomputed there (`device="cpu"`).
+  not name either, so the attention forward is recomputed there (`device="cpu"`).
 - the chunked cross-entropy computes the same three matmuls as the plain loss: nothing extra.
 - the fused SDPA kernels (flash, memory-efficient, cuDNN; the CPU's flash kernel) recompute QK^T
   inside their backward: 2 * L * d * T more per token (`attention_kernel_recompute`).
@@ -36,6 +38,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+# model.py's selective-checkpointing policy keeps mm/addmm/bmm/SDPA outputs but not baddbmm, the
+# op of vanilla attention's scores: flip this if the policy gains it.
+SAC_SAVES_BADDBMM = False
 
 CONVENTION = (
     "PaLM/nanoGPT: 3x forward; 6*N + 12*L*d*T per token, N = matmul weights incl. LM head "
@@ -101,11 +107,13 @@ def count_params(args: Any) -> int:
     return n
 
 
-def flops_per_token(args: Any, seq_len: int, *, device: str = "cuda") -> FlopCount:
+def flops_per_token(args: Any, seq_len: int, *, device: str = "cuda",
+                    padded: bool = False) -> FlopCount:
     """FLOPs per token of one training step of `Transformer(args)` on sequences of `seq_len`.
 
-    `args` is an `lmprof.model.ModelArgs` (or anything with its fields). `device` only matters
-    for selective checkpointing with SDPA on the CPU (see the module docstring).
+    `args` is an `lmprof.model.ModelArgs` (or anything with its fields). `device` and `padded`
+    (a batch with padding: vanilla attention then uses a bmm) only change the recompute of
+    selective checkpointing and the fused-attention backward (see the module docstring).
     """
     d, L, T = int(args.d_model), int(args.n_layers), int(seq_len)
     mp = matmul_params(args)
@@ -129,9 +137,12 @@ def flops_per_token(args: Any, seq_len: int, *, device: str = "cuda") -> FlopCou
             block_fwd -= 2 * f * d  # early stop: the MLP down-projection is not re-run
         recompute = L * block_fwd + attn_fwd
     elif mode == "selective":
-        # The CPU flash kernel is not in the policy's save list, so its forward runs again.
-        cpu_flash = device == "cpu" and fused
-        recompute = attn_fwd if cpu_flash else 0.0
+        if device == "cpu" and fused:
+            # The CPU flash kernel is not in the policy's save list: its forward runs again.
+            recompute = attn_fwd
+        elif attention_kind == "vanilla" and not padded and not SAC_SAVES_BADDBMM:
+            # vanilla's QK^T is a baddbmm (causal bias + scale in one kernel), not in the list.
+            recompute = attn_fwd / 2
 
     breakdown = {
         "matmul_params": float(n_matmul),

@@ -15,11 +15,13 @@ processes on a machine without a GPU), one after another.
 The file is the course assignment's format: base_config plus experiments, each a group with a
 name, a tag and either params (every combination of the lists) over fixed_params, or a list of
 named runs. key=value overrides apply to every run (e.g. training.max_steps=50). Every run is
-validated before the first starts.
+validated before the first starts. Beyond the seed's format: a tag may be a list, keys may be
+dotted (model.d_model), and a group or run may set num_gpus, repeat: N or seeds: [..].
 
 Per run: logs/<run>.log (its output), one row in results.csv with its status: ok, oom,
 diverged, failed, timeout (system.timeout_s), interrupted (Ctrl-C) or skipped (this machine
-cannot run it, e.g. fp16 without a GPU). system.memory_limit_gb caps each run's address space.
+cannot run it, e.g. fp16 without a GPU). system.memory_limit_gb caps each process's address
+space (RLIMIT_AS; meant for CPU runs: CUDA reserves far more address space than it uses).
 """
 
 RESUME_HELP = """\

@@ -121,9 +121,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-_LIBC: Any = None
+_PRCTL: Any = None  # Linux's prctl, looked up here: a forked child must not dlopen
 with contextlib.suppress(OSError, AttributeError):
-    _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not dlopen
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _PR_SET_PDEATHSIG = 1
 
 
@@ -137,8 +137,8 @@ def _child_setup(limit_bytes: int, parent: int) -> Callable[[], None]:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         # If the sweep is killed (SIGKILL, a closed terminal), the run stops too instead of
         # training on unobserved; torchrun passes SIGTERM on to its workers.
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the sweep died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -369,14 +369,15 @@ class SweepRunner:
         # A sweep rerun on the same machine would add the same `skipped` row every time.
         if not (last.get("status") == "skipped" and last.get("status_detail") == reason):
             append_row(_results_path(plan), _parent_row(plan, "skipped", reason, None, _now()))
-        return Outcome(plan, "skipped", reason, note="not runnable here")
+        return Outcome(plan, "skipped", reason)
 
     def _execute(self, plan: RunPlan) -> Outcome:
         results = _results_path(plan)
         log_path = _log_path(plan)
         started_at, t0 = _now(), time.monotonic()
         try:
-            cfg_path = Path(plan.cfg.logging.output_dir) / "results" / plan.name / "config.yaml"
+            # Where the run itself saves its resolved config (same content): one file per run.
+            cfg_path = config_path(plan)
             save_config(plan.cfg, cfg_path)
             argv = self.child_argv(cfg_path, plan.num_gpus)
             n_before = len(read_rows(results))
@@ -474,6 +475,11 @@ def run_sweep(
 
 def _results_path(plan: RunPlan) -> Path:
     return Path(plan.cfg.logging.output_dir) / "results.csv"
+
+
+def config_path(plan: RunPlan) -> Path:
+    """The resolved config handed to the run: results/details/<run>_config.yaml."""
+    return Path(plan.cfg.logging.output_dir) / "results" / "details" / f"{plan.name}_config.yaml"
 
 
 def _log_path(plan: RunPlan) -> Path:

@@ -355,7 +355,7 @@ class CheckpointManager:
         self._barrier()
         model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
-        with _single_process_quiet():
+        with _single_process_quiet(), _plain_errors("saving " + str(tmp)):
             dcp.save(tensors, storage_writer=FileSystemWriter(tmp), process_group=self._group,
                      no_dist=not dist.is_initialized())
         st = trainer.state
@@ -430,7 +430,7 @@ class CheckpointManager:
         # zero-lr step), so DCP loads in place, each rank its own shards.
         model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
-        with _single_process_quiet():
+        with _single_process_quiet(), _plain_errors(str(path)):
             dcp.load(tensors, storage_reader=_reader(path), process_group=self._group,
                      no_dist=not dist.is_initialized())
         optim_sd = {"state": tensors["optim"], "param_groups": optim_sd["param_groups"]}
@@ -460,6 +460,22 @@ class CheckpointManager:
             trainer.state.logged = [_numbers(r) for r in trim_csv(out.metrics.path, step)]
         if out.evals is not None:
             trainer.state.evals = [_numbers(r) for r in trim_csv(out.evals.path, step)]
+
+
+@contextlib.contextmanager
+def _plain_errors(what: str) -> Iterator[None]:
+    """DCP wraps every rank's error in a CheckpointException (a BaseException whose first line
+    names only ranks): re-raise the first rank's error as one line."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as exc:
+        rank, (err, _) = sorted(exc.failures.items())[0]
+        if isinstance(err, CheckpointError):
+            raise CheckpointError(f"{what}: {err}") from None
+        text = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{what}: rank {rank}: {type(err).__name__}: {text}") from None
 
 
 @contextlib.contextmanager

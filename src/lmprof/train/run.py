@@ -99,9 +99,51 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
         "avg_accuracy": sum(p["accuracy"] for p in logged) / len(logged) if logged else float("nan"),
     }
     row.update(trainer.steady_state())
+    row.update(_flops_row(trainer, row))
     if eval_point:
         row.update({k: eval_point[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy")})
     return row
+
+
+def _flops_row(trainer: Trainer, row: dict) -> dict:
+    """MFU (model FLOPs), HFU (with recompute) and achieved TFLOP/s per GPU, from the steady
+    state's processed tokens (PAD included: the GPU does that work)."""
+    from lmprof.profiling.flops import flops_per_token, mfu
+    from lmprof.profiling.peaks import matmul_precision, measure_peak_flops, peak_flops
+
+    cfg, device = trainer.cfg, trainer.device
+    fc = flops_per_token(trainer.args, cfg.seq_len, device=device.type)
+    per_gpu = row["processed_tokens_per_sec"] / trainer.dist.world_size
+    out = {
+        "model_flops_per_token": fc.model_flops_per_token,
+        "achieved_tflops": per_gpu * fc.model_flops_per_token / 1e12,
+        "matmul_precision": matmul_precision(cfg.system.precision),
+    }
+    if device.type != "cuda":
+        return out
+    if cfg.profile.peak == "measured":
+        dtype = AUTOCAST_PEAK_DTYPES.get(cfg.system.precision, torch.float32)
+        peak, out["peak_source"] = measure_peak_flops(device, dtype), "measured"
+    else:
+        peak = peak_flops(torch.cuda.get_device_name(device), out["matmul_precision"])
+        out["peak_source"] = "table" if peak else "unknown GPU"
+    if peak:
+        out["peak_tflops"] = peak / 1e12
+        out["mfu"] = mfu(per_gpu, fc.model_flops_per_token, peak)
+        out["hfu"] = per_gpu * fc.hardware_flops_per_token / peak
+    return out
+
+
+AUTOCAST_PEAK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> dict:
+    from lmprof.profiling.memory_model import estimate_memory
+
+    est = estimate_memory(cfg, vocab_size, world_size)
+    gib = 1024**3
+    return {"predicted_peak_mem_gb": est.predicted_peak_bytes / gib,
+            "predicted_peak_phase": est.peak_phase}
 
 
 def run(cfg: RunConfig) -> int:
@@ -120,6 +162,7 @@ def run(cfg: RunConfig) -> int:
         ckpt = CheckpointManager(cfg, dist)  # the resume point, the SIGTERM handler
         outputs = RunOutputs(cfg, dist.is_main, resuming=ckpt.resuming)
         trainer = Trainer(cfg, dist, outputs)
+        row |= _predicted_memory_row(cfg, trainer.data.vocab_size, dist.world_size)
         ckpt.attach(trainer)  # restores the newest checkpoint when resuming
         log.info("model: %.2fM parameters on %s, precision %s, attention %s",
                  trainer.n_params / 1e6, dist.device, cfg.system.precision, cfg.model.attention)
@@ -128,6 +171,7 @@ def run(cfg: RunConfig) -> int:
         row |= _summary_row(trainer, eval_point)
         status = "ok"
     except UserError:
+        status = "user_error"  # found during setup (a missing data path, ...): no row, exit 2
         raise
     except Diverged as exc:
         status, detail = "diverged", str(exc)
@@ -143,8 +187,6 @@ def run(cfg: RunConfig) -> int:
             status, detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log.error("run failed:\n%s", traceback.format_exc())
     finally:
-        if ckpt is not None:
-            ckpt.close()
         if status != "ok" and trainer is not None:
             row.setdefault("steps_done", trainer.state.step)
             row.setdefault("total_params_m", trainer.n_params / 1e6)
@@ -153,9 +195,11 @@ def run(cfg: RunConfig) -> int:
             trainer.instruments.close(oom=status == "oom")
             row |= trainer.instruments.summary()
         row |= {"status": status, "status_detail": detail, "finished_at": _now()}
-        if dist.is_main:
+        if dist.is_main and status != "user_error":
             append_row(outputs_path(cfg), _finite(row))
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+        if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
+            ckpt.close()
         shutdown()
     return EXIT_CODES[status]
 

@@ -1,0 +1,557 @@
+"""An analytic model of the peak GPU memory of one lmprof training step.
+
+`estimate_memory(cfg, vocab_size)` predicts what `torch.cuda.max_memory_allocated()` reads after
+a run of lmprof's training loop (train/loop.py: forward under autocast, backward, clip, fused
+AdamW step, `zero_grad(set_to_none=True)`), and, separately, what the caching allocator reserves
+and what NVML shows. Nothing is run: the model is derived from what model.py's modules save for
+backward, tensor by tensor (`block_tensors`), and from the order in which a step allocates and
+frees them (`_phases`). The peak is the largest of:
+
+- forward, at the loss: every block's saved tensors, autocast's weight copies, the logits (in
+  the autocast dtype), their fp32 upcast and the log-softmax output;
+- backward, at the loss: every block's saved tensors and three fp32 (tokens x vocab) buffers
+  (the saved log-softmax, the gradient of the NLL and of the log-softmax);
+- backward, at the top block and at the bottom block (live memory is linear in the block index
+  in between): the blocks below still saved, the gradients already made, the block's own
+  recomputation under checkpointing and the short-lived gradient buffers of its backward;
+- backward, at the embedding (tied weights: the embedding's gradient is a second V x d fp32
+  buffer until it is added into the LM head's), and the optimizer step (all gradients).
+
+What a block saves (model.py, per block, N = B*T tokens, e = 2 under bf16/fp16 autocast else 4;
+the residual stream and LayerNorm outputs stay fp32 under autocast because the parameters are
+fp32 and LayerNorm autocasts to fp32):
+- both LayerNorms save their fp32 input (N*d*4) and mean/rstd; the qkv and MLP-up projections
+  save their input (autocast: a new e-byte copy; fp32: the LayerNorm output/block input itself);
+- vanilla attention saves contiguous copies of q, k, v (the head split makes them strided), the
+  softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, the causal
+  mask (T*T bytes) and a contiguous copy of the attention output for the out-projection;
+- fused SDPA (flash, memory-efficient, cuDNN) saves the qkv projection's output (q, k, v are
+  views of it), its output (the out-projection's input: same storage) and an fp32 logsumexp;
+- the MLP saves the activation's input (GELU only) and output; each dropout with p > 0 saves a
+  mask (1 byte per element on CUDA, the tensor's dtype on the CPU);
+- autocast's weight copies (e bytes per matmul weight) are saved by the matmuls that use them.
+Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
+backward; selective checkpointing (model.py's policy) also keeps the outputs of mm/addmm/bmm and
+the CUDA SDPA kernels and rebuilds the rest.
+
+Constants fitted on an H200 (torch 2.11, CUDA 13), see `CUBLAS_WORKSPACE_BYTES` and friends;
+everything else is counted, not fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmprof.profiling.flops import (
+    SAC_SAVES_BADDBMM,
+    FlopCount,
+    count_params,
+    flops_per_token,
+    padded_vocab,
+)
+
+MiB = 1024**2
+GiB = 1024**3
+
+# cuBLAS/cuBLASLt workspaces come from PyTorch's caching allocator (counted by
+# max_memory_allocated): on Hopper 32 MiB per (handle, stream), one for the forward thread and
+# one for the autograd engine's device thread, plus cuBLASLt's.
+CUBLAS_WORKSPACE_BYTES = 2 * 32 * MiB
+# max_memory_reserved / max_memory_allocated of a training step (fragmentation and the 2 MiB /
+# 20 MiB segment rounding of the caching allocator), fitted on an H200.
+ALLOCATOR_FACTOR = 1.08
+# The CUDA context (kernels, cuBLAS/cuDNN handles): NVML shows it, PyTorch's allocator does not.
+CUDA_CONTEXT_BYTES = 540 * MiB
+
+_AUTOCAST = {"bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor a block (or the embedding/head) creates in its forward."""
+
+    name: str
+    nbytes: int
+    saved: bool  # saved for backward without checkpointing
+    cached: bool = False  # kept by selective checkpointing (an mm/addmm/bmm/SDPA output)
+    kind: str = "act"  # act | weights (autocast's copies of the weights)
+
+
+@dataclass
+class Shape:
+    """What the memory model needs of a run: model.ModelArgs' fields plus the step's shape."""
+
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    d_ff: int
+    dropout: float
+    max_seq_len: int
+    norm: str = "pre"
+    pos_encoding: str = "learned"
+    tie_embeddings: bool = True
+    bias: bool = True
+    activation: str = "gelu"
+    attention: str = "sdpa"
+    vocab_multiple: int = 64
+    loss_chunk_size: int = 0
+    checkpointing: str = "none"
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return padded_vocab(self)
+
+    @classmethod
+    def from_config(cls, cfg: Any, vocab_size: int) -> Shape:
+        """Mirror of model.ModelArgs.from_config, without importing torch."""
+        m = cfg.model
+        return cls(
+            vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
+            d_ff=m.d_ff, dropout=m.dropout, max_seq_len=cfg.max_seq_len, norm=m.norm,
+            pos_encoding=m.pos_encoding, tie_embeddings=m.tie_embeddings, bias=m.bias,
+            activation=m.activation, attention=m.attention, vocab_multiple=m.vocab_multiple,
+            loss_chunk_size=m.loss_chunk_size, checkpointing=cfg.system.gradient_checkpointing,
+        )
+
+
+def _attention_path(attention: str, dropout: float, device: str) -> str:
+    """vanilla | fused | math: which code saves the attention's tensors."""
+    if attention == "vanilla":
+        return "vanilla"
+    # On the CPU, SDPA with dropout takes the math path (explicit bmm, in fp32 under autocast);
+    # without dropout the CPU flash kernel, which saves what the CUDA kernels save.
+    if device == "cpu" and dropout > 0:
+        return "math"
+    return "fused"
+
+
+def block_tensors(s: Shape, B: int, T: int, precision: str, device: str = "cuda",
+                  padded: bool = False) -> list[Tensor]:
+    """The tensors one block makes in its forward, with what is saved and what SAC keeps."""
+    N, d, f, H = B * T, s.d_model, s.d_ff, s.n_heads
+    e = _AUTOCAST.get(precision, 4)
+    autocast = precision in _AUTOCAST
+    p = s.dropout
+    cuda = device != "cpu"
+    path = _attention_path(s.attention, p, device)
+    e_att = 4 if path == "math" else e
+    BHTT = B * H * T * T
+    Nd, Nf = N * d, N * f
+    out: list[Tensor] = []
+
+    def add(name: str, nbytes: int, saved: bool, cached: bool = False, kind: str = "act"):
+        out.append(Tensor(name, int(nbytes), saved, cached, kind))
+
+    def mask(name: str, numel: int, dtype_bytes: int) -> None:
+        if p > 0:
+            add(name, numel * (1 if cuda else dtype_bytes), True)
+
+    pre = s.norm == "pre"
+    stats = 2 * N * 4  # LayerNorm's mean and rstd, fp32
+    # The block input (fp32): LayerNorm's input in pre-norm, the qkv input in fp32 post-norm.
+    add("x_in", Nd * 4, saved=pre or not autocast)
+    if pre:
+        add("ln1_stats", stats, True)
+        add("ln1_out", Nd * 4, saved=not autocast)
+    if autocast:
+        add("qkv_in", Nd * e, True)
+    add("qkv_out", 3 * Nd * e, saved=path == "fused", cached=True)
+    if path in ("vanilla", "math"):
+        for name in ("q", "k", "v"):
+            add(name, Nd * e_att, True)  # contiguous copies made by matmul's reshape
+        # vanilla without padding: baddbmm(causal bias, q, k^T), which model.py's SAC policy
+        # does not keep; with padding (and the CPU math path) a bmm, which it keeps.
+        scores_cached = path == "math" or padded or SAC_SAVES_BADDBMM
+        add("scores", BHTT * e_att, False, cached=scores_cached)
+        add("probs", BHTT * e_att, True)
+        if p > 0:
+            mask("probs_mask", BHTT, e_att)
+            add("probs_dropped", BHTT * e_att, True)
+        if path == "vanilla" and padded:
+            add("padding_mask", B * T * T, True)  # masked_fill_ saves its (B,1,T,T) mask
+        add("av_out", Nd * e_att, False, cached=True)
+        add("proj_in", Nd * (e if autocast else e_att), True)  # contiguous copy (or cast)
+    else:
+        in_policy = cuda  # the CPU flash kernel is not in model.py's save list
+        add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
+        t_lse = math.ceil(T / 32) * 32 if s.attention == "mem_efficient" else T
+        add("lse", B * H * t_lse * 4, True, cached=in_policy)
+        if padded and s.attention in ("sdpa", "mem_efficient"):
+            add("attn_bias", B * T * T * e, True)
+    add("proj_out", Nd * e, False, cached=True)
+    mask("resid_mask1", Nd, e)
+    add("sum1", Nd * 4, True)  # x + attention: LayerNorm input (ln1 post, ln2 pre)
+    add("sum1_stats", stats, True)
+    add("ln_mid_out", Nd * 4, saved=not autocast)  # the MLP's input LayerNorm output
+    if autocast:
+        add("fc_in", Nd * e, True)
+    gelu = s.activation == "gelu"
+    add("fc_out", Nf * e, saved=gelu, cached=True)  # GELU saves its input
+    add("act_out", Nf * e, True)  # the down-projection's input (ReLU saves its output: same)
+    add("mlp_out", Nd * e, False, cached=True)
+    mask("resid_mask2", Nd, e)
+    if not pre:
+        add("sum2", Nd * 4, True)  # ln2's input
+        add("sum2_stats", stats, True)
+    if autocast:
+        add("weights", (4 * d * d + 2 * d * f) * e, True, kind="weights")
+    return out
+
+
+def _freed_before_attention(tensors: list[Tensor]) -> int:
+    """Saved bytes a block's backward has freed by the time it reaches the attention: the MLP's
+    and both residual sums' (the LayerNorm on x + attention runs its backward first)."""
+    names = {"ln_mid_out", "fc_in", "fc_out", "act_out", "resid_mask2", "sum2", "sum2_stats",
+             "sum1", "sum1_stats"}
+    return sum(t.nbytes for t in tensors if t.saved and t.name in names)
+
+
+@dataclass
+class _Block:
+    retained: int  # alive from its forward until its backward
+    retained_weights: int  # of which autocast weight copies
+    recompute: int  # extra during its own backward: rebuilt by checkpointing (SAC: may be < 0)
+    transient: int  # the largest short-lived extra inside its backward
+    grads: int  # its parameters' gradients (fp32)
+    weights_cast: int  # autocast's copies of its weights (in autocast's cache during forward)
+
+
+def _block(s: Shape, B: int, T: int, precision: str, device: str, padded: bool) -> _Block:
+    ts = block_tensors(s, B, T, precision, device, padded)
+    N, d, f = B * T, s.d_model, s.d_ff
+    e = _AUTOCAST.get(precision, 4)
+    mode = s.checkpointing
+    x_in = next(t for t in ts if t.name == "x_in")
+    saved = sum(t.nbytes for t in ts if t.saved)
+    weights = sum(t.nbytes for t in ts if t.kind == "weights")
+    if mode == "none":
+        retained, retained_w, recompute = saved, weights, 0
+    else:
+        # Kept: the block's input (the checkpoint holds it) and, under SAC, the cached outputs.
+        retained, retained_w = x_in.nbytes, 0
+        if mode == "selective":
+            retained += sum(t.nbytes for t in ts if t.cached)
+        # During the block's backward its saved tensors exist again (SAC hands its cached
+        # outputs to the recomputed graph and drops those nothing saves), plus the input.
+        recompute = x_in.nbytes + saved - (x_in.nbytes if x_in.saved else 0) - retained
+    g_mlp = 4 * (2 * d * f + ((f + d) if s.bias else 0))
+    g_attn = 4 * (4 * d * d + (4 * d if s.bias else 0))
+    g_norms = 4 * 2 * d * (2 if s.bias else 1)
+    grads = g_mlp + g_attn + g_norms
+    # Short-lived buffers of the block's backward, on top of what it saved: the residual
+    # gradient (fp32, plus its autocast-dtype copy for the branch), then either the MLP's
+    # (gradient of the activation and of its input; ReLU saves its output, which is freed only
+    # after its own backward) or the attention's, once the MLP's tensors are freed.
+    e_res = N * d * 4 + (N * d * e if e == 2 else 0)
+    mlp_phase = N * f * e * (2 if s.activation == "relu" else 1) + e_res + g_mlp
+    path = _attention_path(s.attention, s.dropout, device)
+    if path == "fused":
+        # dq, dk, dv and their stack into the qkv gradient; the kernel's fp32 dq accumulator
+        attn = 6 * N * d * e + N * d * 4
+    else:
+        # the gradients of the probabilities and of the scores (with dropout, the dropped
+        # probabilities are freed first); the contiguous copies around the two bmm
+        e_att = 4 if path == "math" else e
+        attn = s.n_heads * B * T * T * e_att * (1 if s.dropout > 0 else 2) + 3 * N * d * e_att
+    attn_phase = attn + e_res + g_mlp + g_attn - _freed_before_attention(ts)
+    transient = max(mlp_phase, attn_phase)
+    return _Block(retained, retained_w, recompute, transient, grads, weights)
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted memory of one training step, in bytes. `breakdown()` is the composition at the
+    peak; `phases` the total at each candidate moment."""
+
+    batch_size: int
+    seq_len: int
+    precision: str
+    attention: str
+    checkpointing: str
+    world_size: int
+    parallelism: str
+    device: str
+    n_params: int
+    vocab_size: int
+    padded_vocab: int
+    parameters: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    autocast_weights: int = 0
+    activations: int = 0
+    recompute: int = 0
+    embedding_and_head: int = 0
+    logits_and_loss: int = 0
+    transient: int = 0
+    batch: int = 0
+    workspace: int = 0
+    ddp_buckets: int = 0
+    activations_per_layer: int = 0
+    predicted_peak_bytes: int = 0
+    peak_phase: str = ""
+    phases: dict[str, int] = field(default_factory=dict)
+    allocator_factor: float = ALLOCATOR_FACTOR
+    predicted_reserved_bytes: int = 0
+    cuda_context_bytes: int = CUDA_CONTEXT_BYTES
+    predicted_device_bytes: int = 0
+    flops: FlopCount | None = None
+    tokens_per_step: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    COMPONENTS = (
+        "parameters", "gradients", "optimizer_states", "autocast_weights", "activations",
+        "recompute", "embedding_and_head", "logits_and_loss", "transient", "batch", "workspace",
+        "ddp_buckets",
+    )
+
+    def breakdown(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.COMPONENTS}
+
+    @property
+    def saved_activation_bytes(self) -> int:
+        """Everything the forward leaves saved for backward (blocks, embedding, head, loss)."""
+        return self.phases.get("_saved_after_forward", 0)
+
+
+def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list[Tensor]:
+    """Saved by the embedding, the final norm, the LM head and the loss (not checkpointed)."""
+    N, d = B * T, s.d_model
+    V = s.padded_vocab_size
+    e = _AUTOCAST.get(precision, 4)
+    autocast = precision in _AUTOCAST
+    out = []
+    if s.pos_encoding == "learned":
+        out.append(Tensor("pos_idx", T * 8, True))
+    if s.dropout > 0:
+        out.append(Tensor("emb_mask", N * d * (1 if device != "cpu" else 4), True))
+    if s.norm == "pre":
+        out.append(Tensor("lnf_in", N * d * 4, True))
+        out.append(Tensor("lnf_stats", 2 * N * 4, True))
+    if s.loss_chunk_size:
+        # grad_h (autocast dtype) and grad_w (the weight's dtype under autocast: a copy)
+        out.append(Tensor("chunk_grad_h", N * d * e, True, kind="loss"))
+        out.append(Tensor("chunk_grad_w", V * d * e, True, kind="loss"))
+        return out
+    # The LM head's input: autocast's copy, or the fp32 final hidden state itself.
+    out.append(Tensor("head_in", N * d * e, True))
+    if autocast:
+        out.append(Tensor("head_weight", V * d * e, True, kind="weights"))
+    out.append(Tensor("log_softmax", N * V * 4, True, kind="loss"))
+    return out
+
+
+def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda",
+                padded: bool = False, grad_accum: int = 1, world_size: int = 1,
+                parallelism: str = "ddp") -> dict[str, dict[str, int]]:
+    """Live bytes by component at each candidate peak of a training step."""
+    N, d, L = B * T, s.d_model, s.n_layers
+    V = s.padded_vocab_size
+    e = _AUTOCAST.get(precision, 4)
+    autocast = precision in _AUTOCAST
+    n_params = count_params(s)
+    buffers = 0 if s.pos_encoding == "learned" else s.max_seq_len * d * 4
+    blk = _block(s, B, T, precision, device, padded)
+    head = _head_tensors(s, B, T, precision, device)
+    head_act = sum(t.nbytes for t in head if t.kind == "act")
+    head_w = sum(t.nbytes for t in head if t.kind == "weights")
+    head_loss = sum(t.nbytes for t in head if t.kind == "loss")
+    head_in = sum(t.nbytes for t in head if t.name in ("head_in", "lnf_in", "lnf_stats"))
+
+    shard = world_size if parallelism == "fsdp" and world_size > 1 else 1
+    params = n_params * 4 // shard + buffers
+    grads_all = n_params * 4 // shard
+    static = {
+        "parameters": params,
+        "optimizer_states": 2 * n_params * 4 // shard,  # AdamW exp_avg, exp_avg_sq (fp32)
+        # the step's batch and the next one, prefetched: input ids and targets (int64)
+        "batch": 2 * 2 * N * 8 + (2 * N if padded else 0),
+        "workspace": CUBLAS_WORKSPACE_BYTES if device != "cpu" else 0,
+        "ddp_buckets": n_params * 4 if world_size > 1 and parallelism == "ddp" else 0,
+    }
+    if shard > 1:  # FSDP all-gathers one block's (and the embedding's) full parameters
+        static["parameters"] += (blk.grads + V * d * 4) * 2
+    persistent_grads = grads_all if grad_accum > 1 else 0
+    head_grads = V * d * 4 // shard  # LM head (tied: the embedding's) gradient, made first
+    emb_grad_new = V * d * 4 if s.tie_embeddings else 0  # tied: added into the existing grad
+
+    def grads(made: int) -> int:
+        return max(persistent_grads, made)
+
+    blocks_retained = L * blk.retained
+    blocks_w = L * blk.retained_weights
+    # Autocast's cache holds every weight copy until the forward ends, checkpointed or not.
+    cache_extra = (L * blk.weights_cast - blocks_w) if autocast else 0
+    if s.loss_chunk_size:
+        c = min(s.loss_chunk_size, N)
+        casts = (N * d * e + V * d * e) if autocast else 0  # h.to(dtype), weight.to(dtype)
+        if autocast:  # logits, their fp32 copy, softmax, its autocast-dtype copy; dW, fp32 dW
+            chunk = max(c * V * (4 + 4 + e), c * V * (4 + e) + V * d * (e + 4))
+        else:  # .float() and .to() are no-ops in fp32
+            chunk = c * V * 8 + V * d * 4
+        loss_fwd = casts + N * d * e + V * d * 4 + chunk
+        loss_bwd = N * d * e + V * d * e + V * d * 4
+    else:
+        loss_fwd = N * V * (e + 4) if autocast else N * V * 4  # logits (+ fp32 upcast)
+        loss_bwd = 2 * N * V * 4  # d(NLL) and d(log-softmax), fp32
+
+    phases: dict[str, dict[str, int]] = {}
+    phases["forward: loss"] = {
+        **static, "gradients": grads(0),
+        "activations": blocks_retained - blocks_w,
+        "autocast_weights": blocks_w + head_w + cache_extra,
+        "embedding_and_head": head_act,
+        "logits_and_loss": head_loss + loss_fwd,
+    }
+    phases["backward: loss"] = {
+        **static, "gradients": grads(0),
+        "activations": blocks_retained - blocks_w,
+        "autocast_weights": blocks_w + head_w,
+        "embedding_and_head": head_act,
+        "logits_and_loss": head_loss + loss_bwd,
+    }
+    head_left = head_act - head_in  # embedding mask, position ids
+    for name, below, made in (
+        ("backward: top block", L - 1, head_grads),
+        ("backward: bottom block", 0, head_grads + (L - 1) * blk.grads),
+    ):
+        phases[name] = {
+            **static, "gradients": grads(made),
+            "activations": (below + 1) * blk.retained - (below + 1) * blk.retained_weights,
+            "autocast_weights": (below + 1) * blk.retained_weights,
+            "recompute": blk.recompute,
+            "embedding_and_head": head_left,
+            "transient": blk.transient,
+        }
+    phases["backward: embedding"] = {
+        **static, "gradients": grads_all,
+        "transient": emb_grad_new + 2 * N * d * 4,
+    }
+    phases["optimizer step"] = {**static, "gradients": grads_all}
+    saved_after_forward = blocks_retained + head_act + head_w + head_loss
+    phases["_saved_after_forward"] = {"activations": saved_after_forward}
+    return phases
+
+
+def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: str = "cuda",
+                    padded: bool | None = None) -> MemoryEstimate:
+    """Predicted peak memory of a training step of `cfg` (a RunConfig) with `vocab_size` ids.
+
+    `predicted_peak_bytes` is what torch.cuda.max_memory_allocated() reads on one process;
+    `predicted_reserved_bytes` the caching allocator's reservation; `predicted_device_bytes`
+    what NVML (nvidia-smi) shows: reserved plus the CUDA context.
+    """
+    s = Shape.from_config(cfg, vocab_size)
+    B, T = cfg.training.batch_size, cfg.seq_len
+    precision = cfg.system.precision
+    if padded is None:
+        padded = cfg.data.batching == "padded"
+    parallelism = cfg.system.parallelism if world_size > 1 else "none"
+    phases = step_phases(
+        s, B, T, precision, device=device, padded=padded,
+        grad_accum=cfg.training.grad_accum_steps, world_size=world_size,
+        parallelism=parallelism,
+    )
+    saved = phases.pop("_saved_after_forward")["activations"]
+    totals = {name: sum(parts.values()) for name, parts in phases.items()}
+    peak_phase = max(totals, key=lambda k: totals[k])
+    est = MemoryEstimate(
+        batch_size=B, seq_len=T, precision=precision, attention=s.attention,
+        checkpointing=s.checkpointing, world_size=world_size, parallelism=parallelism,
+        device=device, n_params=count_params(s), vocab_size=vocab_size,
+        padded_vocab=s.padded_vocab_size,
+    )
+    for key, value in phases[peak_phase].items():
+        setattr(est, key, value)
+    blk = _block(s, B, T, precision, device, padded)
+    est.activations_per_layer = blk.retained
+    est.peak_phase = peak_phase
+    est.phases = {**totals, "_saved_after_forward": saved}
+    est.predicted_peak_bytes = totals[peak_phase]
+    est.predicted_reserved_bytes = int(est.predicted_peak_bytes * ALLOCATOR_FACTOR)
+    est.predicted_device_bytes = est.predicted_reserved_bytes + CUDA_CONTEXT_BYTES
+    est.flops = flops_per_token(s, T, device=device, padded=padded)
+    est.tokens_per_step = B * T * cfg.training.grad_accum_steps
+    if padded:
+        est.notes.append("padded batching: counts the attention masks of a batch with padding")
+    if parallelism == "fsdp":
+        est.notes.append("FSDP: sharded states plus one gathered block; approximate")
+    return est
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def _size(n: float) -> str:
+    if abs(n) >= GiB:
+        return f"{n / GiB:8.2f} GiB"
+    return f"{n / MiB:8.1f} MiB"
+
+
+def _flops(n: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.3g} FLOP"
+
+
+_LABELS = {
+    "parameters": "parameters (fp32)",
+    "gradients": "gradients (fp32)",
+    "optimizer_states": "optimizer states (AdamW, 2 x fp32)",
+    "autocast_weights": "autocast weight copies",
+    "activations": "activations saved by the blocks",
+    "recompute": "one block recomputed (checkpointing)",
+    "embedding_and_head": "embedding / final norm / head inputs",
+    "logits_and_loss": "logits and loss buffers",
+    "transient": "short-lived backward buffers",
+    "batch": "batches (current + prefetched)",
+    "workspace": "cuBLAS workspaces",
+    "ddp_buckets": "DDP gradient buckets",
+}
+
+
+def format_estimate(est: MemoryEstimate) -> str:
+    """A readable table: the breakdown at the peak, the other phases, FLOPs per token/step."""
+    lines = [
+        f"Predicted memory of one training step: B={est.batch_size} T={est.seq_len} "
+        f"{est.precision} attention={est.attention} checkpointing={est.checkpointing}"
+        + (f" x{est.world_size} {est.parallelism}" if est.world_size > 1 else ""),
+        f"parameters: {est.n_params:,} (vocabulary {est.vocab_size} padded to {est.padded_vocab})",
+        "",
+        f"At the peak ({est.peak_phase}):",
+    ]
+    for key, value in est.breakdown().items():
+        if value:
+            lines.append(f"  {_LABELS[key]:<40} {_size(value)}")
+    lines.append(f"  {'= predicted max_memory_allocated':<40} {_size(est.predicted_peak_bytes)}")
+    lines.append(
+        f"  {'caching allocator reserve (x%.2f)' % est.allocator_factor:<40} "
+        f"{_size(est.predicted_reserved_bytes)}"
+    )
+    lines.append(f"  {'CUDA context (NVML only)':<40} {_size(est.cuda_context_bytes)}")
+    lines.append(f"  {'= predicted nvidia-smi usage':<40} {_size(est.predicted_device_bytes)}")
+    lines.append("")
+    lines.append("Other moments of the step:")
+    for name, total in est.phases.items():
+        if not name.startswith("_") and name != est.peak_phase:
+            lines.append(f"  {name:<40} {_size(total)}")
+    lines.append(f"  {'activations per block':<40} {_size(est.activations_per_layer)}")
+    if est.flops is not None:
+        f = est.flops
+        lines += [
+            "",
+            f"FLOPs per token: {_flops(f.model_flops_per_token)} model, "
+            f"{_flops(f.hardware_flops_per_token)} hardware "
+            f"(exact causal attention: {_flops(f.breakdown['model_causal'])})",
+            f"FLOPs per step ({est.tokens_per_step:,} tokens): "
+            f"{_flops(f.per_step(est.tokens_per_step))} model, "
+            f"{_flops(f.hardware_per_step(est.tokens_per_step))} hardware",
+            f"convention: {f.convention}",
+        ]
+    for note in est.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

@@ -20,6 +20,7 @@ tokens/s and MFU, memory and why, and how well it learns.
   lmprof sweep SWEEP.yaml [--tags T ...]       run a sweep of runs, each in its own process
   lmprof analyze [--results results.csv]       plots, tables and report.html from the results
   lmprof estimate [CONFIG.yaml] [key=value]    predicted memory and FLOPs, without running
+  lmprof find-max CONFIG --vary batch_size     the largest batch (or length) that fits
 
 Config keys are dotted (model.d_model=512), a field's own name (d_model=512) or one of the
 course assignment's flat names (fp16=true, nhead=8, learning_rate=3e-4). `lmprof run
@@ -80,7 +81,7 @@ def _optional_parsers(sub) -> None:
         ("lmprof.sweep.cli", "add_sweep_parser"),
         ("lmprof.analysis.cli", "add_analyze_parser"),
         ("lmprof.profiling.cli", "add_estimate_parser"),
-        ("lmprof.profiling.cli", "add_find_max_parser"),
+        ("lmprof.sweep.find_max", "add_find_max_parser"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -66,8 +66,12 @@ def _draw(ax: Any, series: Sequence[Series], ylabel: str) -> None:
 def _legend(ax: Any) -> None:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
+    # The failure marker's entry goes last, after the configurations.
+    uniq = dict(sorted(uniq.items(), key=lambda kv: kv[0].startswith("stopped early")))
     if uniq:
-        ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="best")
+        # Below the axes: inside, it can hide the failure markers along the top edge.
+        ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.13), ncol=min(len(uniq), 3), frameon=False)
 
 
 def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],

@@ -9,10 +9,10 @@ where N counts the weights that take part in matrix multiplications, the LM head
 (V_padded * d, computed whether or not it is tied to the embedding), and excludes the embedding and
 position lookups, norms and biases (their FLOPs are not matmuls); 12 * L * d * T is QK^T and AV
 counted as if attention were not causal (each query against all T keys). That is what MFU figures
-in papers and nanoGPT use, and what `torch.utils.flop_counter.FlopCounterMode` counts for the
-fused attention kernels (its SDPA formula ignores `is_causal`), so lmprof's MFU compares with
-both. The exact causal count (each query against the i+1 keys it sees, 6 * L * d * (T + 1)) is
-in the breakdown as `attention_causal`.
+in papers and nanoGPT use, so lmprof's MFU compares with them; `torch.utils.flop_counter.
+FlopCounterMode` also counts attention in full (its SDPA formulas ignore `is_causal`). The exact
+causal count (each query against the i+1 keys it sees, 6 * L * d * (T + 1)) is in the breakdown
+as `attention_causal`, and `model_causal` is the total with it.
 
 Hardware FLOPs add what the step recomputes:
 - full checkpointing re-runs each block's forward in the backward pass. PyTorch's non-reentrant

@@ -1,11 +1,11 @@
 """An analytic model of the peak GPU memory of one lmprof training step.
 
 `estimate_memory(cfg, vocab_size)` predicts what `torch.cuda.max_memory_allocated()` reads after
-a run of lmprof's training loop (train/loop.py: forward under autocast, backward, clip, fused
-AdamW step, `zero_grad(set_to_none=True)`), and, separately, what the caching allocator reserves
-and what NVML shows. Nothing is run: the model is derived from what model.py's modules save for
-backward, tensor by tensor (`block_tensors`), and from the order in which a step allocates and
-frees them (`_phases`). The peak is the largest of:
+a run of lmprof's training loop (train/loop.py: forward under autocast, scaled backward, clip,
+fused AdamW step, `zero_grad(set_to_none=True)`, the next batch prefetched), and, separately,
+what the caching allocator reserves and what NVML shows. Nothing is run: the model is derived
+from what model.py's modules save for backward, tensor by tensor (`block_tensors`), and from the
+order in which a step allocates and frees them (`step_phases`). The peak is the largest of:
 
 - forward, at the loss: every block's saved tensors, autocast's weight copies, the logits (in
   the autocast dtype), their fp32 upcast and the log-softmax output;
@@ -15,7 +15,12 @@ frees them (`_phases`). The peak is the largest of:
   in between): the blocks below still saved, the gradients already made, the block's own
   recomputation under checkpointing and the short-lived gradient buffers of its backward;
 - backward, at the embedding (tied weights: the embedding's gradient is a second V x d fp32
-  buffer until it is added into the LM head's), and the optimizer step (all gradients).
+  buffer until it is added into the LM head's), the optimizer step (all gradients) and the
+  evaluation at the end of a run.
+
+Parameters, gradients and AdamW's two states are fp32 (there is no separate master copy: the
+fp32 parameters are it); autocast makes bf16/fp16 copies of the matmul weights, cached for the
+forward and kept by the matmuls that saved them until their backward.
 
 What a block saves (model.py, per block, N = B*T tokens, e = 2 under bf16/fp16 autocast else 4;
 the residual stream and LayerNorm outputs stay fp32 under autocast because the parameters are
@@ -23,19 +28,28 @@ fp32 and LayerNorm autocasts to fp32):
 - both LayerNorms save their fp32 input (N*d*4) and mean/rstd; the qkv and MLP-up projections
   save their input (autocast: a new e-byte copy; fp32: the LayerNorm output/block input itself);
 - vanilla attention saves contiguous copies of q, k, v (the head split makes them strided), the
-  softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, the causal
-  mask (T*T bytes) and a contiguous copy of the attention output for the out-projection;
+  softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, and a
+  contiguous copy of the attention output for the out-projection (the causal mask is a bias of
+  the baddbmm, not saved; a batch with padding saves its (B, 1, T, T) mask instead);
 - fused SDPA (flash, memory-efficient, cuDNN) saves the qkv projection's output (q, k, v are
   views of it), its output (the out-projection's input: same storage) and an fp32 logsumexp;
+  no T x T tensor and no dropout mask (the kernel replays its RNG);
 - the MLP saves the activation's input (GELU only) and output; each dropout with p > 0 saves a
   mask (1 byte per element on CUDA, the tensor's dtype on the CPU);
 - autocast's weight copies (e bytes per matmul weight) are saved by the matmuls that use them.
 Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
 backward; selective checkpointing (model.py's policy) also keeps the outputs of mm/addmm/bmm and
-the CUDA SDPA kernels and rebuilds the rest.
+the CUDA SDPA kernels and rebuilds the rest. The loss: full logits are (B*T) x V_padded in the
+autocast dtype plus an fp32 copy for the cross-entropy, the fp32 log-softmax it saves and two
+fp32 gradients of that size in the backward; `loss_chunk_size` replaces them by chunk x V
+buffers, fp32 dW and the saved dh / dW.
 
-Constants fitted on an H200 (torch 2.11, CUDA 13), see `CUBLAS_WORKSPACE_BYTES` and friends;
-everything else is counted, not fitted.
+Checked against PyTorch: on the CPU, tests/test_profiling.py counts the saved tensors
+(saved_tensors_hooks) and every live storage (a dispatch mode) of real steps; on an NVIDIA H200
+(torch 2.11, CUDA 13), `python -m lmprof.profiling.calibrate` ran 38 GPT-2-small configurations
+(T 128..2048, B 4..32, fp16/fp32 vanilla, bf16 flash/sdpa, checkpointing, chunked loss): every
+max_memory_allocated was within 1.2% of the prediction. The constants below were fitted there;
+everything else is counted.
 """
 
 from __future__ import annotations
@@ -57,13 +71,23 @@ GiB = 1024**3
 
 # cuBLAS/cuBLASLt workspaces come from PyTorch's caching allocator (counted by
 # max_memory_allocated): on Hopper 32 MiB per (handle, stream), one for the forward thread and
-# one for the autograd engine's device thread, plus cuBLASLt's.
-CUBLAS_WORKSPACE_BYTES = 2 * 32 * MiB
-# max_memory_reserved / max_memory_allocated of a training step (fragmentation and the 2 MiB /
-# 20 MiB segment rounding of the caching allocator), fitted on an H200.
-ALLOCATOR_FACTOR = 1.08
-# The CUDA context (kernels, cuBLAS/cuDNN handles): NVML shows it, PyTorch's allocator does not.
-CUDA_CONTEXT_BYTES = 540 * MiB
+# one for the autograd engine's device thread. Measured on an H200: 64-70 MiB stay allocated
+# after the first step beyond parameters, optimizer states and batches.
+CUBLAS_WORKSPACE_BYTES = 64 * MiB
+# The caching allocator hands out a cached block whole when the rest would be under 1 MiB, and
+# rounds every request up to 512 bytes, so max_memory_allocated reads a little above the bytes
+# counted here. Fitted on 38 H200 runs (GPT-2 small, T 128..2048, B 4..32, fp16/fp32/bf16,
+# vanilla/flash/sdpa, checkpointing, chunked loss): measured - counted was 3 to 48 MiB, median
+# 19 MiB.
+ALLOCATOR_SLACK_BYTES = 16 * MiB
+# max_memory_reserved / max_memory_allocated over the same runs: median 1.058, range 1.01 to
+# 1.21 (fragmentation and the allocator's 2 MiB / 20 MiB segment sizes).
+ALLOCATOR_FACTOR = 1.06
+# The CUDA context (module images, cuBLAS/cuDNN handles) is not PyTorch's allocation: NVML
+# (nvidia-smi) shows it, max_memory_allocated does not. Measured on the H200 (torch 2.11, CUDA
+# 13.0, driver 580) as NVML's used bytes minus memory_reserved(): 1366 to 1390 MiB. It differs
+# by GPU, driver and CUDA version (typically 0.3 to 1.5 GiB).
+CUDA_CONTEXT_BYTES = 1370 * MiB
 
 _AUTOCAST = {"bf16": 2, "fp16": 2}
 
@@ -201,6 +225,9 @@ def block_tensors(s: Shape, B: int, T: int, precision: str, device: str = "cuda"
     return out
 
 
+_AFTER_ATTENTION = ("av_out", "proj_out", "fc_out", "mlp_out")
+
+
 def _freed_before_attention(tensors: list[Tensor]) -> int:
     """Saved bytes a block's backward has freed by the time it reaches the attention: the MLP's
     and both residual sums' (the LayerNorm on x + attention runs its backward first)."""
@@ -238,26 +265,48 @@ def _block(s: Shape, B: int, T: int, precision: str, device: str, padded: bool) 
         # outputs to the recomputed graph and drops those nothing saves), plus the input.
         recompute = x_in.nbytes + saved - (x_in.nbytes if x_in.saved else 0) - retained
     g_mlp = 4 * (2 * d * f + ((f + d) if s.bias else 0))
-    g_attn = 4 * (4 * d * d + (4 * d if s.bias else 0))
+    g_attn = 4 * (4 * d * d + (4 * d if s.bias else 0))  # qkv and out-projection
     g_norms = 4 * 2 * d * (2 if s.bias else 1)
     grads = g_mlp + g_attn + g_norms
     # Short-lived buffers of the block's backward, on top of what it saved: the residual
     # gradient (fp32, plus its autocast-dtype copy for the branch), then either the MLP's
     # (gradient of the activation and of its input; ReLU saves its output, which is freed only
-    # after its own backward) or the attention's, once the MLP's tensors are freed.
+    # after its own backward; post-norm has freed ln2's input by then) or the attention's, once
+    # the MLP's tensors are freed.
     e_res = N * d * 4 + (N * d * e if e == 2 else 0)
-    mlp_phase = N * f * e * (2 if s.activation == "relu" else 1) + e_res + g_mlp
+    g_down = 4 * (d * f + (d if s.bias else 0))  # the down-projection's gradients, made first
+    freed_first = sum(t.nbytes for t in ts if t.name in ("sum2", "sum2_stats"))
+    mlp_phase = N * f * e * (2 if s.activation == "relu" else 1) + e_res + g_down - freed_first
     path = _attention_path(s.attention, s.dropout, device)
+    g_proj = 4 * (d * d + (d if s.bias else 0))  # the out-projection's gradients
     if path == "fused":
-        # dq, dk, dv and their stack into the qkv gradient; the kernel's fp32 dq accumulator
-        attn = 6 * N * d * e + N * d * 4
+        # the kernel's dq, dk, dv and fp32 dq accumulator; then dq, dk, dv stacked into the
+        # gradient of the qkv output
+        attn = max(3 * N * d * e + N * d * 4, 6 * N * d * e)
     else:
-        # the gradients of the probabilities and of the scores (with dropout, the dropped
-        # probabilities are freed first); the contiguous copies around the two bmm
+        # AV's backward: the probabilities' gradient (the out-projection's input is freed by
+        # then); without dropout, the softmax's backward then holds the probabilities, their
+        # gradient and the scores' gradient (v's copy and the out-projection's input freed).
         e_att = 4 if path == "math" else e
-        attn = s.n_heads * B * T * T * e_att * (1 if s.dropout > 0 else 2) + 3 * N * d * e_att
-    attn_phase = attn + e_res + g_mlp + g_attn - _freed_before_attention(ts)
+        bhtt = s.n_heads * B * T * T * e_att
+        attn = bhtt if s.dropout > 0 else max(bhtt, 2 * bhtt - 2 * N * d * e_att)
+    attn_phase = attn + e_res + g_mlp + g_proj - _freed_before_attention(ts)
     transient = max(mlp_phase, attn_phase)
+    if mode != "none":
+        # The recomputed forward, at the attention's dropout: the raw scores are still alive
+        # beside the probabilities, the mask and the dropped probabilities, and nothing after
+        # the attention exists yet.
+        scores = next((t for t in ts if t.name == "scores"), None)
+        if scores is not None and not (mode == "selective" and scores.cached):
+            later = _freed_before_attention(ts) + sum(
+                t.nbytes for t in ts if t.saved and t.name in ("proj_in", "resid_mask1")
+            )
+            later += (d * d + 2 * d * f) * e if e == 2 else 0  # weight copies made later
+            if mode == "selective":  # SAC still holds the later matmuls' cached outputs
+                later -= sum(t.nbytes for t in ts if t.cached and t.name in _AFTER_ATTENTION)
+            # v is still a view of the qkv output, whose storage is therefore still alive
+            qkv = next(t for t in ts if t.name == "qkv_out")
+            transient = max(transient, scores.nbytes + e_res + qkv.nbytes - later)
     return _Block(retained, retained_w, recompute, transient, grads, weights)
 
 
@@ -290,6 +339,7 @@ class MemoryEstimate:
     workspace: int = 0
     ddp_buckets: int = 0
     activations_per_layer: int = 0
+    saved_after_forward: int = 0  # what the forward leaves saved for backward, all of it
     predicted_peak_bytes: int = 0
     peak_phase: str = ""
     phases: dict[str, int] = field(default_factory=dict)
@@ -310,10 +360,6 @@ class MemoryEstimate:
     def breakdown(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.COMPONENTS}
 
-    @property
-    def saved_activation_bytes(self) -> int:
-        """Everything the forward leaves saved for backward (blocks, embedding, head, loss)."""
-        return self.phases.get("_saved_after_forward", 0)
 
 
 def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list[Tensor]:
@@ -345,8 +391,10 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
 
 def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda",
                 padded: bool = False, grad_accum: int = 1, world_size: int = 1,
-                parallelism: str = "ddp") -> dict[str, dict[str, int]]:
-    """Live bytes by component at each candidate peak of a training step."""
+                parallelism: str = "ddp") -> tuple[dict[str, dict[str, int]], int]:
+    """Live bytes by component at each candidate peak of a training step, and the bytes the
+    forward leaves saved for backward (everything it allocates that is still alive when it
+    returns: blocks, embedding, head, loss)."""
     N, d, L = B * T, s.d_model, s.n_layers
     V = s.padded_vocab_size
     e = _AUTOCAST.get(precision, 4)
@@ -368,7 +416,7 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         "optimizer_states": 2 * n_params * 4 // shard,  # AdamW exp_avg, exp_avg_sq (fp32)
         # the step's batch and the next one, prefetched: input ids and targets (int64)
         "batch": 2 * 2 * N * 8 + (2 * N if padded else 0),
-        "workspace": CUBLAS_WORKSPACE_BYTES if device != "cpu" else 0,
+        "workspace": (CUBLAS_WORKSPACE_BYTES + ALLOCATOR_SLACK_BYTES) if device != "cpu" else 0,
         "ddp_buckets": n_params * 4 if world_size > 1 and parallelism == "ddp" else 0,
     }
     if shard > 1:  # FSDP all-gathers one block's (and the embedding's) full parameters
@@ -387,15 +435,22 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
     if s.loss_chunk_size:
         c = min(s.loss_chunk_size, N)
         casts = (N * d * e + V * d * e) if autocast else 0  # h.to(dtype), weight.to(dtype)
-        if autocast:  # logits, their fp32 copy, softmax, its autocast-dtype copy; dW, fp32 dW
-            chunk = max(c * V * (4 + 4 + e), c * V * (4 + e) + V * d * (e + 4))
+        # A chunk's logits (and their fp32 copy), its softmax (and its autocast-dtype copy),
+        # dW and its fp32 copy; from the second chunk on, the previous chunk's logits and
+        # gradient stay alive until their names are rebound.
+        again = c < N
+        if autocast:
+            chunk = max(c * V * (12 if again else 10), c * V * (4 + e) + V * d * (e + 4))
         else:  # .float() and .to() are no-ops in fp32
-            chunk = c * V * 8 + V * d * 4
-        loss_fwd = casts + N * d * e + V * d * 4 + chunk
+            chunk = max(c * V * (12 if again else 8), c * V * 8 + V * d * 4)
+        # grad_h, the fp32 grad_w, and at the end grad_w's copy in the weight's dtype
+        loss_fwd = casts + N * d * e + V * d * 4 + max(chunk, V * d * e if autocast else 0)
         loss_bwd = N * d * e + V * d * e + V * d * 4
+        head_loss_fwd = 0  # the saved grad_h / grad_w are part of loss_fwd
     else:
         loss_fwd = N * V * (e + 4) if autocast else N * V * 4  # logits (+ fp32 upcast)
         loss_bwd = 2 * N * V * 4  # d(NLL) and d(log-softmax), fp32
+        head_loss_fwd = head_loss
 
     phases: dict[str, dict[str, int]] = {}
     phases["forward: loss"] = {
@@ -403,7 +458,7 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w + cache_extra,
         "embedding_and_head": head_act,
-        "logits_and_loss": head_loss + loss_fwd,
+        "logits_and_loss": head_loss_fwd + loss_fwd,
     }
     phases["backward: loss"] = {
         **static, "gradients": grads(0),
@@ -430,9 +485,16 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         "transient": emb_grad_new + 2 * N * d * 4,
     }
     phases["optimizer step"] = {**static, "gradients": grads_all}
-    saved_after_forward = blocks_retained + head_act + head_w + head_loss
-    phases["_saved_after_forward"] = {"activations": saved_after_forward}
-    return phases
+    # The evaluation at the end of a run (no_grad, same batch size): no saved activations, no
+    # gradients; the loss's buffers and, for vanilla attention, scores beside probabilities.
+    path = _attention_path(s.attention, s.dropout, device)
+    e_att = 4 if path == "math" else e
+    eval_block = 2 * s.n_heads * B * T * T * e_att if path != "fused" else 4 * N * d * e
+    phases["evaluation"] = {
+        **static,
+        "logits_and_loss": max(head_loss_fwd + loss_fwd, eval_block) + 2 * N * d * 4,
+    }
+    return phases, blocks_retained + head_act + head_w + head_loss
 
 
 def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: str = "cuda",
@@ -449,12 +511,11 @@ def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: s
     if padded is None:
         padded = cfg.data.batching == "padded"
     parallelism = cfg.system.parallelism if world_size > 1 else "none"
-    phases = step_phases(
+    phases, saved = step_phases(
         s, B, T, precision, device=device, padded=padded,
         grad_accum=cfg.training.grad_accum_steps, world_size=world_size,
         parallelism=parallelism,
     )
-    saved = phases.pop("_saved_after_forward")["activations"]
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
     peak_phase = max(totals, key=lambda k: totals[k])
     est = MemoryEstimate(
@@ -468,7 +529,8 @@ def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: s
     blk = _block(s, B, T, precision, device, padded)
     est.activations_per_layer = blk.retained
     est.peak_phase = peak_phase
-    est.phases = {**totals, "_saved_after_forward": saved}
+    est.phases = totals
+    est.saved_after_forward = saved
     est.predicted_peak_bytes = totals[peak_phase]
     est.predicted_reserved_bytes = int(est.predicted_peak_bytes * ALLOCATOR_FACTOR)
     est.predicted_device_bytes = est.predicted_reserved_bytes + CUDA_CONTEXT_BYTES
@@ -478,6 +540,11 @@ def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: s
         est.notes.append("padded batching: counts the attention masks of a batch with padding")
     if parallelism == "fsdp":
         est.notes.append("FSDP: sharded states plus one gathered block; approximate")
+    if cfg.system.compile:
+        est.notes.append("torch.compile is not modelled: its partitioner usually saves less "
+                         "(recomputes pointwise ops), so the activations are an upper bound")
+    if cfg.system.device == "cpu" and device != "cpu":
+        est.notes.append("system.device=cpu, but this predicts a CUDA GPU's allocator")
     return est
 
 
@@ -494,8 +561,8 @@ def _size(n: float) -> str:
 def _flops(n: float) -> str:
     for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.3g} FLOP"
+            return f"{n / scale:#.3g} {unit}"
+    return f"{n:#.3g} FLOP"
 
 
 _LABELS = {
@@ -509,7 +576,7 @@ _LABELS = {
     "logits_and_loss": "logits and loss buffers",
     "transient": "short-lived backward buffers",
     "batch": "batches (current + prefetched)",
-    "workspace": "cuBLAS workspaces",
+    "workspace": "cuBLAS workspaces, allocator rounding",
     "ddp_buckets": "DDP gradient buckets",
 }
 
@@ -528,16 +595,14 @@ def format_estimate(est: MemoryEstimate) -> str:
         if value:
             lines.append(f"  {_LABELS[key]:<40} {_size(value)}")
     lines.append(f"  {'= predicted max_memory_allocated':<40} {_size(est.predicted_peak_bytes)}")
-    lines.append(
-        f"  {'caching allocator reserve (x%.2f)' % est.allocator_factor:<40} "
-        f"{_size(est.predicted_reserved_bytes)}"
-    )
+    reserve = f"caching allocator reserve (x{est.allocator_factor:.2f})"
+    lines.append(f"  {reserve:<40} {_size(est.predicted_reserved_bytes)}")
     lines.append(f"  {'CUDA context (NVML only)':<40} {_size(est.cuda_context_bytes)}")
     lines.append(f"  {'= predicted nvidia-smi usage':<40} {_size(est.predicted_device_bytes)}")
     lines.append("")
     lines.append("Other moments of the step:")
     for name, total in est.phases.items():
-        if not name.startswith("_") and name != est.peak_phase:
+        if name != est.peak_phase:
             lines.append(f"  {name:<40} {_size(total)}")
     lines.append(f"  {'activations per block':<40} {_size(est.activations_per_layer)}")
     if est.flops is not None:

@@ -40,7 +40,7 @@ KEPT = ("failed", "diverged", "timeout")  # rerun only with --retry-failed
 SUCCESS = ("ok", "oom", "skipped")  # the sweep exits 0 when every run ends in one of these
 CHILD_ENV = "LMPROF_SWEEP_CHILD"  # a Python script run in place of `-m lmprof run` (tests)
 POLL_S = 0.1
-TERM_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
+TERM_GRACE_S = 60.0  # after SIGTERM, before SIGKILL: a step and a checkpoint must fit
 _OOM_TEXT = re.compile(
     r"MemoryError|out of memory|can't allocate memory|Cannot allocate memory|std::bad_alloc|"
     r"OutOfMemoryError|failed to map segment"
@@ -362,6 +362,11 @@ class SweepRunner:
                     break
         self._say(format_summary(report))
         return report
+
+    def run_one(self, plan: RunPlan) -> Outcome:
+        """Run one plan in its own process, whatever the results table says (find-max probes)."""
+        with self._signals_caught():
+            return self._execute(plan)
 
     def _skip(self, plan: RunPlan, rows: Sequence[Mapping[str, str]]) -> Outcome:
         reason = plan.unrunnable or ""

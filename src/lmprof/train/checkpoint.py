@@ -31,6 +31,7 @@ import base64
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -236,8 +237,9 @@ def trim_csv(path: Path, max_step: int) -> list[dict[str, str]]:
             continue
         if step <= max_step:
             kept.append(r)
-    lines = [",".join(header)] + [",".join(r) for r in kept]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *kept])
+    atomic_write_text(path, buf.getvalue())
     return [dict(zip(header, r, strict=True)) for r in kept]
 
 

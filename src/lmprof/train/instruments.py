@@ -26,9 +26,12 @@ PHASES = ("data", "forward", "backward", "optimizer")
 # Kernel and operator names -> the share of step time they are reported under.
 CATEGORIES = (
     ("communication", ("nccl", "all_reduce", "allreduce", "reduce_scatter", "all_gather", "gloo")),
-    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn", "softmax")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
     ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
     ("matmul", ("gemm", "matmul", "cutlass", "xmma", "nvjet", "mm_", "addmm", "bmm", "cublas")),
+    # The cross-entropy's log-softmax, and the vanilla attention's softmax: one kernel family.
+    ("softmax", ("softmax", "nll_loss", "cross_entropy")),
+    ("norm", ("layer_norm", "layernorm", "gammabeta")),
 )
 
 
@@ -145,9 +148,14 @@ class Instruments:
         log.info("profiler trace: %s (open in https://ui.perfetto.dev or chrome://tracing)", trace)
 
     def _write_op_table(self, prof) -> None:
+        from torch.autograd import DeviceType
+
         use_device = self.cuda
         rows = []
         for evt in prof.key_averages():
+            # On a GPU, kernels only: operator rows would count their kernels' time twice.
+            if use_device and evt.device_type != DeviceType.CUDA:
+                continue
             t = (evt.self_device_time_total if use_device else evt.self_cpu_time_total)
             if t <= 0:
                 continue

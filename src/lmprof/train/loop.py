@@ -67,6 +67,7 @@ class Trainer:
         with torch.device(self.device):
             torch.manual_seed(cfg.training.seed)  # same initial weights on every rank
             self.raw_model = Transformer(self.args)
+        torch.manual_seed(cfg.training.seed + dist.rank)  # but each rank its own dropout masks
         self.n_params = self.raw_model.num_params()
         self.fsdp = cfg.system.parallelism == "fsdp"  # FSDP2 even on one process (train/fsdp.py)
         self.model = self._wrap(self.raw_model)

@@ -89,6 +89,7 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     if is_main and not os.environ.get("LMPROF_LOG_CAPTURED"):
         path = Path(cfg.logging.output_dir) / "logs" / f"{cfg.logging.run_name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(path, mode="w")
+        # A resumed run continues its log; a fresh one starts it anew.
+        fh = logging.FileHandler(path, mode="a" if cfg.checkpoint.resume == "auto" else "w")
         fh.setFormatter(fmt)
         logger.addHandler(fh)

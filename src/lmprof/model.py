@@ -105,8 +105,10 @@ class CausalSelfAttention(nn.Module):
                 att = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
                                     alpha=scale).view(B, H, T, T)
             else:
-                att = (q @ k.transpose(-2, -1)).mul_(scale)
-                att.masked_fill_(~_attention_mask(T, key_padding, q.device), float("-inf"))
+                # Out of place: selective checkpointing keeps the matmul's output, and an in-place
+                # edit would be applied twice when the block is recomputed.
+                att = (q @ k.transpose(-2, -1)) * scale
+                att = att.masked_fill(~_attention_mask(T, key_padding, q.device), float("-inf"))
             att = self.attn_dropout(att.softmax(dim=-1))
             return att @ v
 
@@ -272,6 +274,7 @@ def _selective_policy_context():
         torch.ops.aten.mm.default,
         torch.ops.aten.addmm.default,
         torch.ops.aten.bmm.default,
+        torch.ops.aten.baddbmm.default,
         torch.ops.aten._scaled_dot_product_flash_attention.default,
         torch.ops.aten._scaled_dot_product_efficient_attention.default,
         torch.ops.aten._scaled_dot_product_cudnn_attention.default,

@@ -41,7 +41,7 @@ from typing import Any
 
 # model.py's selective-checkpointing policy keeps mm/addmm/bmm/SDPA outputs but not baddbmm, the
 # op of vanilla attention's scores: flip this if the policy gains it.
-SAC_SAVES_BADDBMM = False
+SAC_SAVES_BADDBMM = True
 
 CONVENTION = (
     "PaLM/nanoGPT: 3x forward; 6*N + 12*L*d*T per token, N = matmul weights incl. LM head "

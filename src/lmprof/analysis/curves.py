@@ -53,7 +53,9 @@ def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
                 continue
             color = ctx.palette(run.name)
             label = run.name if run.status == "ok" else f"{run.name} ({run.status})"
-            ax.plot(tx, ty, color=color, linewidth=1.4, label=label, alpha=0.9)
+            # Short runs log a handful of points; markers keep a one-point run visible.
+            ax.plot(tx, ty, color=color, linewidth=1.6, label=label, alpha=0.9,
+                    marker="o" if len(tx) < 15 else None, markersize=3)
             if len(ex):
                 ax.plot(ex, ey, linestyle="none", marker="D", markersize=6, color=color,
                         markeredgecolor="black", markeredgewidth=0.8)
@@ -72,7 +74,7 @@ def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
 
             ax.xaxis.set_major_formatter(EngFormatter())
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="best")
     for ax in list(axes.flat)[len(tags):]:
         ax.set_visible(False)
     if not drawn:

@@ -53,8 +53,7 @@ class Palette:
         return self._assigned[key]
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4.8) -> tuple[Any, Any]:
-    """A Figure on the Agg canvas (no pyplot: no global state, no GUI backend) and its axes."""
+def _matplotlib() -> tuple[Any, Any]:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -62,16 +61,23 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4
         raise UserError(
             "plots need matplotlib, which is not installed: pip install 'lmprof[analysis]'"
         ) from None
+    return Figure, FigureCanvasAgg
+
+
+def require_matplotlib() -> None:
+    """Fail before anything is written when plots cannot be made."""
+    _matplotlib()
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4.8) -> tuple[Any, Any]:
+    """A Figure on the Agg canvas (no pyplot: no global state, no GUI backend) and its axes."""
+    Figure, FigureCanvasAgg = _matplotlib()
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.grid(True, which="major", alpha=0.3)
     return fig, axes
-
-
-def require_matplotlib() -> None:
-    figure()
 
 
 def save(fig: Any, path: Path) -> None:
@@ -88,7 +94,7 @@ def doubling(values: Sequence[float]) -> bool:
     return all(abs(math.log2(b / a) - round(math.log2(b / a))) < 0.05 for a, b in zip(xs, xs[1:], strict=False))
 
 
-def set_x(ax: Any, values: Sequence[float], label: str, integer: bool = True) -> None:
+def set_x(ax: Any, values: Sequence[float], label: str) -> None:
     """Log2 axis with a tick per value for doubling sweeps, log10 for wide ranges, else linear."""
     xs = sorted(set(v for v in values if v is not None and v > 0))
     ax.set_xlabel(label)
@@ -101,14 +107,14 @@ def set_x(ax: Any, values: Sequence[float], label: str, integer: bool = True) ->
     else:
         return
     ax.set_xticks(xs)
-    ax.set_xticklabels([fmt_tick(x, integer) for x in xs])
+    ax.set_xticklabels([fmt_tick(x) for x in xs])
     ax.minorticks_off()
     pad = 2 ** 0.25 if doubling(xs) else 10 ** 0.08
     ax.set_xlim(xs[0] / pad, xs[-1] * pad)
 
 
-def fmt_tick(x: float, integer: bool = True) -> str:
-    if integer and float(x).is_integer():
+def fmt_tick(x: float) -> str:
+    if float(x).is_integer():
         return f"{int(x)}"
     return f"{x:.3g}"
 
@@ -131,10 +137,10 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> bool:
+def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> None:
     """Runs that stopped early, as a marker at the top of the axis (the limit they hit)."""
     if not failures:
-        return False
+        return
     tr = ax.get_xaxis_transform()  # x in data units, y in axes fraction
     for x, status, color in failures:
         ax.plot([x], [0.94], marker="X", markersize=11, color=color, markeredgecolor=FAIL_COLOR,
@@ -144,7 +150,6 @@ def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> bool:
                     color=FAIL_COLOR, fontweight="bold")
     ax.plot([], [], marker="X", color="white", markeredgecolor=FAIL_COLOR, markeredgewidth=1.5,
             linestyle="none", markersize=9, label="stopped early (OOM/failed)")
-    return True
 
 
 def footnote(fig: Any, runs: Sequence[Run], why: str) -> None:

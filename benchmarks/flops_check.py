@@ -33,7 +33,7 @@ def main() -> int:
     B, T = (8, 1024) if device == "cuda" else (2, 64)
     shape = dict(d_model=768, n_heads=12, n_layers=12, d_ff=3072) if device == "cuda" else \
         dict(d_model=64, n_heads=4, n_layers=2, d_ff=256)
-    print(f"| case | analytic model GFLOP | analytic hardware GFLOP | FlopCounterMode GFLOP | diff vs hardware |")
+    print("| case | analytic model GFLOP | analytic hardware GFLOP | FlopCounterMode GFLOP | diff vs hardware |")
     print("| --- | --- | --- | --- | --- |")
     worst = 0.0
     for name, kw, dtype in CASES:

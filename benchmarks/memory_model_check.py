@@ -21,8 +21,8 @@ from lmprof.config import from_dict
 
 def main(folder: str) -> int:
     root = Path(folder)
-    rows = [r for r in csv.DictReader(open(root / "results.csv")) if r.get("status") == "ok"
-            and r.get("peak_gpu_mem_gb")]
+    with open(root / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("peak_gpu_mem_gb")]
     from lmprof.profiling.memory_model import estimate_memory
 
     print("| run | measured GiB | predicted GiB (now) | error | predicted at run time |")

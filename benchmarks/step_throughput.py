@@ -153,7 +153,7 @@ def _time(step, steps: int, warmup: int) -> tuple[list[float], float]:
 
 def time_lmprof(name: str, spec: dict, steps: int, warmup: int):
     trainer = build_trainer(name, spec)
-    B, T = spec["batch_size"], spec["sequence_length"]
+    B = spec["batch_size"]
     pool = [b.to(trainer.device) for b, _ in zip(
         trainer.data.train_batches(B, seed=0), range(4), strict=False)]
 

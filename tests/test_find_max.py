@@ -16,7 +16,8 @@ def test_find_max_batch_size_under_a_host_memory_cap(tmp_path, monkeypatch, caps
     ])
     assert code == 0
     out = capsys.readouterr().out
-    rows = list(csv.DictReader(open(tmp_path / "results/find_max/fm/fm.csv")))
+    with open(tmp_path / "results/find_max/fm/fm.csv") as f:
+        rows = list(csv.DictReader(f))
     statuses = {r["status"] for r in rows}
     # The search saw both sides of the boundary, in isolated processes, and survived the OOMs.
     assert {"ok", "oom"} <= statuses

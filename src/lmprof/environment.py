@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -80,9 +81,7 @@ def environment_info(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = int(os.environ.get("WORLD_SIZE", "1"))
-        try:
+        with contextlib.suppress(Exception):  # builds without NCCL leave the cell empty
             info["nccl_version"] = ".".join(map(str, torch.cuda.nccl.version()))
-        except Exception:  # builds without NCCL
-            pass
         info["driver_version"] = _driver_version()
     return info

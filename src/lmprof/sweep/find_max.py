@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import math
 from pathlib import Path
 
@@ -80,7 +81,7 @@ class Searcher:
         from lmprof.sweep.runner import SweepRunner
 
         self.cfg, self.vocab_size, self.out_dir, self.steps, self.say = cfg, vocab_size, out_dir, steps, say
-        self.runner = SweepRunner(out=open("/dev/null", "w"))  # noqa: SIM115: lives with us
+        self.runner = SweepRunner(out=io.StringIO())  # the probes report through `say`
         self.probes: list[Probe] = []
 
     def probe(self, batch_size: int, sequence_length: int) -> Probe:
@@ -201,7 +202,7 @@ def find_max(cfg: RunConfig, vary: list[str], *, limit: int, steps: int, max_pro
         boundary.append((0, best, fixed))
     else:  # the boundary over batch x sequence length: the largest batch at each length
         T = 128
-        while T <= cfg.seq_len:
+        while cfg.seq_len >= T:
             sub = _with(cfg, sequence_length=T)
             searcher.cfg = sub
             start = model_seed(sub, "batch_size", vocab, capacity, limit)

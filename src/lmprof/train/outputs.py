@@ -51,9 +51,11 @@ class RunOutputs:
         self.results_csv = root / "results.csv"
         self.details_dir = root / "results" / "details"
         self.log_path = root / "logs" / f"{name}.log"
-        self.metrics = self.evals = None
+        self.metrics = self.evals = self.tensorboard = None
         if not is_main:
             return
+        if cfg.logging.tensorboard:
+            self.tensorboard = _tensorboard_writer(root / "results" / "tensorboard" / name)
         self.metrics = _CsvLog(self.details_dir / f"{name}_metrics.csv", METRICS_COLUMNS, not resuming)
         self.evals = _CsvLog(self.details_dir / f"{name}_eval.csv", EVAL_COLUMNS, not resuming)
         save_config(cfg, self.details_dir / f"{name}_config.yaml")
@@ -61,10 +63,20 @@ class RunOutputs:
     def log_metrics(self, point: dict) -> None:
         if self.metrics:
             self.metrics.append(point)
+        self._to_tensorboard("train", point)
 
     def log_eval(self, point: dict) -> None:
         if self.evals:
             self.evals.append(point)
+        self._to_tensorboard("eval", point)
+
+    def _to_tensorboard(self, prefix: str, point: dict) -> None:
+        if self.tensorboard is None:
+            return
+        for key, value in point.items():
+            if key != "step" and isinstance(value, int | float):
+                self.tensorboard.add_scalar(f"{prefix}/{key}", value, point["step"])
+        self.tensorboard.flush()
 
     def progress_bar(self, total: int, initial: int = 0):
         """A tqdm bar on an interactive terminal; log lines otherwise (files, sweeps)."""
@@ -74,6 +86,16 @@ class RunOutputs:
 
         return tqdm(total=total, initial=initial, desc=self.cfg.logging.run_name, unit="step",
                     dynamic_ncols=True)
+
+
+def _tensorboard_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from lmprof.errors import UserError
+
+        raise UserError("logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]") from None
+    return SummaryWriter(log_dir=str(path))
 
 
 def setup_logging(cfg: RunConfig, is_main: bool) -> None:

@@ -47,6 +47,7 @@ def config_row(cfg: RunConfig) -> dict:
         "batch_size": cfg.training.batch_size,
         "fp16": s.precision == "fp16",
         "grad_checkpoint": s.gradient_checkpointing != "none",
+        "checkpointing": s.gradient_checkpointing,
         "flash_attention": m.attention in ("flash", "cudnn"),
         "ddp_gpus": s.num_gpus,
         "precision": s.precision,
@@ -166,6 +167,10 @@ def run(cfg: RunConfig) -> int:
         ckpt.attach(trainer)  # restores the newest checkpoint when resuming
         log.info("model: %.2fM parameters on %s, precision %s, attention %s",
                  trainer.n_params / 1e6, dist.device, cfg.system.precision, cfg.model.attention)
+        if cfg.logging.debug_flash:
+            from lmprof.train.debug_flash import log_attention_table
+
+            log_attention_table(trainer)
         trainer.fit()
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point)

@@ -318,6 +318,11 @@ class CheckpointManager:
         """Whether to checkpoint after `step`: every `interval` steps, or to stop (SIGTERM on
         any rank)."""
         stop = self.stop_requested
+        # Ranks agree on a stop only on logging steps (which sync anyway) and checkpoint steps:
+        # a collective every step would hold every rank's host thread to the slowest one.
+        agree = step % self.cfg.logging.logging_steps == 0 or (self.interval and step % self.interval == 0)
+        if self._multi and not agree:
+            return False
         if self._multi:
             self._flag[0] = int(stop)
             dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)

@@ -58,12 +58,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmprof.model_args import ModelArgs
 from lmprof.profiling.flops import (
     SAC_SAVES_BADDBMM,
     FlopCount,
     count_params,
     flops_per_token,
-    padded_vocab,
 )
 
 MiB = 1024**2
@@ -103,42 +103,8 @@ class Tensor:
     kind: str = "act"  # act | weights (autocast's copies of the weights)
 
 
-@dataclass
-class Shape:
-    """What the memory model needs of a run: model.ModelArgs' fields plus the step's shape."""
-
-    vocab_size: int
-    d_model: int
-    n_heads: int
-    n_layers: int
-    d_ff: int
-    dropout: float
-    max_seq_len: int
-    norm: str = "pre"
-    pos_encoding: str = "learned"
-    tie_embeddings: bool = True
-    bias: bool = True
-    activation: str = "gelu"
-    attention: str = "sdpa"
-    vocab_multiple: int = 64
-    loss_chunk_size: int = 0
-    checkpointing: str = "none"
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return padded_vocab(self)
-
-    @classmethod
-    def from_config(cls, cfg: Any, vocab_size: int) -> Shape:
-        """Mirror of model.ModelArgs.from_config, without importing torch."""
-        m = cfg.model
-        return cls(
-            vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
-            d_ff=m.d_ff, dropout=m.dropout, max_seq_len=cfg.max_seq_len, norm=m.norm,
-            pos_encoding=m.pos_encoding, tie_embeddings=m.tie_embeddings, bias=m.bias,
-            activation=m.activation, attention=m.attention, vocab_multiple=m.vocab_multiple,
-            loss_chunk_size=m.loss_chunk_size, checkpointing=cfg.system.gradient_checkpointing,
-        )
+# What the memory model needs of a run: the model's own hyper-parameters (torch-free).
+Shape = ModelArgs
 
 
 def _attention_path(attention: str, dropout: float, device: str) -> str:

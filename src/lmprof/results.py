@@ -28,6 +28,7 @@ LMPROF_COLUMNS = (
     "max_steps", "steps_done", "tokens_seen", "steady_tokens_per_sec",
     "steady_tokens_per_sec_per_gpu", "processed_tokens_per_sec", "step_time_p50_ms",
     "step_time_p90_ms", "compile_time_sec", "final_train_loss", "peak_gpu_reserved_gb",
+    "peak_host_mem_gb",
     "mfu", "hfu", "achieved_tflops", "model_flops_per_token", "predicted_peak_mem_gb",
     "n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "norm", "pos_encoding",
     "data_source", "tokenizer", "batching", "device", "device_name", "gpu_count",

@@ -159,7 +159,7 @@ def optimization_comparisons(ctx: Context) -> list[Plot]:
     plots = []
     for pair in found:
         fig, axes = figure(ncols=2, width=5.6, height=4.6)
-        _bars(axes[0][0], pair, lambda r: r.mem_gb, "peak GPU memory (GB)", lambda v: f"{v:.2f} GB", ctx)
+        _bars(axes[0][0], pair, lambda r: r.mem_gb, "peak memory (GB)", lambda v: f"{v:.2f} GB", ctx)
         _bars(axes[0][1], pair, lambda r: r.tokens_per_sec, TOKENS_LABEL, fmt_num, ctx)
         fig.suptitle(f"Optimisation: {pair.title} vs baseline {pair.base.name} (tag {pair.tag})",
                      fontsize=13)

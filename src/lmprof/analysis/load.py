@@ -87,7 +87,7 @@ class Run:
 
     @property
     def checkpointing(self) -> str:
-        value = self.get("grad_checkpoint").lower()
+        value = (self.get("checkpointing") or self.get("grad_checkpoint")).lower()
         if value in _FALSE:
             return "none"
         return "full" if value in ("true", "yes", "on", "1") else value
@@ -109,7 +109,8 @@ class Run:
 
     @property
     def mem_gb(self) -> float | None:
-        return self.pos("peak_gpu_mem_gb")
+        # A CPU run has no GPU allocator: its peak resident memory stands in (labelled as such).
+        return self.pos("peak_gpu_mem_gb") or self.pos("peak_host_mem_gb")
 
     @property
     def mfu(self) -> float | None:

@@ -32,7 +32,7 @@ from .style import (
     tokens_axis,
 )
 
-MEM_LABEL = "peak GPU memory (GB)"
+MEM_LABEL = "peak memory (GB: GPU allocated; host RSS for CPU runs)"
 MFU_LABEL = "MFU (% of peak FLOP/s)"
 
 
@@ -145,6 +145,11 @@ def _batch(x: float) -> str:
     return f"batch {fmt_tick(x)}"
 
 
+def _gpu_prediction(r) -> float | None:
+    """The memory model predicts the GPU allocator's peak; a CPU run's host RSS is no match."""
+    return r.pos("predicted_peak_mem_gb") if r.pos("peak_gpu_mem_gb") else None
+
+
 def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
     runs = ctx.table.tagged("seq_len")
     _require(runs, "seq_len", lambda r: r.mem_gb, "peak memory")
@@ -152,8 +157,8 @@ def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
     def predicted(ax: Any, series: Sequence[Series]) -> None:
         top = 0.0
         for s in series:
-            pts = [(x, r.pos("predicted_peak_mem_gb")) for x, _, r in s.points]
-            pts = sorted((x, y) for x, y in pts + [(x, r.pos("predicted_peak_mem_gb")) for x, r in s.failed]
+            pts = [(x, _gpu_prediction(r)) for x, _, r in s.points]
+            pts = sorted((x, y) for x, y in pts + [(x, _gpu_prediction(r)) for x, r in s.failed]
                          if y is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".",
@@ -164,11 +169,11 @@ def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
         ax.set_ylim(0, max(ax.get_ylim()[1], top * headroom))
 
     file = "memory_vs_sequence_length.png"
-    (series,) = _sweep(ctx, file, "Peak GPU memory vs sequence length", runs, _seq,
+    (series,) = _sweep(ctx, file, "Peak memory vs sequence length", runs, _seq,
                        "sequence length (tokens)", "sequence_length",
                        [(lambda r: r.mem_gb, MEM_LABEL)], extra=predicted)
-    errs = [abs(r.pos("predicted_peak_mem_gb") / y - 1) for s in series for _, y, r in s.points
-            if r.pos("predicted_peak_mem_gb")]
+    errs = [abs(_gpu_prediction(r) / y - 1) for s in series for _, y, r in s.points
+            if _gpu_prediction(r)]
     reading = sentence(
         _growth(series, "peak memory", _gb, _tokens, "length"),
         f"the memory model's prediction was within {max(errs) * 100:.0f}% of measured" if errs else "",
@@ -232,7 +237,7 @@ def memory_vs_batch_size(ctx: Context) -> list[Plot]:
     runs = _batch_runs(ctx)
     _require(runs, "bs_fp32/bs_fp16", lambda r: r.mem_gb, "peak memory")
     file = "memory_vs_batch_size.png"
-    (series,) = _sweep(ctx, file, "Peak GPU memory vs batch size", runs, _bs,
+    (series,) = _sweep(ctx, file, "Peak memory vs batch size", runs, _bs,
                        "batch size (sequences per GPU)", "batch_size", [(lambda r: r.mem_gb, MEM_LABEL)])
     ref = _reference(series)
     parts = []

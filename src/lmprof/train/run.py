@@ -74,10 +74,14 @@ def _now() -> str:
 
 
 def _memory_row(device: torch.device) -> dict:
-    if device.type != "cuda":
-        return {}
+    import resource
+
     gib = 1024**3
-    return {
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory, the CPU's counterpart.
+    host = {"peak_host_mem_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+    if device.type != "cuda":
+        return host
+    return host | {
         "peak_gpu_mem_gb": torch.cuda.max_memory_allocated(device) / gib,
         "peak_gpu_reserved_gb": torch.cuda.max_memory_reserved(device) / gib,
     }
@@ -184,7 +188,7 @@ def run(cfg: RunConfig) -> int:
         status, detail = "interrupted", str(exc)
     except KeyboardInterrupt:
         status, detail = "interrupted", "stopped by the user"
-    except BaseException as exc:  # noqa: BLE001: every failure must end in a row
+    except BaseException as exc:  # noqa: BLE001 -- every failure must end in a row
         if is_oom(exc):
             phase = trainer.instruments.state_phase if trainer else "setup"
             status, detail = "oom", f"out of memory during {phase}"

@@ -62,7 +62,9 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
-    cols = [c for c in COLUMNS if c in existing or c in new]
+    # The seed's columns are always there (empty where a run has no value, e.g. GPU memory on
+    # a CPU), so tools written for the seed's results.csv read ours.
+    cols = [c for c in COLUMNS if c in SEED_COLUMNS or c in existing or c in new]
     cols += [c for c in existing if c not in cols]
     cols += [c for c in new if c not in cols]
     return cols

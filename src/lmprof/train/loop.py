@@ -116,8 +116,7 @@ class Trainer:
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over grad_accum_steps micro-batches; returns device tensors."""
         accum, st, phase = self.cfg.training.grad_accum_steps, self.state, self.instruments.phase
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        loss_sum = correct = None  # device tensors; no fill kernels for the common accum == 1
         for micro in range(accum):
             with phase("data"):
                 batch: Batch = next(batches)
@@ -129,8 +128,8 @@ class Trainer:
                     loss, n_correct = self.model(batch.input_ids, batch.targets, batch.attention_mask)
                 with phase("backward"):
                     self.scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach()
-            correct += n_correct
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            correct = n_correct if correct is None else correct + n_correct
         with phase("optimizer"):
             if self.cfg.training.max_grad_norm > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -139,7 +138,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
-        return loss_sum / accum, correct
+        return (loss_sum / accum if accum > 1 else loss_sum), correct
 
     def _grad_sync(self, last: bool):
         """Gradient accumulation: all-reduce (DDP) or reduce-scatter (FSDP2) on the last
@@ -202,9 +201,10 @@ class Trainer:
         st, cfg = self.state, self.cfg
         step_ms = self.timer.collect()
         self.instruments.collect()
-        # One transfer for everything the log line needs, summed over ranks.
+        # One device-to-host transfer for everything the log line needs, summed over ranks.
+        loss_host, correct_host = torch.stack([loss_sum.double(), correct_sum.double()]).tolist()
         loss_total, correct_total, real_total = all_reduce_sum(
-            [loss_sum.item(), float(correct_sum.item()), float(n_real)], self.dist
+            [loss_host, correct_host, float(n_real)], self.dist
         )
         loss = loss_total / (n_steps * self.dist.world_size)
         self._check_divergence(loss)
@@ -268,7 +268,7 @@ class Trainer:
             correct += n_correct
             n_tokens += batch.n_real_tokens
         total_loss, total_correct, total_tokens = all_reduce_sum(
-            [loss_sum.item(), float(correct.item()), float(n_tokens)], self.dist
+            [*torch.stack([loss_sum, correct.double()]).tolist(), float(n_tokens)], self.dist
         )
         self.model.train()
         ins.state_phase = phase

@@ -398,8 +398,8 @@ def test_memory_terms_respond_to_the_config():
 
 # torch.cuda.max_memory_allocated() read on an NVIDIA H200 (torch 2.11, CUDA 13) after 3 steps of
 # lmprof's training step, GPT-2 small (12 x 768, 12 heads, d_ff 3072, dropout 0.1, vocabulary
-# 50258 -> 50304), by `python -m lmprof.profiling.calibrate` (38 configurations, all within
-# 1.2%). If model.py changes what it saves, these move: rerun calibrate.
+# 50258 -> 50304), by `python benchmarks/memory_calibration.py` (38 configurations, all within
+# 1.2%). If model.py changes what it saves, these move: rerun benchmarks/memory_calibration.py.
 H200_MEASURED = [
     (["model_type=vanilla_transformer", "fp16=true", "sequence_length=128", "batch_size=8"],
      2826608128),

@@ -46,7 +46,7 @@ buffers, fp32 dW and the saved dh / dW.
 
 Checked against PyTorch: on the CPU, tests/test_profiling.py counts the saved tensors
 (saved_tensors_hooks) and every live storage (a dispatch mode) of real steps; on an NVIDIA H200
-(torch 2.11, CUDA 13), `python -m lmprof.profiling.calibrate` ran 38 GPT-2-small configurations
+(torch 2.11, CUDA 13), `python benchmarks/memory_calibration.py` ran 38 GPT-2-small configurations
 (T 128..2048, B 4..32, fp16/fp32 vanilla, bf16 flash/sdpa, checkpointing, chunked loss): every
 max_memory_allocated was within 1.2% of the prediction. The constants below were fitted there;
 everything else is counted.

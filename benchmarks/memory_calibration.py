@@ -1,6 +1,6 @@
 """Check the memory model against real training steps on this GPU.
 
-    python -m lmprof.profiling.calibrate [--grid default|quick] [--out FILE.json]
+    python benchmarks/memory_calibration.py [--grid default|quick] [--out FILE.json]
 
 Each configuration runs a few steps of lmprof's training step (train/loop.py's order: autocast
 forward, scaled backward, unscale, clip, fused AdamW step, zero_grad(set_to_none=True)) on random
@@ -9,6 +9,9 @@ torch.cuda.max_memory_allocated() with `estimate_memory`. It also measures what 
 as constants: the memory left allocated between steps beyond parameters, optimizer states and
 batches (cuBLAS workspaces), max_memory_reserved / max_memory_allocated (the allocator factor) and
 NVML's usage beyond the reservation (the CUDA context). Needs a CUDA GPU; prints one line a run.
+
+Its step repeats the loop's order by hand so it can read memory between forward and backward;
+`memory_model_check.py` checks the model against real `lmprof run` rows instead.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def measure(overrides: list[str], vocab_size: int = GPT2_VOCAB, steps: int = 3) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lmprof.profiling.calibrate",
+    parser = argparse.ArgumentParser(prog="python benchmarks/memory_calibration.py",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=("default", "quick"), default="default")
     parser.add_argument("--out", help="write the rows as JSON here")

@@ -527,8 +527,8 @@ def _size(n: float) -> str:
 def _flops(n: float) -> str:
     for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
         if n >= scale:
-            return f"{n / scale:#.3g} {unit}"
-    return f"{n:#.3g} FLOP"
+            return f"{n / scale:#.3g}".rstrip(".") + f" {unit}"
+    return f"{n:#.3g}".rstrip(".") + " FLOP"
 
 
 _LABELS = {

@@ -85,3 +85,19 @@ def test_compiled_model_computes_the_same_loss_and_gradients():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_batches_count_real_and_processed_tokens_apart(tmp_path, monkeypatch):
+    """The seed's padded batching: PAD is processed but never counted as a trained token."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):  # documents of very different lengths, so rows get padded
+        (corpus / f"doc{i}.txt").write_text("short doc. " * (1 + i % 7) + "x" * (i % 3))
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in TINY if not a.startswith(("data.source", "vocab_size"))]
+    assert main(["run", *args, "data.source=text", f"data.path={corpus}", "tokenizer=byte",
+                 "batching=padded", "sequence_length=64", "run_name=pad"]) == 0
+    (row,) = _read(tmp_path / "results.csv")
+    real, processed = float(row["steady_tokens_per_sec"]), float(row["processed_tokens_per_sec"])
+    assert processed > real > 0
+    assert int(row["tokens_seen"]) < 6 * 4 * 64

@@ -209,7 +209,7 @@ def run(cfg: RunConfig) -> int:
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
             ckpt.close()
-        shutdown()
+        shutdown(clean=status == "ok")
     return EXIT_CODES[status]
 
 

@@ -101,3 +101,14 @@ def test_padded_batches_count_real_and_processed_tokens_apart(tmp_path, monkeypa
     real, processed = float(row["steady_tokens_per_sec"]), float(row["processed_tokens_per_sec"])
     assert processed > real > 0
     assert int(row["tokens_seen"]) < 6 * 4 * 64
+
+
+def test_a_mistake_found_during_setup_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "no_such_corpus"
+    assert main(["run", "data.source=text", f"data.path={missing}", "run_name=oops"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+    assert not (tmp_path / "results.csv").exists()
+    assert not (tmp_path / "logs" / "oops.log").exists()
+    assert not list(tmp_path.glob("results/details/oops*"))

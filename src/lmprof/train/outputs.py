@@ -51,14 +51,20 @@ class RunOutputs:
         self.results_csv = root / "results.csv"
         self.details_dir = root / "results" / "details"
         self.log_path = root / "logs" / f"{name}.log"
+        self.resuming = resuming
         self.metrics = self.evals = self.tensorboard = None
-        if not is_main:
-            return
-        if cfg.logging.tensorboard:
+        if is_main and cfg.logging.tensorboard:
             self.tensorboard = _tensorboard_writer(root / "results" / "tensorboard" / name)
-        self.metrics = _CsvLog(self.details_dir / f"{name}_metrics.csv", METRICS_COLUMNS, not resuming)
-        self.evals = _CsvLog(self.details_dir / f"{name}_eval.csv", EVAL_COLUMNS, not resuming)
-        save_config(cfg, self.details_dir / f"{name}_config.yaml")
+
+    def open(self) -> None:
+        """Create the run's files; called once setup has succeeded, so a run stopped by a user's
+        mistake (a missing data path, ...) leaves nothing behind."""
+        if not self.is_main:
+            return
+        name, fresh = self.cfg.logging.run_name, not self.resuming
+        self.metrics = _CsvLog(self.details_dir / f"{name}_metrics.csv", METRICS_COLUMNS, fresh)
+        self.evals = _CsvLog(self.details_dir / f"{name}_eval.csv", EVAL_COLUMNS, fresh)
+        save_config(self.cfg, self.details_dir / f"{name}_config.yaml")
 
     def log_metrics(self, point: dict) -> None:
         if self.metrics:
@@ -96,6 +102,17 @@ def _tensorboard_writer(path: Path):
 
         raise UserError("logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]") from None
     return SummaryWriter(log_dir=str(path))
+
+
+def discard_log(cfg: RunConfig) -> None:
+    """Close and delete the log file a run opened (it stopped on a user's mistake)."""
+    logger = logging.getLogger("lmprof")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            logger.removeHandler(handler)
+            if cfg.checkpoint.resume != "auto":
+                Path(handler.baseFilename).unlink(missing_ok=True)
 
 
 def setup_logging(cfg: RunConfig, is_main: bool) -> None:

@@ -21,7 +21,7 @@ from lmprof.results import append_row
 from lmprof.train.checkpoint import CheckpointManager, Preempted
 from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from lmprof.train.loop import Diverged, Trainer
-from lmprof.train.outputs import RunOutputs, setup_logging
+from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
 
 log = logging.getLogger("lmprof")
 
@@ -167,6 +167,7 @@ def run(cfg: RunConfig) -> int:
         ckpt = CheckpointManager(cfg, dist)  # the resume point, the SIGTERM handler
         outputs = RunOutputs(cfg, dist.is_main, resuming=ckpt.resuming)
         trainer = Trainer(cfg, dist, outputs)
+        outputs.open()
         row |= _predicted_memory_row(cfg, trainer.data.vocab_size, dist.world_size)
         ckpt.attach(trainer)  # restores the newest checkpoint when resuming
         log.info("model: %.2fM parameters on %s, precision %s, attention %s",
@@ -207,6 +208,8 @@ def run(cfg: RunConfig) -> int:
         if dist.is_main and status != "user_error":
             append_row(outputs_path(cfg), _finite(row))
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+        if status == "user_error":
+            discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
             ckpt.close()
         shutdown(clean=status == "ok")

@@ -28,14 +28,16 @@ from lmprof.profiling.memory_model import estimate_memory
 
 GPT2_SMALL = ["d_model=768", "nhead=12", "num_layers=12", "dim_feedforward=3072", "dropout=0.1",
               "tokenizer=gpt2"]
-SEED = ["model_type=vanilla_transformer"]  # post-norm, vanilla attention, ReLU, sinusoidal
+SEED = ["model_type=vanilla_transformer"]  # post-norm, explicit mask (sdpa_mask), ReLU, sinusoidal
+VANILLA = SEED + ["attention=vanilla"]  # the T x T scores in memory
 GPT2_VOCAB = 50258  # GPT-2's 50257 ids and lmprof's PAD
 
 
 def default_grid(quick: bool = False) -> list[list[str]]:
     variants = [
         SEED + ["fp16=true"],
-        SEED + ["precision=fp32"],
+        VANILLA + ["fp16=true"],
+        VANILLA + ["precision=fp32"],
         SEED + ["bf16=true", "attention=flash"],
         SEED + ["bf16=true", "attention=sdpa"],
     ]
@@ -51,7 +53,7 @@ def default_grid(quick: bool = False) -> list[list[str]]:
     if not quick:
         extra = [
             ["norm=pre", "activation=gelu", "pos_encoding=learned", "bf16=true", "attention=sdpa"],
-            SEED + ["fp16=true", "gradient_checkpointing=full"],
+            VANILLA + ["fp16=true", "gradient_checkpointing=full"],
             SEED + ["bf16=true", "attention=flash", "gradient_checkpointing=selective"],
             SEED + ["bf16=true", "attention=flash", "loss_chunk_size=2048"],
             SEED + ["precision=fp32", "attention=sdpa"],

@@ -36,7 +36,8 @@ GIB = 1024**3
 SMALL = {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072}
 MEDIUM = {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096}
 FAST = {"dropout": 0.0, "norm": "pre", "pos_encoding": "learned", "precision": "bf16"}
-SEED = {"attention": "vanilla", "norm": "post", "pos_encoding": "sinusoidal",
+# The seed-equivalent configuration: what `model_type: vanilla_transformer` gives (config.py).
+SEED = {"attention": "sdpa_mask", "norm": "post", "pos_encoding": "sinusoidal",
         "activation": "relu", "dropout": 0.1, "precision": "fp16"}
 
 
@@ -48,7 +49,8 @@ CONFIGS: dict[str, dict] = {
     "small_seed_module_fp16": {"seed_module": True, **_cfg(SMALL, 16, 1024, precision="fp16", dropout=0.1)},
     "small_seed_equiv_fp16": _cfg(SMALL, 16, 1024, **SEED),
     "small_seed_equiv_mem_efficient_fp16": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "mem_efficient"}),
-    "small_vanilla_fp32": _cfg(SMALL, 16, 1024, **{**SEED, "precision": "fp32"}),
+    "small_vanilla_fp16": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "vanilla"}),
+    "small_vanilla_fp32": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "vanilla", "precision": "fp32"}),
     "small_vanilla_bf16": _cfg(SMALL, 16, 1024, **{**FAST, "attention": "vanilla"}),
     "small_sdpa_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="sdpa"),
     "small_flash_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="flash"),

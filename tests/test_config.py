@@ -49,7 +49,7 @@ def test_seed_base_config_loads_unchanged():
     cfg = build_config(raw["base_config"])
     assert cfg.training.lr == pytest.approx(3e-4)
     assert cfg.training.max_steps == 8000 and cfg.training.warmup_steps == 500
-    assert cfg.model.attention == "vanilla" and cfg.system.precision == "fp16"
+    assert cfg.model.attention == "sdpa_mask" and cfg.system.precision == "fp16"
 
 
 def test_overrides_dotted_leaf_and_alias():
@@ -72,7 +72,7 @@ def test_hash_ignores_where_outputs_go_but_not_what_is_computed():
     ("model.n_heads=5", "must divide model.d_model=256"),
     ("batch_size=0", "must be positive"),
     ("precision=fp8", "allowed: fp32, tf32, fp16, bf16"),
-    ("attention=flashy", "allowed: vanilla, sdpa, flash"),
+    ("attention=flashy", "allowed: vanilla, sdpa_mask, sdpa, flash"),
     ("run_name=../evil", "plain file name"),
     ("dropout=1.5", "[0, 1)"),
     ("compile=maybe", "expected true or false"),

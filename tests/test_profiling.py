@@ -72,6 +72,9 @@ FLOP_CASES = [
     ("vanilla", "pre", True, "selective", 0.0),  # baddbmm is not in the policy: QK^T again
     ("sdpa", "post", True, "selective", 0.0),
     ("sdpa", "pre", True, "none", 0.1),  # CPU SDPA with dropout: the math path, explicit bmm
+    ("sdpa_mask", "post", True, "none", 0.0),  # the seed's explicit mask, handed to SDPA
+    ("sdpa_mask", "post", True, "none", 0.1),
+    ("sdpa_mask", "pre", True, "selective", 0.0),
 ]
 
 
@@ -319,6 +322,8 @@ SAVED_CASES = [
     ("sdpa", 0.1, "fp32", "pre"),  # the CPU's math path
     ("sdpa", 0.0, "bf16", "pre"),
     ("sdpa", 0.1, "bf16", "post"),
+    ("sdpa_mask", 0.0, "fp32", "post"),
+    ("sdpa_mask", 0.1, "bf16", "post"),
 ]
 
 

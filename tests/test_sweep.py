@@ -233,7 +233,7 @@ def test_shipped_sweeps_plan_and_cover_the_assignment():
     by_tag = lambda t: [p for p in plans if t in p.tags]  # noqa: E731
     assert sorted(p.cfg.seq_len for p in by_tag("seq_len")) == [128, 256, 512, 1024, 2048]
     assert {p.cfg.model.attention for p in by_tag("attention")} == {
-        "vanilla", "sdpa", "flash", "mem_efficient", "cudnn"}
+        "vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn"}
     assert {p.cfg.system.precision for p in by_tag("precision")} == {"fp32", "tf32", "fp16", "bf16"}
     assert [p.num_gpus for p in by_tag("ddp")] == [1, 2, 4, 8]
     assert len(by_tag("model_size")) >= 4

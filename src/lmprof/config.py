@@ -22,7 +22,7 @@ import yaml
 
 from lmprof.errors import ConfigError, UserError
 
-ATTENTIONS = ("vanilla", "sdpa", "flash", "mem_efficient", "cudnn")
+ATTENTIONS = ("vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 SCHEDULES = ("cosine", "linear", "constant")
 SOURCES = ("stdlib", "text", "hf", "synthetic")
@@ -215,8 +215,10 @@ def _model_type(value: Any) -> list[tuple[str, Any]]:
     if value != "vanilla_transformer":
         raise ConfigError("model_type", value, "the only model type is 'vanilla_transformer'")
     # The seed's model: nn.TransformerEncoderLayer (post-norm), sinusoidal positions, an
-    # explicit causal mask, ReLU. Keys after model_type can change any of these.
-    return [("model.attention", "vanilla"), ("model.norm", "post"),
+    # explicit causal mask, ReLU. Keys after model_type can change any of these. Its
+    # nn.MultiheadAttention hands that mask to SDPA (`sdpa_mask`); `vanilla` is the textbook
+    # attention with the T x T scores in memory.
+    return [("model.attention", "sdpa_mask"), ("model.norm", "post"),
             ("model.pos_encoding", "sinusoidal"), ("model.activation", "relu")]
 
 
@@ -227,7 +229,7 @@ def _dataset_name(value: Any) -> list[tuple[str, Any]]:
 SEED_ALIASES: dict[str, Any] = {
     "fp16": _bool_alias("system.precision", "fp16", "fp32"),
     "bf16": _bool_alias("system.precision", "bf16", "fp32"),
-    "use_flash_attention": _bool_alias("model.attention", "flash", "vanilla"),
+    "use_flash_attention": _bool_alias("model.attention", "flash", "sdpa_mask"),
     "gradient_checkpointing": "system.gradient_checkpointing",
     "sequence_length": "data.sequence_length",
     "model_config.d_model": "model.d_model",
@@ -543,7 +545,7 @@ def validate(cfg: RunConfig) -> None:
     if m.attention in ("flash", "cudnn") and cfg.system.precision in ("fp32", "tf32"):
         raise ConfigError(
             "model.attention", m.attention,
-            f"the {m.attention} kernels need precision fp16 or bf16 (use sdpa, mem_efficient or vanilla in {cfg.system.precision})",
+            f"the {m.attention} kernels need precision fp16 or bf16 (use sdpa, sdpa_mask, mem_efficient or vanilla in {cfg.system.precision})",
         )
     name = cfg.logging.run_name
     if name and (not _RUN_NAME.match(name) or len(name) > 200):

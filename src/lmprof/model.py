@@ -4,10 +4,16 @@ Token embedding + positional encoding -> N blocks of (multi-head self-attention,
 post-LayerNorm -> final norm -> LM head tied to the embedding -> next-token cross-entropy that
 ignores PAD targets. Names follow "Attention Is All You Need" and GPT-2.
 
+Attention: `vanilla` materialises the T x T scores (the textbook formula); `sdpa_mask` hands an
+explicit causal mask to PyTorch's scaled_dot_product_attention, as nn.MultiheadAttention does in
+the course assignment's model; `sdpa` lets PyTorch choose a kernel for `is_causal`; `flash`,
+`mem_efficient` and `cudnn` force one.
+
 Padding convention: PAD only ever follows a row's real tokens (right padding). With a causal mask
 a real query then never sees a PAD key, so the kernels that cannot take a mask (`flash`, `cudnn`)
-are exact for every real token; `vanilla`, `sdpa` and `mem_efficient` still apply the key-padding
-mask when a batch has padding. A batch with no padding takes the `is_causal` fast path everywhere.
+are exact for every real token; `vanilla`, `sdpa_mask`, `sdpa` and `mem_efficient` still apply
+the key-padding mask when a batch has padding. A batch with no padding takes the `is_causal` fast
+path everywhere except in `vanilla` and `sdpa_mask`, whose point is the explicit mask.
 """
 
 from __future__ import annotations
@@ -21,15 +27,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmprof.model_args import ModelArgs
+from lmprof.ops.cross_entropy import IGNORE_INDEX, cross_entropy
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
-
-IGNORE_INDEX = -100
 
 
 def _sdpa_backend(attention: str):
     """The context that forces one SDPA kernel, or None to let PyTorch choose."""
-    if attention in ("vanilla", "sdpa"):
+    if attention in ("vanilla", "sdpa", "sdpa_mask"):
         return None
     from torch.nn.attention import SDPBackend
 
@@ -81,7 +86,9 @@ class CausalSelfAttention(nn.Module):
 
     def _sdpa(self, q, k, v, key_padding):
         p = self.dropout if self.training else 0.0
-        use_mask = key_padding is not None and self.attention in ("sdpa", "mem_efficient")
+        use_mask = self.attention == "sdpa_mask" or (
+            key_padding is not None and self.attention in ("sdpa", "mem_efficient")
+        )
         ctx = nullcontext() if self.backend is None else _sdpa_kernel(self.backend)
         with ctx:
             if use_mask:
@@ -226,10 +233,8 @@ class Transformer(nn.Module):
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
         if self.args.loss_chunk_size:
             return chunked_cross_entropy(h, self.lm_head.weight, targets, self.args.loss_chunk_size)
-        logits = self.lm_head(h)
-        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
-        n_correct = (logits.detach().argmax(-1) == targets).sum()
-        return loss, n_correct
+        # fp32 arithmetic over logits in the autocast dtype, without an fp32 copy of them.
+        return cross_entropy(self.lm_head(h), targets)
 
 
 def _selective_policy_context():

@@ -22,7 +22,7 @@ FIXED_COLORS = {
     "fp32": "#1f77b4", "tf32": "#17becf", "fp16": "#ff7f0e", "bf16": "#2ca02c",
     "baseline": "#7f7f7f",
     "vanilla": "#8c564b", "sdpa": "#9467bd", "flash": "#d62728", "mem_efficient": "#e377c2",
-    "cudnn": "#bcbd22",
+    "cudnn": "#bcbd22", "sdpa_mask": "#c49c94",
     "gradient_checkpointing": "#393b79", "selective_checkpointing": "#6b6ecf",
     "compile": "#637939",
 }

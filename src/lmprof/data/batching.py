@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from lmprof.errors import UserError
+from lmprof.ops import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _U64 = (1 << 64) - 1
 
 

@@ -7,10 +7,10 @@ what the caching allocator reserves and what NVML shows. Nothing is run: the mod
 from what model.py's modules save for backward, tensor by tensor (`block_tensors`), and from the
 order in which a step allocates and frees them (`step_phases`). The peak is the largest of:
 
-- forward, at the loss: every block's saved tensors, autocast's weight copies, the logits (in
-  the autocast dtype), their fp32 upcast and the log-softmax output;
-- backward, at the loss: every block's saved tensors and three fp32 (tokens x vocab) buffers
-  (the saved log-softmax, the gradient of the NLL and of the log-softmax);
+- forward, at the loss: every block's saved tensors, autocast's weight copies and the logits (in
+  the autocast dtype), which the fused cross-entropy saves with one fp32 log-sum-exp per token;
+- backward, at the loss: every block's saved tensors, the saved logits and their gradient (the
+  same size and dtype);
 - backward, at the top block and at the bottom block (live memory is linear in the block index
   in between): the blocks below still saved, the gradients already made, the block's own
   recomputation under checkpointing and the short-lived gradient buffers of its backward;
@@ -40,9 +40,9 @@ fp32 and LayerNorm autocasts to fp32):
 Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
 backward; selective checkpointing (model.py's policy) also keeps the outputs of mm/addmm/bmm and
 the CUDA SDPA kernels and rebuilds the rest. The loss: full logits are (B*T) x V_padded in the
-autocast dtype plus an fp32 copy for the cross-entropy, the fp32 log-softmax it saves and two
-fp32 gradients of that size in the backward; `loss_chunk_size` replaces them by chunk x V
-buffers, fp32 dW and the saved dh / dW.
+autocast dtype, saved by the fused cross-entropy (ops/cross_entropy.py), and their gradient of the
+same size in the backward; `loss_chunk_size` replaces them by chunk x V buffers, fp32 dW and the
+saved dh / dW.
 
 Checked against PyTorch: on the CPU, tests/test_profiling.py counts the saved tensors
 (saved_tensors_hooks) and every live storage (a dispatch mode) of real steps; on an NVIDIA H200
@@ -167,10 +167,14 @@ def block_tensors(s: Shape, B: int, T: int, precision: str, device: str = "cuda"
     else:
         in_policy = cuda  # the CPU flash kernel is not in model.py's save list
         add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
-        t_lse = math.ceil(T / 32) * 32 if s.attention == "mem_efficient" else T
+        # sdpa_mask: a float mask rules out the flash kernel, so PyTorch picks memory-efficient.
+        efficient = s.attention in ("mem_efficient", "sdpa_mask")
+        t_lse = math.ceil(T / 32) * 32 if efficient else T
         add("lse", B * H * t_lse * 4, True, cached=in_policy)
-        if padded and s.attention in ("sdpa", "mem_efficient"):
+        if padded and s.attention in ("sdpa", "mem_efficient", "sdpa_mask"):
             add("attn_bias", B * T * T * e, True)
+        elif s.attention == "sdpa_mask" and cuda:
+            add("attn_bias", T * T * e, True)  # the causal mask as a float bias, per block
     add("proj_out", Nd * e, False, cached=True)
     mask("resid_mask1", Nd, e)
     add("sum1", Nd * 4, True)  # x + attention: LayerNorm input (ln1 post, ln2 pre)
@@ -351,7 +355,9 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
     out.append(Tensor("head_in", N * d * e, True))
     if autocast:
         out.append(Tensor("head_weight", V * d * e, True, kind="weights"))
-    out.append(Tensor("log_softmax", N * V * 4, True, kind="loss"))
+    # The fused cross-entropy (ops/cross_entropy.py) keeps the logits and one fp32 per row.
+    out.append(Tensor("logits", N * V * e, True, kind="loss"))
+    out.append(Tensor("logsumexp", N * 4, True, kind="loss"))
     return out
 
 
@@ -414,8 +420,10 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         loss_bwd = N * d * e + V * d * e + V * d * 4
         head_loss_fwd = 0  # the saved grad_h / grad_w are part of loss_fwd
     else:
-        loss_fwd = N * V * (e + 4) if autocast else N * V * 4  # logits (+ fp32 upcast)
-        loss_bwd = 2 * N * V * 4  # d(NLL) and d(log-softmax), fp32
+        # Its Triton kernels (CUDA) allocate nothing beyond per-row results. (Its PyTorch path,
+        # on the CPU, also has fp32 temporaries of CE_ROWS x V inside the operator.)
+        loss_fwd = 2 * N * 4 + N  # per-row loss and correct (the log-sum-exp is saved)
+        loss_bwd = N * V * e  # the logits' gradient
         head_loss_fwd = head_loss
 
     phases: dict[str, dict[str, int]] = {}

@@ -12,7 +12,7 @@ from lmprof.model import CausalSelfAttention
 
 log = logging.getLogger("lmprof")
 
-KERNELS = ("vanilla", "sdpa", "math", "flash", "mem_efficient", "cudnn")
+KERNELS = ("vanilla", "sdpa_mask", "sdpa", "math", "flash", "mem_efficient", "cudnn")
 
 
 def _set_attention(model: torch.nn.Module, attention: str) -> list[tuple]:
@@ -26,7 +26,7 @@ def _set_attention(model: torch.nn.Module, attention: str) -> list[tuple]:
     for m in model.modules():
         if isinstance(m, CausalSelfAttention):
             saved.append((m, m.attention, m.backend))
-            m.attention = "vanilla" if attention == "vanilla" else "sdpa"
+            m.attention = attention if attention in ("vanilla", "sdpa_mask") else "sdpa"
             m.backend = backend
     return saved
 

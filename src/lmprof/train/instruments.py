@@ -43,6 +43,29 @@ def categorize(name: str) -> str:
     return "other"
 
 
+def op_rows(events, use_device: bool) -> list[tuple[str, int, float]]:
+    """(name, calls, self ms) per kernel on a GPU, per operator on a CPU.
+
+    On a GPU, kernels only: operator rows would count their kernels' time twice, and user
+    annotations (`ProfilerStep#N`, `Optimizer.step#...`) also appear as device-side ranges that
+    span every kernel inside them.
+    """
+    from torch.autograd import DeviceType
+
+    rows = []
+    for evt in events:
+        if use_device and (
+            evt.device_type != DeviceType.CUDA
+            or getattr(evt, "is_user_annotation", False)
+            or evt.key.startswith(("ProfilerStep", "Optimizer."))
+        ):
+            continue
+        t = evt.self_device_time_total if use_device else evt.self_cpu_time_total
+        if t > 0:
+            rows.append((evt.key, evt.count, t / 1e3))
+    return rows
+
+
 class _Phase:
     """Context for one phase of a step; cheap when only NVTX is on."""
 
@@ -129,7 +152,9 @@ class Instruments:
         prof = profile(
             activities=activities,
             schedule=schedule(wait=p.wait, warmup=p.warmup, active=p.active, repeat=1),
-            record_shapes=p.record_shapes, profile_memory=p.profile_memory, with_stack=p.with_stack,
+            record_shapes=p.record_shapes,
+            profile_memory=p.profile_memory,
+            with_stack=p.with_stack,
             on_trace_ready=self._trace_ready,
         )
         prof.start()
@@ -148,18 +173,8 @@ class Instruments:
         log.info("profiler trace: %s (open in https://ui.perfetto.dev or chrome://tracing)", trace)
 
     def _write_op_table(self, prof) -> None:
-        from torch.autograd import DeviceType
-
         use_device = self.cuda
-        rows = []
-        for evt in prof.key_averages():
-            # On a GPU, kernels only: operator rows would count their kernels' time twice.
-            if use_device and evt.device_type != DeviceType.CUDA:
-                continue
-            t = (evt.self_device_time_total if use_device else evt.self_cpu_time_total)
-            if t <= 0:
-                continue
-            rows.append((evt.key, evt.count, t / 1e3))
+        rows = op_rows(prof.key_averages(), use_device)
         rows.sort(key=lambda r: -r[2])
         total = sum(r[2] for r in rows) or 1.0
         shares: dict[str, float] = defaultdict(float)
@@ -168,10 +183,14 @@ class Instruments:
         self.category_shares = dict(shares)
         name = self.cfg.logging.run_name
         clock = "device" if use_device else "cpu"
-        lines = [f"| operator / kernel | calls | self {clock} ms | share | category |",
-                 "| --- | --- | --- | --- | --- |"]
-        lines += [f"| `{k[:90]}` | {c} | {ms:.3f} | {ms / total:.1%} | {categorize(k)} |"
-                  for k, c, ms in rows[:30]]
+        lines = [
+            f"| operator / kernel | calls | self {clock} ms | share | category |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| `{k[:90]}` | {c} | {ms:.3f} | {ms / total:.1%} | {categorize(k)} |"
+            for k, c, ms in rows[:30]
+        ]
         lines += ["", "| category | share of profiled self time |", "| --- | --- |"]
         lines += [f"| {c} | {s:.1%} |" for c, s in sorted(shares.items(), key=lambda kv: -kv[1])]
         self.tables_dir.mkdir(parents=True, exist_ok=True)

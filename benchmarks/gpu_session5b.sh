@@ -27,8 +27,8 @@ calib)
     | tee "$OUT/memory_calibration.log" ;;
 curves)
   W=/tmp/wq; mkdir -p $W; cd $W
-  timeout 250 python3 -m lmprof sweep $R/benchmarks/h200_curves.yaml 2>&1 | tail -4
-  timeout 200 python3 -m lmprof run $R/configs/gpt2_small.yaml attention=cudnn compile=true \
+  timeout 330 python3 -m lmprof sweep $R/benchmarks/h200_curves.yaml 2>&1 | tail -4
+  timeout 190 python3 -m lmprof run $R/configs/gpt2_small.yaml attention=cudnn compile=true \
     max_steps=300 logging_steps=25 run_name=e2e_cudnn_compile 2>&1 | tail -3
   python3 - <<'PY'
 import csv

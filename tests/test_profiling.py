@@ -278,7 +278,10 @@ def _predicted(args: ModelArgs, B: int, T: int, precision: str):
     shape = Shape(**{k: getattr(args, k) for k in Shape.__dataclass_fields__})
     phases, saved = step_phases(shape, B, T, precision, device="cpu")
     static = ("parameters", "optimizer_states", "batch", "workspace", "ddp_buckets")
-    dynamic = {name: sum(v for k, v in parts.items() if k not in static)
+    # A dispatch mode cannot see inside a custom op: the fused loss's block buffers (the
+    # "transient" of the forward at the loss) are checked on the GPU, not here.
+    dynamic = {name: sum(v for k, v in parts.items()
+                         if k not in static and not (name == "forward: loss" and k == "transient"))
                for name, parts in phases.items() if name != "evaluation"}
     return saved, max(dynamic.values())
 
@@ -386,7 +389,8 @@ def test_memory_terms_respond_to_the_config():
     assert base.activations_per_layer - no_drop.activations_per_layer >= 3 * bhtt
     assert flash.activations_per_layer < base.activations_per_layer / 3
     assert full.activations_per_layer == 16 * 1024 * 256 * 4  # the fp32 block input alone
-    assert chunked.saved_after_forward < base.saved_after_forward
+    assert chunked.saved_after_forward == base.saved_after_forward  # dh and dW either way
+    assert chunked.phases["forward: loss"] < base.phases["forward: loss"] - 1.2e9  # 1k of 16k rows
     assert base.predicted_reserved_bytes > base.predicted_peak_bytes
     assert base.predicted_device_bytes > base.predicted_reserved_bytes
     ddp = estimate_memory(build_config(overrides=["tokenizer=gpt2", "attention=vanilla",

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmprof.model_args import ModelArgs
-from lmprof.ops.cross_entropy import IGNORE_INDEX, cross_entropy
+from lmprof.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
 
@@ -230,11 +230,10 @@ class Transformer(nn.Module):
         h = self.hidden_states(idx, attention_mask)
         if targets is None:
             return self.lm_head(h)
+        # The LM head and the loss in one op: fp32 arithmetic, no fp32 copy of the logits, and
+        # their gradient written over them (ops/cross_entropy.py).
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-        if self.args.loss_chunk_size:
-            return chunked_cross_entropy(h, self.lm_head.weight, targets, self.args.loss_chunk_size)
-        # fp32 arithmetic over logits in the autocast dtype, without an fp32 copy of them.
-        return cross_entropy(self.lm_head(h), targets)
+        return linear_cross_entropy(h, self.lm_head.weight, targets, self.args.loss_chunk_size)
 
 
 def _selective_policy_context():
@@ -256,56 +255,3 @@ def _selective_policy_context():
         return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of `h @ W^T` computed a chunk of tokens at a time.
-
-    The forward pass also computes the gradients of h and W, chunk by chunk, so the full
-    (tokens x vocabulary) logits never exist: memory for logits drops from N*V to chunk*V while
-    the matmul FLOPs stay those of the plain forward + backward.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, chunk_size):
-        N = h.size(0)
-        valid = targets != IGNORE_INDEX
-        n_valid = valid.sum().clamp(min=1)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        loss_sum = torch.zeros((), device=h.device, dtype=torch.float32)
-        n_correct = torch.zeros((), device=h.device, dtype=torch.long)
-        for s in range(0, N, chunk_size):
-            hc, tc = h[s : s + chunk_size], targets[s : s + chunk_size]
-            logits = (hc @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            ok = tc != IGNORE_INDEX
-            tsafe = tc.clamp(min=0)
-            picked = logits.gather(1, tsafe[:, None]).squeeze(1)
-            loss_sum += ((lse - picked) * ok).sum()
-            n_correct += ((logits.argmax(-1) == tc) & ok).sum()
-            # d loss / d logits = softmax - onehot, zero for ignored rows (the mean applied later).
-            grad = torch.softmax(logits, dim=-1)
-            grad[torch.arange(grad.size(0), device=grad.device), tsafe] -= 1.0
-            grad *= ok[:, None]
-            grad = grad.to(h.dtype)
-            grad_h[s : s + chunk_size] = grad @ weight
-            grad_w += (grad.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), n_valid)
-        ctx.mark_non_differentiable(n_correct)
-        return loss_sum / n_valid, n_correct
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_correct):
-        grad_h, grad_w, n_valid = ctx.saved_tensors
-        scale = grad_loss / n_valid
-        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None
-
-
-def chunked_cross_entropy(h, weight, targets, chunk_size: int):
-    """Mean next-token cross-entropy and number of correct predictions, without full logits."""
-    if torch.is_autocast_enabled(h.device.type):
-        dtype = torch.get_autocast_dtype(h.device.type)
-        h, weight = h.to(dtype), weight.to(dtype)
-    with torch.autocast(h.device.type, enabled=False):
-        return _ChunkedCrossEntropy.apply(h, weight, targets, chunk_size)

@@ -1,28 +1,33 @@
-"""Next-token cross-entropy over bf16/fp16/fp32 logits, fused: fp32 math, no fp32 copies.
+"""The LM head and the next-token cross-entropy, fused: fp32 math, one (tokens x vocab) buffer.
 
-`F.cross_entropy(logits.float(), targets)` writes an fp32 copy of the (tokens x vocabulary)
-logits, saves its fp32 log-softmax for the backward and makes fp32 gradients there: for GPT-2
-small at batch 16 that is 3.3 GB saved and about 6 ms of memory traffic per step in eager mode.
-Here one pass over the logits computes, per row, the log-sum-exp, the loss and whether the
-argmax is the target; the backward writes (softmax - one-hot) * dloss straight into a gradient in
-the logits' dtype. Saved for the backward: the logits (which the LM head made anyway) and one
-fp32 number per row.
+`F.cross_entropy(lm_head(h).float(), targets)` writes an fp32 copy of the logits, saves an fp32
+log-softmax for the backward and makes fp32 and bf16 gradients of that size there: for GPT-2
+small at batch 16, several 1.6-3.3 GB buffers and about 10 ms of memory traffic per eager step.
+Here the forward already computes the gradients. For each block of `chunk_size` tokens:
 
-On CUDA the two passes are Triton kernels; elsewhere (or without Triton) the same arithmetic in
-PyTorch, a block of rows at a time so that the fp32 temporaries stay small. Both are registered
-as custom operators, so torch.compile calls them as they are instead of tracing through them.
+    logits = h_c @ W^T                       (cuBLAS, in the autocast dtype)
+    in place: logits <- softmax(logits) - onehot(targets), per row, with the row's loss,
+              log-sum-exp and whether its argmax is the target (fp32 arithmetic, one kernel)
+    dh_c = logits @ W;   dW += logits^T @ h_c
+
+and the backward only scales dh and dW by the incoming gradient. The matmul FLOPs are those of
+the plain forward and backward; the only large buffer is one block of logits (all tokens when
+chunk_size is 0), and the log-softmax never leaves registers. In evaluation (no gradient
+needed) the in-place step and the two gradient matmuls are skipped.
+
+On CUDA the per-row step is a Triton kernel; elsewhere (or without Triton) the same arithmetic in
+PyTorch. The whole op is a custom operator: torch.compile calls it as it is, and
+FlopCounterMode counts its matmuls through the formula registered below.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from lmprof.ops import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "cross_entropy"]
-
-# Rows per block of the PyTorch path: its fp32 temporaries are ROWS x vocabulary.
-ROWS = 1024
+__all__ = ["IGNORE_INDEX", "linear_cross_entropy"]
 
 try:
     import triton
@@ -31,105 +36,117 @@ except ImportError:  # the CPU wheels of torch come without Triton
     triton = None
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over targets != IGNORE_INDEX, and how many of them the argmax got
-    right (a device tensor: no synchronisation).
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of `h @ weight.T` over targets != IGNORE_INDEX, and how many of them
+    the argmax got right (a device tensor: nothing waits for the GPU).
 
-    logits: (N, V) in any float dtype; targets: (N,) int64.
+    h: (N, d); weight: (V, d); targets: (N,) int64; chunk_size: tokens per block, 0 for all.
+    Under autocast, h and weight are cast to the autocast dtype, as a Linear would be.
     """
-    losses, _, correct = torch.ops.lmprof.cross_entropy_fwd(logits, targets)
+    if torch.is_autocast_enabled(h.device.type):
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    else:
+        weight = weight.to(h.dtype)
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    loss_sum, n_correct, _, _ = torch.ops.lmprof.linear_cross_entropy(
+        h, weight, targets, chunk_size, need_grad
+    )
     n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    return losses.sum() / n_valid, correct.sum()
+    return loss_sum / n_valid, n_correct
 
 
-# ---- the operators ----------------------------------------------------------------------------
+# ---- the operator -----------------------------------------------------------------------------
 
 
-@torch.library.custom_op("lmprof::cross_entropy_fwd", mutates_args=())
-def _fwd(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row: loss (0 where ignored), log-sum-exp, argmax == target (False where ignored)."""
-    if _use_triton(logits):
-        return _fwd_triton(logits, targets)
-    return _fwd_torch(logits, targets)
+@torch.library.custom_op("lmprof::linear_cross_entropy", mutates_args=())
+def _op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+        need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed loss fp32, number correct int64, d loss_sum / dh, d loss_sum / dW); the last two
+    are empty when need_grad is False."""
+    n = h.shape[0]
+    chunk = chunk_size if 0 < chunk_size < n else max(n, 1)
+    rows = _rows_triton if triton is not None and h.is_cuda else _rows_torch
+    loss_sum = torch.zeros((), device=h.device, dtype=torch.float32)
+    n_correct = torch.zeros((), device=h.device, dtype=torch.int64)
+    grad_h = torch.empty_like(h) if need_grad else h.new_empty(0)
+    grad_w = weight.new_empty(0)
+    acc = None  # dW over several blocks, summed in fp32
+    for s in range(0, n, chunk):
+        hc, tc = h[s : s + chunk], targets[s : s + chunk]
+        logits = hc @ weight.t()
+        losses, correct = rows(logits, tc, need_grad)  # logits now hold d loss / d logits
+        loss_sum += losses.sum()
+        n_correct += correct.sum()
+        if need_grad:
+            torch.mm(logits, weight, out=grad_h[s : s + chunk])
+            gw = logits.t() @ hc
+            if chunk >= n:
+                grad_w = gw
+            elif acc is None:
+                acc = gw.float()
+            else:
+                acc += gw
+            del gw
+        del logits  # before the next block's logits exist
+    if acc is not None:
+        grad_w = acc.to(weight.dtype)
+    return loss_sum, n_correct, grad_h, grad_w
 
 
-@_fwd.register_fake
-def _(logits, targets):
-    n = logits.shape[0]
-    f32 = logits.new_empty(n, dtype=torch.float32)
-    return f32, torch.empty_like(f32), logits.new_empty(n, dtype=torch.bool)
-
-
-@torch.library.custom_op("lmprof::cross_entropy_bwd", mutates_args=())
-def _bwd(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
-         grad_rows: torch.Tensor) -> torch.Tensor:
-    """d loss / d logits = (softmax(logits) - onehot(targets)) * grad_rows, in the logits' dtype."""
-    if _use_triton(logits):
-        return _bwd_triton(logits, targets, lse, grad_rows)
-    return _bwd_torch(logits, targets, lse, grad_rows)
-
-
-@_bwd.register_fake
-def _(logits, targets, lse, grad_rows):
-    return logits.new_empty(logits.shape)
+@_op.register_fake
+def _(h, weight, targets, chunk_size, need_grad):
+    scalar = h.new_empty((), dtype=torch.float32)
+    grads = (torch.empty_like(h), torch.empty_like(weight)) if need_grad else (
+        h.new_empty(0), weight.new_empty(0))
+    return scalar, h.new_empty((), dtype=torch.int64), *grads
 
 
 def _setup_context(ctx, inputs, output):
-    logits, targets = inputs
-    ctx.save_for_backward(logits, targets, output[1])
+    ctx.save_for_backward(output[2], output[3])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the outputs nobody uses
 
 
-def _backward(ctx, grad_losses, _grad_lse, _grad_correct):
-    logits, targets, lse = ctx.saved_tensors
-    # The loss of an ignored row is the constant 0: no gradient flows into its logits.
-    grad_rows = torch.where(targets != IGNORE_INDEX, grad_losses.float(), 0.0)
-    return torch.ops.lmprof.cross_entropy_bwd(logits, targets, lse, grad_rows), None
+def _backward(ctx, grad_loss, _grad_correct, _grad_h, _grad_w):
+    grad_h, grad_w = ctx.saved_tensors
+    # grad_loss is a 0-dim fp32 tensor: the products keep the gradients' dtype, computed in fp32.
+    return grad_h * grad_loss, grad_w * grad_loss, None, None, None
 
 
-torch.library.register_autograd("lmprof::cross_entropy_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("lmprof::linear_cross_entropy", _backward, setup_context=_setup_context)
 
 
-def _use_triton(logits: torch.Tensor) -> bool:
-    return triton is not None and logits.is_cuda
+@register_flop_formula(torch.ops.lmprof.linear_cross_entropy)
+def _flops(h_shape, w_shape, targets_shape, chunk_size, need_grad, out_shape=None, **kwargs) -> int:
+    # logits = h W^T, and when gradients are made, dh = G W and dW = G^T h: 2 N d V each.
+    return 2 * h_shape[0] * h_shape[1] * w_shape[0] * (3 if need_grad else 1)
 
 
-# ---- PyTorch: any device ----------------------------------------------------------------------
+# ---- per row: loss, correct, and the logits replaced by their gradient ---------------------------
 
 
-def _fwd_torch(logits, targets):
-    n = logits.shape[0]
-    losses = logits.new_empty(n, dtype=torch.float32)
-    lse = torch.empty_like(losses)
-    correct = logits.new_empty(n, dtype=torch.bool)
-    for s in range(0, n, ROWS):
-        x, t = logits[s : s + ROWS].float(), targets[s : s + ROWS]
-        valid = t != IGNORE_INDEX
-        row_lse = torch.logsumexp(x, dim=-1)
-        picked = x.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
-        lse[s : s + ROWS] = row_lse
-        losses[s : s + ROWS] = torch.where(valid, row_lse - picked, 0.0)
-        correct[s : s + ROWS] = (x.argmax(-1) == t) & valid
-    return losses, lse, correct
+def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
+    x = logits.float()
+    valid = targets != IGNORE_INDEX
+    tsafe = targets.clamp(min=0)
+    lse = torch.logsumexp(x, dim=-1)
+    losses = torch.where(valid, lse - x.gather(1, tsafe[:, None]).squeeze(1), 0.0)
+    correct = (x.argmax(-1) == targets) & valid
+    if need_grad:
+        p = (x - lse[:, None]).exp_()
+        p[torch.arange(p.shape[0], device=p.device), tsafe] -= 1.0
+        logits.copy_(p.mul_(valid[:, None]))
+    return losses, correct
 
-
-def _bwd_torch(logits, targets, lse, grad_rows):
-    grad = torch.empty_like(logits)
-    for s in range(0, logits.shape[0], ROWS):
-        t = targets[s : s + ROWS]
-        p = (logits[s : s + ROWS].float() - lse[s : s + ROWS, None]).exp_()
-        p[torch.arange(p.shape[0], device=p.device), t.clamp(min=0)] -= 1.0
-        grad[s : s + ROWS] = p.mul_(grad_rows[s : s + ROWS, None])
-    return grad
-
-
-# ---- Triton: CUDA -----------------------------------------------------------------------------
 
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, lse_ptr, correct_ptr, V,
-                    ignore_index, BLOCK: tl.constexpr):
-        # One program per row: an online log-sum-exp and argmax over the vocabulary, one read.
+    def _rows_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, correct_ptr, V, ignore_index,
+                     NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+        # One program per row. Pass 1: an online log-sum-exp and argmax; pass 2 (training):
+        # overwrite the row with softmax - onehot, zero for an ignored target.
         row = tl.program_id(0).to(tl.int64)
         base = logits_ptr + row * row_stride
         cols = tl.arange(0, BLOCK)
@@ -148,52 +165,29 @@ if triton is not None:
             best_col = tl.where(better, c, best_col)
             best = tl.where(better, x, best)
         row_max = tl.max(m, 0)
-        total = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - row_max)), 0)
-        lse = row_max + tl.log(total)
+        lse = row_max + tl.log(tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - row_max)), 0))
         top = tl.max(best, 0)
         argmax = tl.min(tl.where(best == top, best_col, V), 0)
         t = tl.load(targets_ptr + row)
         valid = t != ignore_index
         picked = tl.load(base + tl.where(valid, t, 0)).to(tl.float32)
-        tl.store(lse_ptr + row, lse)
         tl.store(losses_ptr + row, tl.where(valid, lse - picked, 0.0))
         tl.store(correct_ptr + row, valid & (argmax == t))
-
-    @triton.jit
-    def _bwd_kernel(logits_ptr, row_stride, grad_ptr, targets_ptr, lse_ptr, grad_rows_ptr, V,
-                    BLOCK: tl.constexpr):
-        # One program per (row, block of columns): a read of the logits, a write of the gradient.
-        row = tl.program_id(0).to(tl.int64)
-        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = c < V
-        x = tl.load(logits_ptr + row * row_stride + c, mask=inside, other=0.0).to(tl.float32)
-        lse = tl.load(lse_ptr + row)
-        g = tl.load(grad_rows_ptr + row)
-        t = tl.load(targets_ptr + row)
-        p = tl.exp(x - lse) - tl.where(c == t, 1.0, 0.0)
-        tl.store(grad_ptr + row * V + c, (p * g).to(grad_ptr.dtype.element_ty), mask=inside)
+        if NEED_GRAD:
+            keep = tl.where(valid, 1.0, 0.0)
+            for start in tl.range(0, V, BLOCK):
+                c = start + cols
+                inside = c < V
+                x = tl.load(base + c, mask=inside, other=0.0).to(tl.float32)
+                g = (tl.exp(x - lse) - tl.where(c == t, 1.0, 0.0)) * keep
+                tl.store(base + c, g.to(logits_ptr.dtype.element_ty), mask=inside)
 
 
-FWD_BLOCK, BWD_BLOCK = 2048, 2048
-
-
-def _fwd_triton(logits, targets):
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+def _rows_triton(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
     n, v = logits.shape
     losses = logits.new_empty(n, dtype=torch.float32)
-    lse = torch.empty_like(losses)
     correct = logits.new_empty(n, dtype=torch.bool)
     if n:
-        _fwd_kernel[(n,)](logits, logits.stride(0), targets, losses, lse, correct, v, IGNORE_INDEX,
-                          BLOCK=FWD_BLOCK, num_warps=8)
-    return losses, lse, correct
-
-
-def _bwd_triton(logits, targets, lse, grad_rows):
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-    n, v = logits.shape
-    grad = logits.new_empty(n, v)
-    if n:
-        _bwd_kernel[(n, triton.cdiv(v, BWD_BLOCK))](logits, logits.stride(0), grad, targets, lse,
-                                                    grad_rows, v, BLOCK=BWD_BLOCK, num_warps=8)
-    return grad
+        _rows_kernel[(n,)](logits, logits.stride(0), targets, losses, correct, v, IGNORE_INDEX,
+                           NEED_GRAD=need_grad, BLOCK=2048, num_warps=8)
+    return losses, correct

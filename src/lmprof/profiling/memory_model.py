@@ -337,7 +337,6 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
     N, d = B * T, s.d_model
     V = s.padded_vocab_size
     e = _AUTOCAST.get(precision, 4)
-    autocast = precision in _AUTOCAST
     out = []
     if s.pos_encoding == "learned":
         out.append(Tensor("pos_idx", T * 8, True))
@@ -346,18 +345,10 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
     if s.norm == "pre":
         out.append(Tensor("lnf_in", N * d * 4, True))
         out.append(Tensor("lnf_stats", 2 * N * 4, True))
-    if s.loss_chunk_size:
-        # grad_h (autocast dtype) and grad_w (the weight's dtype under autocast: a copy)
-        out.append(Tensor("chunk_grad_h", N * d * e, True, kind="loss"))
-        out.append(Tensor("chunk_grad_w", V * d * e, True, kind="loss"))
-        return out
-    # The LM head's input: autocast's copy, or the fp32 final hidden state itself.
-    out.append(Tensor("head_in", N * d * e, True))
-    if autocast:
-        out.append(Tensor("head_weight", V * d * e, True, kind="weights"))
-    # The fused cross-entropy (ops/cross_entropy.py) keeps the logits and one fp32 per row.
-    out.append(Tensor("logits", N * V * e, True, kind="loss"))
-    out.append(Tensor("logsumexp", N * 4, True, kind="loss"))
+    # The fused LM head + cross-entropy (ops/cross_entropy.py) keeps d loss/dh and d loss/dW,
+    # computed in its forward, in the autocast dtype; its inputs' casts are not kept.
+    out.append(Tensor("head_grad_h", N * d * e, True, kind="loss"))
+    out.append(Tensor("head_grad_w", V * d * e, True, kind="loss"))
     return out
 
 
@@ -404,27 +395,17 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
     blocks_w = L * blk.retained_weights
     # Autocast's cache holds every weight copy until the forward ends, checkpointed or not.
     cache_extra = (L * blk.weights_cast - blocks_w) if autocast else 0
-    if s.loss_chunk_size:
-        c = min(s.loss_chunk_size, N)
-        casts = (N * d * e + V * d * e) if autocast else 0  # h.to(dtype), weight.to(dtype)
-        # A chunk's logits (and their fp32 copy), its softmax (and its autocast-dtype copy),
-        # dW and its fp32 copy; from the second chunk on, the previous chunk's logits and
-        # gradient stay alive until their names are rebound.
-        again = c < N
-        if autocast:
-            chunk = max(c * V * (12 if again else 10), c * V * (4 + e) + V * d * (e + 4))
-        else:  # .float() and .to() are no-ops in fp32
-            chunk = max(c * V * (12 if again else 8), c * V * 8 + V * d * 4)
-        # grad_h, the fp32 grad_w, and at the end grad_w's copy in the weight's dtype
-        loss_fwd = casts + N * d * e + V * d * 4 + max(chunk, V * d * e if autocast else 0)
-        loss_bwd = N * d * e + V * d * e + V * d * 4
-        head_loss_fwd = 0  # the saved grad_h / grad_w are part of loss_fwd
-    else:
-        # Its Triton kernels (CUDA) allocate nothing beyond per-row results. (Its PyTorch path,
-        # on the CPU, also has fp32 temporaries of CE_ROWS x V inside the operator.)
-        loss_fwd = 2 * N * 4 + N  # per-row loss and correct (the log-sum-exp is saved)
-        loss_bwd = N * V * e  # the logits' gradient
-        head_loss_fwd = head_loss
+    # The fused LM head + cross-entropy: the casts of h and W under autocast, d loss/dh, and,
+    # inside the op, one block of c tokens' logits (overwritten by their gradient), that block's
+    # dW and, over several blocks, dW's fp32 sum.
+    c = min(s.loss_chunk_size or N, N)
+    casts = (N * d * e + V * d * e) if autocast else 0
+    loss_fwd = casts + N * d * e + V * d * e  # the op's outputs: dh, dW
+    loss_block = c * V * e + (V * d * 4 if c < N else 0) + 5 * c
+    # Backward: the saved dh, dW and their scaled copies; then, the saved pair freed, the copies
+    # and dW cast to fp32 for the weight.
+    loss_bwd = max(N * d * e + V * d * e, V * d * 4 if autocast else 0)
+    loss_eval = casts + c * V * e + 5 * c
 
     phases: dict[str, dict[str, int]] = {}
     phases["forward: loss"] = {
@@ -432,7 +413,8 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w + cache_extra,
         "embedding_and_head": head_act,
-        "logits_and_loss": head_loss_fwd + loss_fwd,
+        "logits_and_loss": loss_fwd,
+        "transient": loss_block,
     }
     phases["backward: loss"] = {
         **static, "gradients": grads(0),
@@ -466,7 +448,7 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
     eval_block = 2 * s.n_heads * B * T * T * e_att if path != "fused" else 4 * N * d * e
     phases["evaluation"] = {
         **static,
-        "logits_and_loss": max(head_loss_fwd + loss_fwd, eval_block) + 2 * N * d * 4,
+        "logits_and_loss": max(loss_eval, eval_block) + 2 * N * d * 4,
     }
     return phases, blocks_retained + head_act + head_w + head_loss
 

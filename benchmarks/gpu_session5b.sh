@@ -16,6 +16,7 @@ matrix)
   timeout 170 python3 benchmarks/memory_calibration.py --out "$OUT/memory_calibration.json" 2>&1 \
     | tee "$OUT/memory_calibration.log" | tail -3 ;;
 curves)
+  timeout 90 python3 benchmarks/ops_check.py --out "$OUT" 2>&1 | head -8
   W=/tmp/wq; mkdir -p $W; cd $W
   timeout 150 python3 -m lmprof run $R/configs/gpt2_small.yaml attention=cudnn compile=true \
     max_steps=300 logging_steps=25 profile.enabled=true profile.wait=200 profile.warmup=2 \

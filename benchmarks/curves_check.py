@@ -24,7 +24,9 @@ def _curve(root: Path, run: str, kind: str, column: str) -> dict[int, float]:
 def main(folder: str) -> int:
     root = Path(folder)
     with open(root / "results.csv") as f:
-        runs = [r["run_name"] for r in csv.DictReader(f) if r["status"] == "ok"]
+        # The folder may hold other runs (an end-to-end check made in the same call).
+        runs = [r["run_name"] for r in csv.DictReader(f)
+                if r["status"] == "ok" and r.get("tag") == "curves"]
     ref_train = _curve(root, REF, "metrics", "loss")
     ref_eval = _curve(root, REF, "eval", "eval_loss")
 

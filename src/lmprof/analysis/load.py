@@ -83,7 +83,8 @@ class Run:
         value = self.get("attention").lower()
         if value:
             return value
-        return "flash" if _flag(self.get("flash_attention")) else "vanilla"
+        # The seed's rows: its non-flash model ran nn.MultiheadAttention, an explicit mask.
+        return "flash" if _flag(self.get("flash_attention")) else "sdpa_mask"
 
     @property
     def checkpointing(self) -> str:

@@ -143,7 +143,7 @@ def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
 if triton is not None:
 
     @triton.jit
-    def _rows_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, correct_ptr, V, ignore_index,
+    def _cross_entropy_rows_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, correct_ptr, V, ignore_index,
                      NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
         # One program per row. Pass 1: an online log-sum-exp and argmax; pass 2 (training):
         # overwrite the row with softmax - onehot, zero for an ignored target.
@@ -188,6 +188,6 @@ def _rows_triton(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
     losses = logits.new_empty(n, dtype=torch.float32)
     correct = logits.new_empty(n, dtype=torch.bool)
     if n:
-        _rows_kernel[(n,)](logits, logits.stride(0), targets, losses, correct, v, IGNORE_INDEX,
+        _cross_entropy_rows_kernel[(n,)](logits, logits.stride(0), targets, losses, correct, v, IGNORE_INDEX,
                            NEED_GRAD=need_grad, BLOCK=2048, num_warps=8)
     return losses, correct

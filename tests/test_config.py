@@ -73,6 +73,7 @@ def test_hash_ignores_where_outputs_go_but_not_what_is_computed():
     ("batch_size=0", "must be positive"),
     ("precision=fp8", "allowed: fp32, tf32, fp16, bf16"),
     ("attention=flashy", "allowed: vanilla, sdpa_mask, sdpa, flash"),
+    ("compile_mode=fast", "allowed: default, reduce-overhead, max-autotune"),
     ("run_name=../evil", "plain file name"),
     ("dropout=1.5", "[0, 1)"),
     ("compile=maybe", "expected true or false"),

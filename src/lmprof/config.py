@@ -24,6 +24,7 @@ from lmprof.errors import ConfigError, UserError
 
 ATTENTIONS = ("vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULES = ("cosine", "linear", "constant")
 SOURCES = ("stdlib", "text", "hf", "synthetic")
 TOKENIZERS = ("byte", "char", "bpe", "gpt2")
@@ -91,6 +92,9 @@ class SystemConfig:
     precision: str = "fp32"  # fp32 | tf32 | fp16 | bf16
     gradient_checkpointing: str = "none"  # none | full | selective (accepts true/false)
     compile: bool = False
+    # torch.compile's mode when compile is on: default | reduce-overhead (CUDA graphs) |
+    # max-autotune | max-autotune-no-cudagraphs (Triton matmul templates, long compiles)
+    compile_mode: str = "default"
     num_gpus: int = 1  # processes for this run (gloo processes on a CPU-only machine)
     parallelism: str = "ddp"  # ddp | fsdp (when num_gpus > 1 or under torchrun)
     timeout_s: float = 0  # sweeps: a per-run wall-clock limit, 0 for none
@@ -467,7 +471,7 @@ def default_run_name(cfg: RunConfig) -> str:
     if s.gradient_checkpointing != "none":
         name += f"_ckpt{s.gradient_checkpointing}"
     if s.compile:
-        name += "_compile"
+        name += "_compile" if s.compile_mode == "default" else f"_compile_{s.compile_mode}"
     return name
 
 
@@ -491,6 +495,7 @@ _CHOICES = {
     "system.parallelism": PARALLELISMS,
     "system.gradient_checkpointing": CHECKPOINTING,
     "profile.peak": ("table", "measured"),
+    "system.compile_mode": COMPILE_MODES,
     "checkpoint.resume": ("none", "auto"),
 }
 _POSITIVE = (
@@ -542,6 +547,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.path", "", "data.source=text needs data.path (files or folders)")
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
         raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
+    if cfg.system.compile_mode in ("reduce-overhead", "max-autotune") and cfg.training.grad_accum_steps > 1:
+        raise ConfigError(
+            "system.compile_mode", cfg.system.compile_mode,
+            "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "
+            "compile_mode default / max-autotune-no-cudagraphs",
+        )
     if m.attention in ("flash", "cudnn") and cfg.system.precision in ("fp32", "tf32"):
         raise ConfigError(
             "model.attention", m.attention,

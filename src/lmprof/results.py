@@ -23,7 +23,7 @@ SEED_COLUMNS = (
     "avg_perplexity", "avg_accuracy", "eval_loss", "eval_perplexity", "eval_accuracy",
 )
 LMPROF_COLUMNS = (
-    "status", "status_detail", "tag", "precision", "attention", "compile", "checkpointing",
+    "status", "status_detail", "tag", "precision", "attention", "compile", "compile_mode", "checkpointing",
     "parallelism", "grad_accum_steps",
     "max_steps", "steps_done", "tokens_seen", "steady_tokens_per_sec",
     "steady_tokens_per_sec_per_gpu", "processed_tokens_per_sec", "step_time_p50_ms",

@@ -29,6 +29,7 @@ from lmprof.train.timing import StepTimer, percentile
 log = logging.getLogger("lmprof")
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class Diverged(Exception):
@@ -74,19 +75,23 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw_model, cfg.training, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.training)
         self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.system.precision)
+        # CUDA graphs (compile modes reduce-overhead, max-autotune) reuse their output buffers.
+        self.cudagraphs = cfg.system.compile and cfg.system.compile_mode in CUDAGRAPH_MODES
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.system.precision == "fp16")
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
         self.checkpoints = None  # a CheckpointManager attaches itself (train/checkpoint.py)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        system = self.cfg.system
+        mode = None if system.compile_mode == "default" else system.compile_mode
         if self.fsdp:
             from lmprof.train.fsdp import shard_model
 
-            model = shard_model(model, self.dist, self.cfg.system.precision)
-            return torch.compile(model) if self.cfg.system.compile else model
-        if self.cfg.system.compile:
-            model = torch.compile(model)
+            model = shard_model(model, self.dist, system.precision)
+            return torch.compile(model, mode=mode) if system.compile else model
+        if system.compile:
+            model = torch.compile(model, mode=mode)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -124,8 +129,12 @@ class Trainer:
             st.processed_tokens += batch.n_tokens
             last = micro == accum - 1
             with self._grad_sync(last):
+                if self.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
                 with phase("forward"), self.autocast():
                     loss, n_correct = self.model(batch.input_ids, batch.targets, batch.attention_mask)
+                if self.cudagraphs:  # the next replay overwrites the graph's outputs
+                    loss, n_correct = loss.clone(), n_correct.clone()
                 with phase("backward"):
                     self.scaler.scale(loss / accum).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()

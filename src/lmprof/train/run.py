@@ -53,6 +53,7 @@ def config_row(cfg: RunConfig) -> dict:
         "precision": s.precision,
         "attention": m.attention,
         "compile": s.compile,
+        "compile_mode": s.compile_mode if s.compile else "",
         "parallelism": s.parallelism,
         "grad_accum_steps": cfg.training.grad_accum_steps,
         "max_steps": cfg.training.max_steps,

@@ -26,7 +26,9 @@ Hardware FLOPs add what the step recomputes:
   which the policy does not name, so QK^T is recomputed (2 * L * d * T per token). On the CPU,
   SDPA without dropout runs `_scaled_dot_product_flash_attention_for_cpu`, which the policy does
   not name either, so the attention forward is recomputed there (`device="cpu"`).
-- the chunked cross-entropy computes the same three matmuls as the plain loss: nothing extra.
+- the fused LM head + cross-entropy computes the same three matmuls as a Linear + loss (the
+  logits, then dh and dW in its forward), in blocks or not: nothing extra. FlopCounterMode
+  counts them through the formula ops/cross_entropy.py registers.
 - the fused SDPA kernels (flash, memory-efficient, cuDNN; the CPU's flash kernel) recompute QK^T
   inside their backward: 2 * L * d * T more per token (`attention_kernel_recompute`).
   FlopCounterMode (torch 2.13) counts exactly this: 5 bmm-sized products in the SDPA backward

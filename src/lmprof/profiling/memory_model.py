@@ -7,10 +7,11 @@ what the caching allocator reserves and what NVML shows. Nothing is run: the mod
 from what model.py's modules save for backward, tensor by tensor (`block_tensors`), and from the
 order in which a step allocates and frees them (`step_phases`). The peak is the largest of:
 
-- forward, at the loss: every block's saved tensors, autocast's weight copies and the logits (in
-  the autocast dtype), which the fused cross-entropy saves with one fp32 log-sum-exp per token;
-- backward, at the loss: every block's saved tensors, the saved logits and their gradient (the
-  same size and dtype);
+- forward, at the loss: every block's saved tensors, autocast's weight copies and, inside the
+  fused LM head + cross-entropy, one block of logits (all tokens unless `loss_chunk_size`), which
+  the op overwrites with their gradient before computing dh and dW from it;
+- backward, at the loss: every block's saved tensors, the saved dh and dW and their scaled
+  copies;
 - backward, at the top block and at the bottom block (live memory is linear in the block index
   in between): the blocks below still saved, the gradients already made, the block's own
   recomputation under checkpointing and the short-lived gradient buffers of its backward;
@@ -39,10 +40,9 @@ fp32 and LayerNorm autocasts to fp32):
 - autocast's weight copies (e bytes per matmul weight) are saved by the matmuls that use them.
 Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
 backward; selective checkpointing (model.py's policy) also keeps the outputs of mm/addmm/bmm and
-the CUDA SDPA kernels and rebuilds the rest. The loss: full logits are (B*T) x V_padded in the
-autocast dtype, saved by the fused cross-entropy (ops/cross_entropy.py), and their gradient of the
-same size in the backward; `loss_chunk_size` replaces them by chunk x V buffers, fp32 dW and the
-saved dh / dW.
+the CUDA SDPA kernels and rebuilds the rest. The loss (ops/cross_entropy.py): the logits of a
+block of tokens, (B*T or loss_chunk_size) x V_padded in the autocast dtype, live only inside the
+op; it keeps dh (B*T x d) and dW (V x d), and over several blocks sums dW in fp32.
 
 Checked against PyTorch: on the CPU, tests/test_profiling.py counts the saved tensors
 (saved_tensors_hooks) and every live storage (a dispatch mode) of real steps; on an NVIDIA H200
@@ -530,7 +530,7 @@ _LABELS = {
     "recompute": "one block recomputed (checkpointing)",
     "embedding_and_head": "embedding / final norm / head inputs",
     "logits_and_loss": "logits and loss buffers",
-    "transient": "short-lived backward buffers",
+    "transient": "short-lived (loss block, backward)",
     "batch": "batches (current + prefetched)",
     "workspace": "cuBLAS workspaces, allocator rounding",
     "ddp_buckets": "DDP gradient buckets",

@@ -62,6 +62,15 @@ def test_a_batch_of_padding_only_has_loss_zero_and_no_gradient():
     assert torch.all(h.grad == 0) and torch.all(w.grad == 0)
 
 
+def test_no_tokens_at_all_is_loss_zero_with_gradients_of_the_right_shape():
+    h = torch.zeros(0, 8, requires_grad=True)
+    w = torch.randn(16, 8, requires_grad=True)
+    loss, correct = linear_cross_entropy(h, w, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and correct.item() == 0
+    assert h.grad.shape == h.shape and w.grad.shape == w.shape and torch.all(w.grad == 0)
+
+
 def test_rows_write_softmax_minus_onehot_over_the_logits_and_ties_go_left():
     logits = torch.zeros(3, 7)
     logits[:, 2] = logits[:, 5] = 1.0

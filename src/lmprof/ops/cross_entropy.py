@@ -92,6 +92,8 @@ def _op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size
         del logits  # before the next block's logits exist
     if acc is not None:
         grad_w = acc.to(weight.dtype)
+    elif need_grad and n == 0:
+        grad_w = torch.zeros_like(weight)
     return loss_sum, n_correct, grad_h, grad_w
 
 

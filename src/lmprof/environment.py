@@ -26,7 +26,7 @@ def check_environment(cfg: RunConfig) -> str | None:
     if on_cpu and cfg.system.precision == "fp16":
         return "precision fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)"
     if on_cpu and cfg.model.attention in _CUDA_ONLY_ATTENTION:
-        return f"attention '{cfg.model.attention}' needs a CUDA GPU (use sdpa or vanilla on a CPU)"
+        return f"attention '{cfg.model.attention}' needs a CUDA GPU (use sdpa, sdpa_mask or vanilla on a CPU)"
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "

@@ -25,6 +25,7 @@ from lmprof.errors import ConfigError, UserError
 ATTENTIONS = ("vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
 SCHEDULES = ("cosine", "linear", "constant")
 SOURCES = ("stdlib", "text", "hf", "synthetic")
 TOKENIZERS = ("byte", "char", "bpe", "gpt2")
@@ -547,7 +548,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.path", "", "data.source=text needs data.path (files or folders)")
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
         raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
-    if cfg.system.compile_mode in ("reduce-overhead", "max-autotune") and cfg.training.grad_accum_steps > 1:
+    if cfg.system.compile_mode in CUDAGRAPH_MODES and cfg.training.grad_accum_steps > 1:
         raise ConfigError(
             "system.compile_mode", cfg.system.compile_mode,
             "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "

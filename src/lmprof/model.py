@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmprof.model_args import ModelArgs
+from lmprof.model_args import SDPA_MASKED, ModelArgs
 from lmprof.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
     def _sdpa(self, q, k, v, key_padding):
         p = self.dropout if self.training else 0.0
         use_mask = self.attention == "sdpa_mask" or (
-            key_padding is not None and self.attention in ("sdpa", "mem_efficient")
+            key_padding is not None and self.attention in SDPA_MASKED
         )
         ctx = nullcontext() if self.backend is None else _sdpa_kernel(self.backend)
         with ctx:

@@ -82,12 +82,10 @@ def _op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size
         if need_grad:
             torch.mm(logits, weight, out=grad_h[s : s + chunk])
             gw = logits.t() @ hc
-            if chunk >= n:
+            if chunk >= n:  # one block: dW as it is
                 grad_w = gw
-            elif acc is None:
-                acc = gw.float()
             else:
-                acc += gw
+                acc = gw.float() if acc is None else acc.add_(gw)
             del gw
         del logits  # before the next block's logits exist
     if acc is not None:

@@ -58,7 +58,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprof.model_args import ModelArgs
+from lmprof.model_args import SDPA_MASKED, ModelArgs
 from lmprof.profiling.flops import (
     SAC_SAVES_BADDBMM,
     FlopCount,
@@ -171,7 +171,7 @@ def block_tensors(s: Shape, B: int, T: int, precision: str, device: str = "cuda"
         efficient = s.attention in ("mem_efficient", "sdpa_mask")
         t_lse = math.ceil(T / 32) * 32 if efficient else T
         add("lse", B * H * t_lse * 4, True, cached=in_policy)
-        if padded and s.attention in ("sdpa", "mem_efficient", "sdpa_mask"):
+        if padded and s.attention in SDPA_MASKED:
             add("attn_bias", B * T * T * e, True)
         elif s.attention == "sdpa_mask" and cuda:
             add("attn_bias", T * T * e, True)  # the causal mask as a float bias, per block
@@ -369,7 +369,7 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
     head_act = sum(t.nbytes for t in head if t.kind == "act")
     head_w = sum(t.nbytes for t in head if t.kind == "weights")
     head_loss = sum(t.nbytes for t in head if t.kind == "loss")
-    head_in = sum(t.nbytes for t in head if t.name in ("head_in", "lnf_in", "lnf_stats"))
+    head_in = sum(t.nbytes for t in head if t.name in ("lnf_in", "lnf_stats"))
 
     shard = world_size if parallelism == "fsdp" and world_size > 1 else 1
     params = n_params * 4 // shard + buffers

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmprof.config import RunConfig
+from lmprof.config import CUDAGRAPH_MODES, RunConfig
 from lmprof.data import Batch, build_data
 from lmprof.model import ModelArgs, Transformer
 from lmprof.train.distributed import DistInfo, all_reduce_sum
@@ -29,7 +29,6 @@ from lmprof.train.timing import StepTimer, percentile
 log = logging.getLogger("lmprof")
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class Diverged(Exception):

@@ -27,12 +27,17 @@ except ImportError:  # not installed: use the source tree next to this file, for
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="run_experiments.py", description=sweep_cli.SWEEP_HELP,
-        epilog=sweep_cli.RESUME_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="run_experiments.py",
+        description=sweep_cli.SWEEP_HELP,
+        epilog=sweep_cli.RESUME_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", default=None, metavar="SWEEP.yaml",
-                        help="the sweep file (default: ./config.yaml, else the one beside this "
-                             "script)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="SWEEP.yaml",
+        help="the sweep file (default: ./config.yaml, else the one beside this script)",
+    )
     sweep_cli.add_sweep_arguments(parser, sweep_file=False)
     args = parser.parse_args(argv)
     if args.config is None:

@@ -25,8 +25,11 @@ def main(folder: str) -> int:
     root = Path(folder)
     with open(root / "results.csv") as f:
         # The folder may hold other runs (an end-to-end check made in the same call).
-        runs = [r["run_name"] for r in csv.DictReader(f)
-                if r["status"] == "ok" and r.get("tag") == "curves"]
+        runs = [
+            r["run_name"]
+            for r in csv.DictReader(f)
+            if r["status"] == "ok" and r.get("tag") == "curves"
+        ]
     ref_train = _curve(root, REF, "metrics", "loss")
     ref_eval = _curve(root, REF, "eval", "eval_loss")
 
@@ -47,7 +50,9 @@ def main(folder: str) -> int:
         t, e, final = gaps(run)
         within = run == NOISE or (t <= noise_train and e <= noise_eval)
         ok &= within
-        print(f"| {run} | {t:.4f} | {e:.4f} | {final:.4f} | {'noise' if run == NOISE else within} |")
+        print(
+            f"| {run} | {t:.4f} | {e:.4f} | {final:.4f} | {'noise' if run == NOISE else within} |"
+        )
     return 0 if ok else 1
 
 

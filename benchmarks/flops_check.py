@@ -23,7 +23,11 @@ CASES = [
     ("flash bf16", dict(attention="flash"), torch.bfloat16),
     ("cudnn bf16", dict(attention="cudnn"), torch.bfloat16),
     ("flash bf16 full ckpt", dict(attention="flash", checkpointing="full"), torch.bfloat16),
-    ("flash bf16 selective ckpt", dict(attention="flash", checkpointing="selective"), torch.bfloat16),
+    (
+        "flash bf16 selective ckpt",
+        dict(attention="flash", checkpointing="selective"),
+        torch.bfloat16,
+    ),
     ("flash bf16 chunked loss", dict(attention="flash", loss_chunk_size=4096), torch.bfloat16),
 ]
 
@@ -31,9 +35,14 @@ CASES = [
 def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     B, T = (8, 1024) if device == "cuda" else (2, 64)
-    shape = dict(d_model=768, n_heads=12, n_layers=12, d_ff=3072) if device == "cuda" else \
-        dict(d_model=64, n_heads=4, n_layers=2, d_ff=256)
-    print("| case | analytic model GFLOP | analytic hardware GFLOP | FlopCounterMode GFLOP | diff vs hardware |")
+    shape = (
+        dict(d_model=768, n_heads=12, n_layers=12, d_ff=3072)
+        if device == "cuda"
+        else dict(d_model=64, n_heads=4, n_layers=2, d_ff=256)
+    )
+    print(
+        "| case | analytic model GFLOP | analytic hardware GFLOP | FlopCounterMode GFLOP | diff vs hardware |"
+    )
     print("| --- | --- | --- | --- | --- |")
     worst = 0.0
     for name, kw, dtype in CASES:
@@ -51,8 +60,11 @@ def main() -> int:
         hw = fc.hardware_flops_per_token * B * T
         diff = measured / hw - 1
         worst = max(worst, abs(diff))
-        print(f"| {name} | {fc.model_flops_per_token * B * T / 1e9:.1f} | {hw / 1e9:.1f} | "
-              f"{measured / 1e9:.1f} | {diff:+.2%} |", flush=True)
+        print(
+            f"| {name} | {fc.model_flops_per_token * B * T / 1e9:.1f} | {hw / 1e9:.1f} | "
+            f"{measured / 1e9:.1f} | {diff:+.2%} |",
+            flush=True,
+        )
         del model
     print(f"worst |difference| {worst:.2%}")
     return 0 if worst < 0.02 else 1

@@ -26,8 +26,14 @@ from typing import Any
 from lmprof.config import build_config
 from lmprof.profiling.memory_model import estimate_memory
 
-GPT2_SMALL = ["d_model=768", "nhead=12", "num_layers=12", "dim_feedforward=3072", "dropout=0.1",
-              "tokenizer=gpt2"]
+GPT2_SMALL = [
+    "d_model=768",
+    "nhead=12",
+    "num_layers=12",
+    "dim_feedforward=3072",
+    "dropout=0.1",
+    "tokenizer=gpt2",
+]
 SEED = ["model_type=vanilla_transformer"]  # post-norm, explicit mask (sdpa_mask), ReLU, sinusoidal
 VANILLA = SEED + ["attention=vanilla"]  # the T x T scores in memory
 GPT2_VOCAB = 50258  # GPT-2's 50257 ids and lmprof's PAD
@@ -41,8 +47,9 @@ def default_grid(quick: bool = False) -> list[list[str]]:
         SEED + ["bf16=true", "attention=flash"],
         SEED + ["bf16=true", "attention=sdpa"],
     ]
-    seqs, batches = ([128, 512, 2048], [4, 32]) if quick else ([128, 256, 512, 1024, 2048],
-                                                               [4, 8, 16, 32])
+    seqs, batches = (
+        ([128, 512, 2048], [4, 32]) if quick else ([128, 256, 512, 1024, 2048], [4, 8, 16, 32])
+    )
     grid: list[list[str]] = []
     for v in variants:
         for T in seqs:
@@ -97,8 +104,11 @@ def measure(overrides: list[str], vocab_size: int = GPT2_VOCAB, steps: int = 3) 
         model = Transformer(args)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+        fused=True,
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
     def batch():
@@ -134,10 +144,15 @@ def measure(overrides: list[str], vocab_size: int = GPT2_VOCAB, steps: int = 3) 
     if nvml is not None:
         row["context"] = nvml - torch.cuda.memory_reserved()
     n_params = sum(p.numel() for p in model.parameters())
-    states = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                 if torch.is_tensor(t))
-    row["rest_between_steps"] = (torch.cuda.memory_allocated() - before - 4 * n_params - states
-                                 - 2 * 2 * B * T * 8)
+    states = sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if torch.is_tensor(t)
+    )
+    row["rest_between_steps"] = (
+        torch.cuda.memory_allocated() - before - 4 * n_params - states - 2 * 2 * B * T * 8
+    )
     est = estimate_memory(cfg, vocab_size)
     row["predicted"] = est.predicted_peak_bytes
     row["predicted_phase"] = est.peak_phase
@@ -150,8 +165,9 @@ def measure(overrides: list[str], vocab_size: int = GPT2_VOCAB, steps: int = 3) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python benchmarks/memory_calibration.py",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/memory_calibration.py", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--grid", choices=("default", "quick"), default="default")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--steps", type=int, default=3)
@@ -169,11 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         short = " ".join(o for o in row["overrides"].split() if o not in GPT2_SMALL)
         saved = row.get("saved_after_forward")
         saved_ratio = f"{saved / row['predicted_saved']:.3f}" if saved else "-"
-        print(f"{row['status']:4s} {row['ratio']:.3f} meas {row['max_allocated'] / 2**30:7.2f} "
-              f"GiB pred {row['predicted'] / 2**30:7.2f} ({row['predicted_phase']}) saved "
-              f"{saved_ratio} rest {row['rest_between_steps'] / 2**20:.0f} MiB reserved/alloc "
-              f"{row['max_reserved'] / row['max_allocated']:.3f} ctx "
-              f"{row.get('context', 0) / 2**20:.0f} MiB | {short}", flush=True)
+        print(
+            f"{row['status']:4s} {row['ratio']:.3f} meas {row['max_allocated'] / 2**30:7.2f} "
+            f"GiB pred {row['predicted'] / 2**30:7.2f} ({row['predicted_phase']}) saved "
+            f"{saved_ratio} rest {row['rest_between_steps'] / 2**20:.0f} MiB reserved/alloc "
+            f"{row['max_reserved'] / row['max_allocated']:.3f} ctx "
+            f"{row.get('context', 0) / 2**20:.0f} MiB | {short}",
+            flush=True,
+        )
     ok = [r for r in rows if r["status"] == "ok"]
     within = sum(abs(r["ratio"] - 1) <= 0.10 for r in ok)
     print(f"# within 10%: {within}/{len(ok)} ok runs; {len(rows) - len(ok)} out of memory")

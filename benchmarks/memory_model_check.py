@@ -22,7 +22,9 @@ from lmprof.config import from_dict
 def main(folder: str) -> int:
     root = Path(folder)
     with open(root / "results.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("peak_gpu_mem_gb")]
+        rows = [
+            r for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("peak_gpu_mem_gb")
+        ]
     from lmprof.profiling.memory_model import estimate_memory
 
     print("| run | measured GiB | predicted GiB (now) | error | predicted at run time |")
@@ -37,7 +39,9 @@ def main(folder: str) -> int:
         meas = float(r["peak_gpu_mem_gb"])
         err = pred / meas - 1
         within += abs(err) <= 0.10
-        print(f"| {r['run_name']} | {meas:.2f} | {pred:.2f} | {err:+.1%} | {r.get('predicted_peak_mem_gb', '')[:6]} |")
+        print(
+            f"| {r['run_name']} | {meas:.2f} | {pred:.2f} | {err:+.1%} | {r.get('predicted_peak_mem_gb', '')[:6]} |"
+        )
     print(f"\n{within} of {len(rows)} runs within 10%")
     return 0 if rows and within >= 0.9 * len(rows) else 1
 

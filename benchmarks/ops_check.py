@@ -64,17 +64,21 @@ def check(dtype, seed) -> dict:
             ref = (ref_loss.item(), int(ref_correct), *torch.autograd.grad(ref_loss, (hr, wr)))
         row[f"chunk{chunk}"] = {
             "loss_rel_err": abs(loss.item() - ref[0]) / abs(ref[0]),
-            "correct": int(correct), "ref_correct": ref[1],
-            "grad_h_rel_err": _rel(gh, ref[2]), "grad_w_rel_err": _rel(gw, ref[3]),
+            "correct": int(correct),
+            "ref_correct": ref[1],
+            "grad_h_rel_err": _rel(gh, ref[2]),
+            "grad_w_rel_err": _rel(gw, ref[3]),
             "finite": bool(torch.isfinite(gh).all() and torch.isfinite(gw).all()),
         }
-    logits = (h0[:4096] @ w0.t())
+    logits = h0[:4096] @ w0.t()
     a, b = logits.clone(), logits.clone()
     la, ca = ce._rows_torch(a, targets[:4096], True)
     lb, cb = ce._rows_triton(b, targets[:4096], True)
-    row["rows_kernel"] = {"loss_max_abs_err": (la - lb).abs().max().item(),
-                          "correct_equal": bool(torch.equal(ca, cb)),
-                          "grad_max_abs_err": (a.float() - b.float()).abs().max().item()}
+    row["rows_kernel"] = {
+        "loss_max_abs_err": (la - lb).abs().max().item(),
+        "correct_equal": bool(torch.equal(ca, cb)),
+        "grad_max_abs_err": (a.float() - b.float()).abs().max().item(),
+    }
     return row
 
 
@@ -100,7 +104,9 @@ def _time(fn, h0, w0, targets, reps=20) -> tuple[float, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default=".")
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -116,32 +122,54 @@ def main() -> int:
         ("lm_head + F.cross_entropy(fp32), compiled", torch.compile(_old)),
     ):
         timings[name] = _time(fn, h, w, targets)
-    lines = ["| dtype | chunk | loss rel err | correct (ref) | dh rel err | dW rel err | row kernel vs torch |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| dtype | chunk | loss rel err | correct (ref) | dh rel err | dW rel err | row kernel vs torch |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in checks:
         rk = c["rows_kernel"]
         for chunk in (0, 4096):
             r = c[f"chunk{chunk}"]
-            lines.append(f"| {c['dtype']} | {chunk or 'all'} | {r['loss_rel_err']:.1e} | {r['correct']} "
-                         f"({r['ref_correct']}) | {r['grad_h_rel_err']:.1e} | {r['grad_w_rel_err']:.1e} | "
-                         f"loss {rk['loss_max_abs_err']:.1e}, grad {rk['grad_max_abs_err']:.1e}, "
-                         f"correct equal {rk['correct_equal']} |")
-    lines += ["", f"LM head + loss, forward + backward, bf16, {N} tokens x d {D} x vocabulary {V} "
-              "(median of 20 CUDA-event timings):", "",
-              "| implementation | ms | peak memory beyond inputs, GiB |", "| --- | --- | --- |"]
+            lines.append(
+                f"| {c['dtype']} | {chunk or 'all'} | {r['loss_rel_err']:.1e} | {r['correct']} "
+                f"({r['ref_correct']}) | {r['grad_h_rel_err']:.1e} | {r['grad_w_rel_err']:.1e} | "
+                f"loss {rk['loss_max_abs_err']:.1e}, grad {rk['grad_max_abs_err']:.1e}, "
+                f"correct equal {rk['correct_equal']} |"
+            )
+    lines += [
+        "",
+        f"LM head + loss, forward + backward, bf16, {N} tokens x d {D} x vocabulary {V} "
+        "(median of 20 CUDA-event timings):",
+        "",
+        "| implementation | ms | peak memory beyond inputs, GiB |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {k} | {ms:.3f} | {gib:.2f} |" for k, (ms, gib) in timings.items()]
     text = "\n".join(lines)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ops_check.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "checks": checks,
-         "timings_ms_gib": timings}, indent=1))
+    (out / "ops_check.json").write_text(
+        json.dumps(
+            {
+                "gpu": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "checks": checks,
+                "timings_ms_gib": timings,
+            },
+            indent=1,
+        )
+    )
     (out / "ops_check.md").write_text(text + "\n")
     print(text)
     tol = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 1e-2}
-    ok = all(r["loss_rel_err"] < 1e-3 and r["finite"] and r["correct"] == r["ref_correct"]
-             and max(r["grad_h_rel_err"], r["grad_w_rel_err"]) < tol[c["dtype"]]
-             for c in checks for r in (c["chunk0"], c["chunk4096"]))
+    ok = all(
+        r["loss_rel_err"] < 1e-3
+        and r["finite"]
+        and r["correct"] == r["ref_correct"]
+        and max(r["grad_h_rel_err"], r["grad_w_rel_err"]) < tol[c["dtype"]]
+        for c in checks
+        for r in (c["chunk0"], c["chunk4096"])
+    )
     return 0 if ok else 1
 
 

@@ -37,8 +37,14 @@ SMALL = {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072}
 MEDIUM = {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096}
 FAST = {"dropout": 0.0, "norm": "pre", "pos_encoding": "learned", "precision": "bf16"}
 # The seed-equivalent configuration: what `model_type: vanilla_transformer` gives (config.py).
-SEED = {"attention": "sdpa_mask", "norm": "post", "pos_encoding": "sinusoidal",
-        "activation": "relu", "dropout": 0.1, "precision": "fp16"}
+SEED = {
+    "attention": "sdpa_mask",
+    "norm": "post",
+    "pos_encoding": "sinusoidal",
+    "activation": "relu",
+    "dropout": 0.1,
+    "precision": "fp16",
+}
 
 
 def _cfg(shape: dict, batch: int, seq: int, **kw) -> dict:
@@ -46,35 +52,63 @@ def _cfg(shape: dict, batch: int, seq: int, **kw) -> dict:
 
 
 CONFIGS: dict[str, dict] = {
-    "small_seed_module_fp16": {"seed_module": True, **_cfg(SMALL, 16, 1024, precision="fp16", dropout=0.1)},
+    "small_seed_module_fp16": {
+        "seed_module": True,
+        **_cfg(SMALL, 16, 1024, precision="fp16", dropout=0.1),
+    },
     "small_seed_equiv_fp16": _cfg(SMALL, 16, 1024, **SEED),
-    "small_seed_equiv_mem_efficient_fp16": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "mem_efficient"}),
+    "small_seed_equiv_mem_efficient_fp16": _cfg(
+        SMALL, 16, 1024, **{**SEED, "attention": "mem_efficient"}
+    ),
     "small_vanilla_fp16": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "vanilla"}),
-    "small_vanilla_fp32": _cfg(SMALL, 16, 1024, **{**SEED, "attention": "vanilla", "precision": "fp32"}),
+    "small_vanilla_fp32": _cfg(
+        SMALL, 16, 1024, **{**SEED, "attention": "vanilla", "precision": "fp32"}
+    ),
     "small_vanilla_bf16": _cfg(SMALL, 16, 1024, **{**FAST, "attention": "vanilla"}),
     "small_sdpa_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="sdpa"),
     "small_flash_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="flash"),
     "small_mem_efficient_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="mem_efficient"),
     "small_cudnn_bf16": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn"),
-    "small_cudnn_bf16_chunked": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", loss_chunk_size=4096),
+    "small_cudnn_bf16_chunked": _cfg(
+        SMALL, 16, 1024, **FAST, attention="cudnn", loss_chunk_size=4096
+    ),
     "small_flash_bf16_compile": _cfg(SMALL, 16, 1024, **FAST, attention="flash", compile=True),
     "small_cudnn_bf16_compile": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True),
-    "small_cudnn_bf16_compile_chunked": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
-                                             loss_chunk_size=4096),
-    "small_cudnn_bf16_compile_nobias": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
-                                            bias=False),
+    "small_cudnn_bf16_compile_chunked": _cfg(
+        SMALL, 16, 1024, **FAST, attention="cudnn", compile=True, loss_chunk_size=4096
+    ),
+    "small_cudnn_bf16_compile_nobias": _cfg(
+        SMALL, 16, 1024, **FAST, attention="cudnn", compile=True, bias=False
+    ),
     "small_cudnn_bf16_compile_b64": _cfg(SMALL, 64, 1024, **FAST, attention="cudnn", compile=True),
-    "small_cudnn_bf16_compile_cudagraphs": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
-                                                compile_mode="reduce-overhead"),
-    "small_cudnn_bf16_compile_autotune": _cfg(SMALL, 16, 1024, **FAST, attention="cudnn", compile=True,
-                                              compile_mode="max-autotune-no-cudagraphs"),
+    "small_cudnn_bf16_compile_cudagraphs": _cfg(
+        SMALL, 16, 1024, **FAST, attention="cudnn", compile=True, compile_mode="reduce-overhead"
+    ),
+    "small_cudnn_bf16_compile_autotune": _cfg(
+        SMALL,
+        16,
+        1024,
+        **FAST,
+        attention="cudnn",
+        compile=True,
+        compile_mode="max-autotune-no-cudagraphs",
+    ),
     "medium_cudnn_bf16_compile": _cfg(MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True),
-    "small_flash_bf16_ckpt_selective": _cfg(SMALL, 16, 1024, **FAST, attention="flash",
-                                            gradient_checkpointing="selective"),
-    "small_flash_bf16_ckpt_full": _cfg(SMALL, 16, 1024, **FAST, attention="flash",
-                                       gradient_checkpointing="full"),
-    "small_long_131k": _cfg(SMALL, 1, 131072, **{**FAST, "pos_encoding": "sinusoidal"}, attention="flash",
-                            gradient_checkpointing="full", loss_chunk_size=8192),
+    "small_flash_bf16_ckpt_selective": _cfg(
+        SMALL, 16, 1024, **FAST, attention="flash", gradient_checkpointing="selective"
+    ),
+    "small_flash_bf16_ckpt_full": _cfg(
+        SMALL, 16, 1024, **FAST, attention="flash", gradient_checkpointing="full"
+    ),
+    "small_long_131k": _cfg(
+        SMALL,
+        1,
+        131072,
+        **{**FAST, "pos_encoding": "sinusoidal"},
+        attention="flash",
+        gradient_checkpointing="full",
+        loss_chunk_size=8192,
+    ),
 }
 
 
@@ -88,8 +122,13 @@ def build_trainer(name: str, spec: dict):
     cfg = build_config(
         {"data": {"source": "synthetic", "vocab_size": 50257}},
         spec,
-        {"max_steps": 10_000, "warmup_steps": 10, "logging_steps": 10_000, "run_name": name,
-         "progress": False},
+        {
+            "max_steps": 10_000,
+            "warmup_steps": 10,
+            "logging_steps": 10_000,
+            "run_name": name,
+            "progress": False,
+        },
     )
     dist = DistInfo(device=torch.device("cuda", 0))
     return Trainer(cfg, dist, outputs=None)
@@ -105,16 +144,22 @@ class SeedModule(torch.nn.Module):
         from lmprof.model import sinusoidal_table
 
         self.register_buffer("pe", sinusoidal_table(T, d), persistent=False)
-        layer = torch.nn.TransformerEncoderLayer(d, c["n_heads"], c["d_ff"], c["dropout"], batch_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            d, c["n_heads"], c["d_ff"], c["dropout"], batch_first=True
+        )
         self.encoder = torch.nn.TransformerEncoder(layer, c["n_layers"], enable_nested_tensor=False)
         self.head = torch.nn.Linear(d, vocab)
-        self.register_buffer("mask", torch.nn.Transformer.generate_square_subsequent_mask(T), persistent=False)
+        self.register_buffer(
+            "mask", torch.nn.Transformer.generate_square_subsequent_mask(T), persistent=False
+        )
 
     def forward(self, idx, targets):
         x = self.emb(idx) + self.pe[: idx.size(1)]
         x = self.encoder(x, mask=self.mask, is_causal=True)
         logits = self.head(x)
-        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
+        )
 
 
 def time_seed_module(spec: dict, steps: int, warmup: int) -> list[float]:
@@ -145,7 +190,10 @@ def _time(step, steps: int, warmup: int) -> tuple[list[float], float]:
     first = time.perf_counter() - t0
     for i in range(1, warmup):
         step(i)
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        for _ in range(steps)
+    ]
     torch.cuda.synchronize()
     wall0 = time.perf_counter()
     for i, (s, e) in enumerate(events):
@@ -160,8 +208,10 @@ def _time(step, steps: int, warmup: int) -> tuple[list[float], float]:
 def time_lmprof(name: str, spec: dict, steps: int, warmup: int):
     trainer = build_trainer(name, spec)
     B = spec["batch_size"]
-    pool = [b.to(trainer.device) for b, _ in zip(
-        trainer.data.train_batches(B, seed=0), range(4), strict=False)]
+    pool = [
+        b.to(trainer.device)
+        for b, _ in zip(trainer.data.train_batches(B, seed=0), range(4), strict=False)
+    ]
 
     def cycle():
         i = 0
@@ -177,8 +227,13 @@ def time_lmprof(name: str, spec: dict, steps: int, warmup: int):
 def measure(name: str, spec: dict, steps: int, warmup: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    row = {"name": name, **{k: spec.get(k) for k in ("batch_size", "sequence_length", "precision",
-                                                       "attention", "compile")}}
+    row = {
+        "name": name,
+        **{
+            k: spec.get(k)
+            for k in ("batch_size", "sequence_length", "precision", "attention", "compile")
+        },
+    }
     try:
         if spec.get("seed_module"):
             times, first, wall = time_seed_module(spec, steps, warmup)
@@ -192,11 +247,16 @@ def measure(name: str, spec: dict, steps: int, warmup: int) -> dict:
     tokens = spec["batch_size"] * spec["sequence_length"]
     tps = tokens / (med / 1e3)
     row.update(
-        status="ok", params_m=n_params / 1e6 if n_params else None, step_ms_p50=med,
-        step_ms_p90=statistics.quantiles(times, n=10)[-1], wall_ms_per_step=wall,
-        tokens_per_sec=tps, mfu=tps * anchor_flops_per_token(spec) / PEAK_BF16,
+        status="ok",
+        params_m=n_params / 1e6 if n_params else None,
+        step_ms_p50=med,
+        step_ms_p90=statistics.quantiles(times, n=10)[-1],
+        wall_ms_per_step=wall,
+        tokens_per_sec=tps,
+        mfu=tps * anchor_flops_per_token(spec) / PEAK_BF16,
         peak_mem_gib=torch.cuda.max_memory_allocated() / GIB,
-        first_step_s=first, compile_s=max(0.0, first - med / 1e3) if spec.get("compile") else 0.0,
+        first_step_s=first,
+        compile_s=max(0.0, first - med / 1e3) if spec.get("compile") else 0.0,
     )
     return row
 
@@ -208,14 +268,18 @@ def markdown(rows: list[dict]) -> str:
         if r["status"] != "ok":
             head += f"| {r['name']} | {r['batch_size']} | {r['sequence_length']} | {r['status']} | | | | | |\n"
             continue
-        head += (f"| {r['name']} | {r['batch_size']} | {r['sequence_length']} | {r['tokens_per_sec'] / 1e3:.0f}k "
-                 f"| {r['mfu'] * 100:.1f}% | {r['step_ms_p50']:.1f} | {r['wall_ms_per_step']:.1f} "
-                 f"| {r['peak_mem_gib']:.2f} | {r['compile_s']:.0f} |\n")
+        head += (
+            f"| {r['name']} | {r['batch_size']} | {r['sequence_length']} | {r['tokens_per_sec'] / 1e3:.0f}k "
+            f"| {r['mfu'] * 100:.1f}% | {r['step_ms_p50']:.1f} | {r['wall_ms_per_step']:.1f} "
+            f"| {r['peak_mem_gib']:.2f} | {r['compile_s']:.0f} |\n"
+        )
     return head
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", nargs="*", help="configuration names (default: all)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
@@ -242,13 +306,20 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         torch._dynamo.reset()  # compiled graphs of the last model hold its memory
         gc.collect()
-        meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d"),
-                "command": " ".join(sys.argv)}
-        (out / "step_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        meta = {
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(sys.argv),
+        }
+        (out / "step_throughput.json").write_text(
+            json.dumps({"meta": meta, "rows": rows}, indent=1)
+        )
         (out / "step_throughput.md").write_text(
             f"GPU {meta['gpu']}, torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}\n\n"
-            f"`{meta['command']}`\n\n" + markdown(rows))
+            f"`{meta['command']}`\n\n" + markdown(rows)
+        )
     print(markdown(rows))
     return 0 if all(math.isfinite(r.get("tokens_per_sec", 0)) for r in rows) else 1
 

@@ -27,7 +27,9 @@ def main(path: str) -> int:
     shares: dict[str, float] = defaultdict(float)
     for name, _, ms in rows:
         shares[categorize(name)] += ms / total
-    print(f"Kernels of `{path}`: {total:.1f} ms of device time in {sum(r[1] for r in rows)} launches.\n")
+    print(
+        f"Kernels of `{path}`: {total:.1f} ms of device time in {sum(r[1] for r in rows)} launches.\n"
+    )
     print("| kernel | launches | device ms | share | category |\n| --- | --- | --- | --- | --- |")
     for k, n, ms in rows[:25]:
         print(f"| `{k[:90]}` | {n} | {ms:.3f} | {ms / total:.1%} | {categorize(k)} |")

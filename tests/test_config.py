@@ -21,24 +21,49 @@ def test_defaults_validate_and_name_the_run():
 
 
 def test_seed_flat_names_map_to_the_schema():
-    cfg = build_config({
-        "model_type": "vanilla_transformer",
-        "model_config": {"d_model": 512, "nhead": 8, "num_layers": 6, "dim_feedforward": 2048,
-                         "dropout": 0.2},
-        "learning_rate": "3e-4", "lr_scheduler": "linear", "num_warmup_steps": 10,
-        "max_steps": 100, "logging_steps": 5, "seed": 7, "max_grad_norm": 0.5,
-        "batch_size": 4, "sequence_length": 128, "fp16": True, "gradient_checkpointing": True,
-        "use_flash_attention": True, "tokenizer_name": "gpt2", "dataset_name": "wikitext",
-        "dataset_config": "wikitext-2-raw-v1", "debug_flash": True, "num_gpus": 2,
-        "run_name": "seedrun", "tag": "opts",
-    })
+    cfg = build_config(
+        {
+            "model_type": "vanilla_transformer",
+            "model_config": {
+                "d_model": 512,
+                "nhead": 8,
+                "num_layers": 6,
+                "dim_feedforward": 2048,
+                "dropout": 0.2,
+            },
+            "learning_rate": "3e-4",
+            "lr_scheduler": "linear",
+            "num_warmup_steps": 10,
+            "max_steps": 100,
+            "logging_steps": 5,
+            "seed": 7,
+            "max_grad_norm": 0.5,
+            "batch_size": 4,
+            "sequence_length": 128,
+            "fp16": True,
+            "gradient_checkpointing": True,
+            "use_flash_attention": True,
+            "tokenizer_name": "gpt2",
+            "dataset_name": "wikitext",
+            "dataset_config": "wikitext-2-raw-v1",
+            "debug_flash": True,
+            "num_gpus": 2,
+            "run_name": "seedrun",
+            "tag": "opts",
+        }
+    )
     m, d, t, s, lg = cfg.model, cfg.data, cfg.training, cfg.system, cfg.logging
     assert (m.d_model, m.n_heads, m.n_layers, m.d_ff, m.dropout) == (512, 8, 6, 2048, 0.2)
     assert (m.norm, m.pos_encoding, m.activation) == ("post", "sinusoidal", "relu")
     assert m.attention == "flash"  # use_flash_attention came after model_type
     assert t.lr == pytest.approx(3e-4) and t.schedule == "linear" and t.warmup_steps == 10
     assert (t.max_steps, t.seed, t.max_grad_norm, t.batch_size) == (100, 7, 0.5, 4)
-    assert (d.source, d.hf_dataset, d.hf_config, d.tokenizer) == ("hf", "wikitext", "wikitext-2-raw-v1", "gpt2")
+    assert (d.source, d.hf_dataset, d.hf_config, d.tokenizer) == (
+        "hf",
+        "wikitext",
+        "wikitext-2-raw-v1",
+        "gpt2",
+    )
     assert (s.precision, s.gradient_checkpointing, s.num_gpus) == ("fp16", "full", 2)
     assert (lg.logging_steps, lg.debug_flash, lg.run_name, lg.tag) == (5, True, "seedrun", "opts")
 
@@ -53,8 +78,15 @@ def test_seed_base_config_loads_unchanged():
 
 
 def test_overrides_dotted_leaf_and_alias():
-    cfg = build_config(overrides=["model.d_model=64", "n_heads=2", "fp16=false", "precision=bf16",
-                                  "training.lr=1e-3"])
+    cfg = build_config(
+        overrides=[
+            "model.d_model=64",
+            "n_heads=2",
+            "fp16=false",
+            "precision=bf16",
+            "training.lr=1e-3",
+        ]
+    )
     assert (cfg.model.d_model, cfg.model.n_heads, cfg.system.precision) == (64, 2, "bf16")
     assert cfg.training.lr == pytest.approx(1e-3)
 
@@ -66,18 +98,21 @@ def test_hash_ignores_where_outputs_go_but_not_what_is_computed():
     assert a.hash() == b.hash() != c.hash()
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("d_modle=64", "did you mean 'd_model'"),
-    ("batch_size=abc", "expected an integer"),
-    ("model.n_heads=5", "must divide model.d_model=256"),
-    ("batch_size=0", "must be positive"),
-    ("precision=fp8", "allowed: fp32, tf32, fp16, bf16"),
-    ("attention=flashy", "allowed: vanilla, sdpa_mask, sdpa, flash"),
-    ("compile_mode=fast", "allowed: default, reduce-overhead, max-autotune"),
-    ("run_name=../evil", "plain file name"),
-    ("dropout=1.5", "[0, 1)"),
-    ("compile=maybe", "expected true or false"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("d_modle=64", "did you mean 'd_model'"),
+        ("batch_size=abc", "expected an integer"),
+        ("model.n_heads=5", "must divide model.d_model=256"),
+        ("batch_size=0", "must be positive"),
+        ("precision=fp8", "allowed: fp32, tf32, fp16, bf16"),
+        ("attention=flashy", "allowed: vanilla, sdpa_mask, sdpa, flash"),
+        ("compile_mode=fast", "allowed: default, reduce-overhead, max-autotune"),
+        ("run_name=../evil", "plain file name"),
+        ("dropout=1.5", "[0, 1)"),
+        ("compile=maybe", "expected true or false"),
+    ],
+)
 def test_invalid_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as info:
         build_config(overrides=[override])

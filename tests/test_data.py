@@ -23,9 +23,35 @@ from lmprof.data.tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer
 from lmprof.errors import UserError
 
 WORDS = [
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
-    "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi",
-    "psi", "omega", "def", "class", "return", "import", "yield",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "chi",
+    "psi",
+    "omega",
+    "def",
+    "class",
+    "return",
+    "import",
+    "yield",
 ]
 
 
@@ -133,12 +159,25 @@ def test_cache_reused_then_rebuilt_when_source_changes(tmp_path, corpus):
 
 def test_each_tokenizer_gets_its_own_cache(tmp_path, corpus):
     log = Log()
-    byte = build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="byte",
-                              sequence_length=32), log=log)
-    char = build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="char",
-                              sequence_length=32), log=log)
-    bpe = build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="bpe",
-                             vocab_size=300, sequence_length=32), log=log)
+    byte = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="byte", sequence_length=32),
+        log=log,
+    )
+    char = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="char", sequence_length=32),
+        log=log,
+    )
+    bpe = build_data(
+        cfg_for(
+            tmp_path,
+            source="text",
+            path=str(corpus),
+            tokenizer="bpe",
+            vocab_size=300,
+            sequence_length=32,
+        ),
+        log=log,
+    )
     assert all("built" in line for line in log)
     assert len({byte.info["cache"], char.info["cache"], bpe.info["cache"]}) == 3
     assert char.vocab_size < byte.vocab_size and bpe.n_train_tokens < byte.n_train_tokens
@@ -146,8 +185,17 @@ def test_each_tokenizer_gets_its_own_cache(tmp_path, corpus):
     assert manifest["tokenizer"]["name"] == "bpe" and manifest["dtype"] == "uint16"
     assert manifest["content_hash"] and manifest["train"]["tokens"] == bpe.n_train_tokens
     # The bpe tokenizer was saved and is reused: same ids after a reload.
-    again = build_data(cfg_for(tmp_path, source="text", path=str(corpus), tokenizer="bpe",
-                               vocab_size=300, sequence_length=32), log=log)
+    again = build_data(
+        cfg_for(
+            tmp_path,
+            source="text",
+            path=str(corpus),
+            tokenizer="bpe",
+            vocab_size=300,
+            sequence_length=32,
+        ),
+        log=log,
+    )
     assert "reused" in log[-1]
     assert again.tokenizer.encode(SAMPLE) == bpe.tokenizer.encode(SAMPLE)
     # Tokens in the cache decode back to the corpus.
@@ -202,8 +250,10 @@ def test_split_is_by_document_near_val_fraction_and_deterministic():
     one = [Document("only", text_of(rng, 2000))]
     train, val = split_documents(one, 0.05)
     assert train and val and all(p.text.endswith("\n") for p in train + val)
-    assert "".join(p.text for p in sorted(train + val, key=lambda p: int(p.key.split("#")[1]))) \
+    assert (
+        "".join(p.text for p in sorted(train + val, key=lambda p: int(p.key.split("#")[1])))
         == one[0].text
+    )
 
 
 def test_jsonl_documents_are_lines(tmp_path):
@@ -211,8 +261,7 @@ def test_jsonl_documents_are_lines(tmp_path):
     path = tmp_path / "data.jsonl"
     rows = [{"text": text_of(rng, 3)} for _ in range(300)] + [{"text": "  "}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    dm = build_data(cfg_for(tmp_path, source="text", path=str(path), sequence_length=16),
-                    log=Log())
+    dm = build_data(cfg_for(tmp_path, source="text", path=str(path), sequence_length=16), log=Log())
     manifest = manifest_of(dm)
     assert manifest["train"]["documents"] + manifest["val"]["documents"] == 300
     bad = tmp_path / "bad.jsonl"
@@ -225,8 +274,11 @@ def test_stdlib_source_is_sorted_without_tests(tmp_path, monkeypatch):
     files = StdlibSource().files()
     keys = [k for k, _ in files]
     assert keys == sorted(keys) and len(keys) > 100
-    assert not any(part in ("test", "tests", "idle_test", "site-packages")
-                   for k in keys for part in k.split("/"))
+    assert not any(
+        part in ("test", "tests", "idle_test", "site-packages")
+        for k in keys
+        for part in k.split("/")
+    )
     assert any(k == "os.py" for k in keys)
     monkeypatch.setattr(sources_mod, "STDLIB_MAX_FILES", 40)
     log = Log()
@@ -243,8 +295,9 @@ def test_stdlib_source_is_sorted_without_tests(tmp_path, monkeypatch):
 
 @pytest.fixture
 def packed(tmp_path, corpus) -> DataModule:
-    return build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=32),
-                      log=Log())
+    return build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=32), log=Log()
+    )
 
 
 def take(it, n):
@@ -301,8 +354,10 @@ def test_ranks_read_disjoint_windows(packed, world_size):
 
 @pytest.mark.parametrize("batching", ["packed", "padded"])
 def test_start_step_resumes_exactly(tmp_path, corpus, batching):
-    dm = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=512,
-                            batching=batching), log=Log())
+    dm = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=512, batching=batching),
+        log=Log(),
+    )
     per_rank = dm.n_train_items() // 2
     assert per_rank < 12 * 5 / 2  # the 12 batches of 5 cross at least two epoch boundaries
     fresh = take(dm.train_batches(5, rank=1, world_size=2, seed=9), 12)
@@ -318,12 +373,16 @@ def test_start_step_resumes_exactly(tmp_path, corpus, batching):
 def test_padded_rows_are_documents_with_pad_masked(tmp_path):
     rng = random.Random(4)
     path = tmp_path / "docs.jsonl"
-    docs = [f"doc{i:03d} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 12)))
-            for i in range(120)]
+    docs = [
+        f"doc{i:03d} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 12)))
+        for i in range(120)
+    ]
     path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
     t = 48
-    dm = build_data(cfg_for(tmp_path, source="text", path=str(path), sequence_length=t,
-                            batching="padded"), log=Log())
+    dm = build_data(
+        cfg_for(tmp_path, source="text", path=str(path), sequence_length=t, batching="padded"),
+        log=Log(),
+    )
     eos, pad = dm.eos_id, dm.pad_id
     by_prefix = {d[:7]: list(d.encode()) + [eos] for d in docs}
     saw_long = saw_short = False
@@ -347,8 +406,10 @@ def test_padded_rows_are_documents_with_pad_masked(tmp_path):
 
 
 def test_padded_batch_without_padding_has_no_mask(tmp_path, corpus):
-    dm = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=4,
-                            batching="padded"), log=Log())
+    dm = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=4, batching="padded"),
+        log=Log(),
+    )
     b = next(dm.train_batches(4, seed=0))  # every document is longer than 5 bytes
     assert b.attention_mask is None and b.n_real_tokens == b.n_tokens == 16
 
@@ -369,8 +430,11 @@ def test_validation_is_one_ordered_deterministic_pass(packed):
     assert a[0].input_ids[1].tolist() == val[t : 2 * t].tolist()  # each token predicted once
     assert len(list(packed.val_batches(2, max_batches=3))) == 3
     shares = [
-        {tuple(r) for x in packed.val_batches(3, rank=r_, world_size=2)
-         for r in x.input_ids.tolist()}
+        {
+            tuple(r)
+            for x in packed.val_batches(3, rank=r_, world_size=2)
+            for r in x.input_ids.tolist()
+        }
         for r_ in range(2)
     ]
     assert not shares[0] & shares[1] and len(shares[0]) == len(shares[1]) == n // 2
@@ -394,18 +458,25 @@ def test_synthetic_needs_no_files_and_is_deterministic(tmp_path):
     assert len(torch.unique(x)) > 300  # actually random, not a constant
     assert torch.equal(a[0].input_ids[:, 1:], a[0].targets[:, :-1])
     assert len(list(dm.val_batches(16))) == 4
-    padded = build_data(cfg_for(tmp_path, source="synthetic", vocab_size=1000,
-                                sequence_length=64, batching="padded"), log=Log())
+    padded = build_data(
+        cfg_for(
+            tmp_path, source="synthetic", vocab_size=1000, sequence_length=64, batching="padded"
+        ),
+        log=Log(),
+    )
     p = next(padded.train_batches(8, seed=0))
     assert p.attention_mask is not None and p.n_real_tokens < p.n_tokens
 
 
 def test_max_tokens_caps_training_without_retokenizing(tmp_path, corpus):
     log = Log()
-    full = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=16),
-                      log=log)
-    capped = build_data(cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=16,
-                                max_tokens=500), log=log)
+    full = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=16), log=log
+    )
+    capped = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=16, max_tokens=500),
+        log=log,
+    )
     assert "reused" in log[1]
     assert capped.n_train_tokens == 500 < full.n_train_tokens
     assert capped.n_val_tokens == full.n_val_tokens
@@ -413,8 +484,13 @@ def test_max_tokens_caps_training_without_retokenizing(tmp_path, corpus):
 
 
 def test_batch_to_moves_every_tensor():
-    b = Batch(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long),
-              torch.ones(2, 3, dtype=torch.bool), 6, 6)
+    b = Batch(
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.zeros(2, 3, dtype=torch.long),
+        torch.ones(2, 3, dtype=torch.bool),
+        6,
+        6,
+    )
     assert b.to("cpu") is b
     m = b.to("meta")
     assert m.input_ids.is_meta and m.targets.is_meta and m.attention_mask.is_meta
@@ -476,8 +552,11 @@ def test_hf_maps_wikitext_splits_and_reuses_cache_offline(tmp_path, monkeypatch)
     def lines(n):  # wikitext: one row per line, blank rows between paragraphs
         return [{"text": ""}] + [{"text": f" {text_of(rng, 1)}"} for _ in range(n)]
 
-    splits = {"train": FakeSplit(lines(400)), "validation": FakeSplit(lines(60)),
-              "test": FakeSplit(lines(5))}
+    splits = {
+        "train": FakeSplit(lines(400)),
+        "validation": FakeSplit(lines(60)),
+        "test": FakeSplit(lines(5)),
+    }
     calls = []
     module = type(sys)("datasets")
     module.load_dataset = lambda name, config: calls.append((name, config)) or splits
@@ -495,6 +574,7 @@ def test_hf_maps_wikitext_splits_and_reuses_cache_offline(tmp_path, monkeypatch)
 
     def unreachable(name, config):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)\nmore")
+
     module.load_dataset = unreachable  # the hub unreachable: one line
     monkeypatch.setitem(sys.modules, "datasets", module)
     with pytest.raises(UserError) as exc:

@@ -32,11 +32,22 @@ from lmprof.train.run import run
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "data.source=synthetic", "data.vocab_size=64", "data.sequence_length=16",
-    "model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.d_ff=64",
-    "model.dropout=0", "training.max_steps=8", "training.warmup_steps=2", "training.lr=3e-3",
-    "training.seed=7", "logging.logging_steps=1", "logging.progress=false",
-    "logging.eval_max_batches=2", "system.device=cpu",
+    "data.source=synthetic",
+    "data.vocab_size=64",
+    "data.sequence_length=16",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.n_layers=2",
+    "model.d_ff=64",
+    "model.dropout=0",
+    "training.max_steps=8",
+    "training.warmup_steps=2",
+    "training.lr=3e-3",
+    "training.seed=7",
+    "logging.logging_steps=1",
+    "logging.progress=false",
+    "logging.eval_max_batches=2",
+    "system.device=cpu",
 ]
 TOL = 1e-4
 
@@ -44,7 +55,7 @@ TOL = 1e-4
 # itself T_SIGNAL (TERM or KILL) right after logging step k; KILL first leaves a torn CSV line,
 # as a kill in the middle of a write would. T_COUNT_ALLREDUCE=path counts DDP's gradient
 # all-reduces (one bucket per step for this model) into path.<rank>.
-WRAPPER = r'''
+WRAPPER = r"""
 import atexit, os, signal, sys
 from lmprof.train import loop
 
@@ -84,7 +95,7 @@ if count:
 
 from lmprof.cli import main
 sys.exit(main(["run", *sys.argv[1:]]))
-'''
+"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +118,14 @@ def launch(tmp: Path, args: list[str], nproc: int = 0, expect: str = "ok", **env
     head = [sys.executable]
     if nproc:
         head += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([*head, str(wrapper), *args], env=_env(env), cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*head, str(wrapper), *args],
+        env=_env(env),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     rc = proc.returncode
     got = "ok" if rc == 0 else "killed" if rc == -signal.SIGKILL else "failed"
     if got != expect:
@@ -197,11 +214,25 @@ def test_two_ranks_sigterm_then_resume(tmp_path, reference, parallelism):
     """Batch 1 x 2 micro-steps x 2 ranks: SIGTERM reaches one rank only; both stop after the
     same step with a (sharded, for FSDP) checkpoint; the resumed run completes the reference
     curve, each step logged once. DDP: one gradient all-reduce per step (no_sync works)."""
-    args = [*TINY, "batch_size=1", "grad_accum_steps=2", f"parallelism={parallelism}",
-            "checkpoint.resume=auto", "output_dir=.", "run_name=pre"]
+    args = [
+        *TINY,
+        "batch_size=1",
+        "grad_accum_steps=2",
+        f"parallelism={parallelism}",
+        "checkpoint.resume=auto",
+        "output_dir=.",
+        "run_name=pre",
+    ]
     rank = "1" if parallelism == "ddp" else "0"
-    launch(tmp_path, args, nproc=2, expect="failed", T_SIGNAL_AT="3", T_SIGNAL="TERM",
-           T_SIGNAL_RANK=rank)
+    launch(
+        tmp_path,
+        args,
+        nproc=2,
+        expect="failed",
+        T_SIGNAL_AT="3",
+        T_SIGNAL="TERM",
+        T_SIGNAL_RANK=rank,
+    )
     row = last_row(tmp_path, "pre")
     assert row["status"] == "interrupted"
     # The signal lands after step 3's check, so step 4 is the one finished and saved.
@@ -230,8 +261,15 @@ def test_two_ranks_sigterm_then_resume(tmp_path, reference, parallelism):
 
 def test_sigkill_then_resume_continues_the_same_curve(tmp_path):
     # Dropout on, so the restored RNG state matters; interval 3 with keep 1.
-    args = [*TINY, "batch_size=4", "model.dropout=0.1", "training.max_steps=10",
-            "checkpoint.interval=3", "checkpoint.keep=1", "checkpoint.resume=auto"]
+    args = [
+        *TINY,
+        "batch_size=4",
+        "model.dropout=0.1",
+        "training.max_steps=10",
+        "checkpoint.interval=3",
+        "checkpoint.keep=1",
+        "checkpoint.resume=auto",
+    ]
     # Every run in a child with the same thread count: CPU kernels may round differently with
     # another number of threads, and bitwise equality is the point here.
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -241,8 +279,13 @@ def test_sigkill_then_resume_continues_the_same_curve(tmp_path):
 
     # Killed after logging step 5 (checkpoint at 3, rows 4-5 and a torn line after it).
     cut.mkdir()
-    launch(cut, [*args, "output_dir=.", "run_name=r"], expect="killed", T_SIGNAL_AT="5",
-           T_SIGNAL="KILL")
+    launch(
+        cut,
+        [*args, "output_dir=.", "run_name=r"],
+        expect="killed",
+        T_SIGNAL_AT="5",
+        T_SIGNAL="KILL",
+    )
     assert not (cut / "results.csv").exists()
     assert [s for s, _ in list_checkpoints(cut / "checkpoints" / "r")] == [3]
 
@@ -291,8 +334,15 @@ class _Payload:
 
 
 def _checkpointed_run(tmp_path: Path) -> tuple[list[str], Path]:
-    args = [*TINY, "batch_size=4", "training.max_steps=4", "checkpoint.interval=2",
-            "checkpoint.resume=auto", f"output_dir={tmp_path}", "run_name=p"]
+    args = [
+        *TINY,
+        "batch_size=4",
+        "training.max_steps=4",
+        "checkpoint.interval=2",
+        "checkpoint.resume=auto",
+        f"output_dir={tmp_path}",
+        "run_name=p",
+    ]
     assert run_here(args) == 0
     return args, tmp_path / "checkpoints" / "p" / "step_4"
 

@@ -9,11 +9,28 @@ from lmprof.cli import main
 
 def test_find_max_batch_size_under_a_host_memory_cap(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code = main([
-        "find-max", "data.source=synthetic", "n_layers=1", "d_model=32", "n_heads=2", "d_ff=64",
-        "sequence_length=64", "vocab_size=256", "system.memory_limit_gb=3", "run_name=fm",
-        "--vary", "batch_size", "--limit", "65536", "--steps", "1", "--max-probes", "5",
-    ])
+    code = main(
+        [
+            "find-max",
+            "data.source=synthetic",
+            "n_layers=1",
+            "d_model=32",
+            "n_heads=2",
+            "d_ff=64",
+            "sequence_length=64",
+            "vocab_size=256",
+            "system.memory_limit_gb=3",
+            "run_name=fm",
+            "--vary",
+            "batch_size",
+            "--limit",
+            "65536",
+            "--steps",
+            "1",
+            "--max-probes",
+            "5",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     with open(tmp_path / "results/find_max/fm/fm.csv") as f:

@@ -13,8 +13,19 @@ CPU_ATTENTIONS = ("vanilla", "sdpa_mask", "sdpa")
 
 def make(attention="sdpa", norm="pre", pos="learned", **kw) -> Transformer:
     torch.manual_seed(0)
-    args = ModelArgs(vocab_size=97, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0,
-                     max_seq_len=24, attention=attention, norm=norm, pos_encoding=pos, **kw)
+    args = ModelArgs(
+        vocab_size=97,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_seq_len=24,
+        attention=attention,
+        norm=norm,
+        pos_encoding=pos,
+        **kw,
+    )
     return Transformer(args).double().eval()
 
 

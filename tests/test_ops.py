@@ -41,7 +41,9 @@ def test_loss_accuracy_and_gradients_match_fp32_cross_entropy(dtype, tol, chunk)
     ref_loss, ref_correct, ref_gh, ref_gw = _reference(h, w, targets)
     assert loss.dtype == torch.float32 and gh.dtype == gw.dtype == dtype
     # bf16: the logits themselves are rounded to bf16 in both
-    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6 if dtype == torch.float32 else 1e-3)
+    assert loss.item() == pytest.approx(
+        ref_loss.item(), rel=1e-6 if dtype == torch.float32 else 1e-3
+    )
     assert correct.item() == ref_correct.item() >= 1
     assert _rel(gh, ref_gh) < tol and _rel(gw, ref_gw) < tol
 
@@ -49,7 +51,9 @@ def test_loss_accuracy_and_gradients_match_fp32_cross_entropy(dtype, tol, chunk)
 def test_the_incoming_gradient_scales_both_gradients():
     h, w, targets = _case()
     g1 = torch.autograd.grad(linear_cross_entropy(h, w, targets)[0], (h, w))
-    g2 = torch.autograd.grad(linear_cross_entropy(h, w, targets, 16)[0] * 1024.0, (h, w))  # GradScaler
+    g2 = torch.autograd.grad(
+        linear_cross_entropy(h, w, targets, 16)[0] * 1024.0, (h, w)
+    )  # GradScaler
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(b, a * 1024.0, rtol=1e-5, atol=1e-6)
 

@@ -82,9 +82,19 @@ FLOP_CASES = [
 def test_flops_match_flop_counter(attention, norm, tied, ckpt, dropout):
     # d_model 128, T 64: the matmul terms dominate, as in real models.
     B, T = 2, 64
-    args = ModelArgs(vocab_size=500, d_model=128, n_heads=4, n_layers=2, d_ff=512,
-                     dropout=dropout, max_seq_len=T, norm=norm, tie_embeddings=tied,
-                     attention=attention, checkpointing=ckpt)
+    args = ModelArgs(
+        vocab_size=500,
+        d_model=128,
+        n_heads=4,
+        n_layers=2,
+        d_ff=512,
+        dropout=dropout,
+        max_seq_len=T,
+        norm=norm,
+        tie_embeddings=tied,
+        attention=attention,
+        checkpointing=ckpt,
+    )
     counted = _counted_step_flops(args, B, T)
     f = flops_per_token(args, T, device="cpu")
     # FlopCounterMode counts matmul FLOPs as executed: compare hardware FLOPs (recompute and the
@@ -102,19 +112,29 @@ def test_flops_match_flop_counter(attention, norm, tied, ckpt, dropout):
 @pytest.mark.parametrize("attention", ["vanilla", "sdpa"])
 def test_flops_attention_term_matters_at_long_sequences(attention):
     B, T = 1, 256
-    args = ModelArgs(vocab_size=64, d_model=32, n_heads=2, n_layers=2, d_ff=128, dropout=0.0,
-                     max_seq_len=T, attention=attention)
+    args = ModelArgs(
+        vocab_size=64,
+        d_model=32,
+        n_heads=2,
+        n_layers=2,
+        d_ff=128,
+        dropout=0.0,
+        max_seq_len=T,
+        attention=attention,
+    )
     f = flops_per_token(args, T, device="cpu")
     assert f.breakdown["attention"] > 0.5 * f.model_flops_per_token
-    assert f.hardware_flops_per_token * B * T == pytest.approx(_counted_step_flops(args, B, T),
-                                                               rel=0.02)
+    assert f.hardware_flops_per_token * B * T == pytest.approx(
+        _counted_step_flops(args, B, T), rel=0.02
+    )
     # the exact causal count is about half the attention term
     assert f.breakdown["attention_causal"] == pytest.approx(f.breakdown["attention"] / 2, rel=0.01)
 
 
 def test_flops_convention_is_nanogpt():
-    args = ModelArgs(vocab_size=50257, d_model=768, n_heads=12, n_layers=12, d_ff=3072,
-                     max_seq_len=1024)
+    args = ModelArgs(
+        vocab_size=50257, d_model=768, n_heads=12, n_layers=12, d_ff=3072, max_seq_len=1024
+    )
     f = flops_per_token(args, 1024)
     N = matmul_params(args)
     L, d, T = 12, 768, 1024
@@ -128,20 +148,43 @@ def test_flops_convention_is_nanogpt():
     assert N["blocks"] + N["lm_head"] == linear
 
 
-@pytest.mark.parametrize("norm,tied,bias,pos", [("pre", True, True, "learned"),
-                                                ("post", False, False, "sinusoidal"),
-                                                ("pre", False, True, "sinusoidal")])
+@pytest.mark.parametrize(
+    "norm,tied,bias,pos",
+    [
+        ("pre", True, True, "learned"),
+        ("post", False, False, "sinusoidal"),
+        ("pre", False, True, "sinusoidal"),
+    ],
+)
 def test_param_count_closed_form_matches_meta_model(norm, tied, bias, pos):
-    args = ModelArgs(vocab_size=1000, d_model=96, n_heads=4, n_layers=3, d_ff=200, norm=norm,
-                     tie_embeddings=tied, bias=bias, pos_encoding=pos, max_seq_len=77)
+    args = ModelArgs(
+        vocab_size=1000,
+        d_model=96,
+        n_heads=4,
+        n_layers=3,
+        d_ff=200,
+        norm=norm,
+        tie_embeddings=tied,
+        bias=bias,
+        pos_encoding=pos,
+        max_seq_len=77,
+    )
     with torch.device("meta"):
         model = Transformer(args)
     assert count_params(args) == model.num_params()
 
 
 def test_shape_mirrors_model_args():
-    cfg = build_config(overrides=["norm=post", "attention=flash", "bf16=true", "loss_chunk_size=128",
-                                  "gradient_checkpointing=selective", "tie_embeddings=false"])
+    cfg = build_config(
+        overrides=[
+            "norm=post",
+            "attention=flash",
+            "bf16=true",
+            "loss_chunk_size=128",
+            "gradient_checkpointing=selective",
+            "tie_embeddings=false",
+        ]
+    )
     args = ModelArgs.from_config(cfg, 1234)
     shape = Shape.from_config(cfg, 1234)
     for name in Shape.__dataclass_fields__:
@@ -160,27 +203,30 @@ def test_mfu():
 # Peaks
 
 
-@pytest.mark.parametrize("name,key", [
-    ("NVIDIA H200", "H200"),
-    ("NVIDIA H200 NVL", "H200 NVL"),
-    ("NVIDIA H100 80GB HBM3", "H100 SXM"),
-    ("NVIDIA H100 PCIe", "H100 PCIe"),
-    ("NVIDIA H100 NVL", "H100 NVL"),
-    ("NVIDIA GH200 480GB", "GH200"),
-    ("NVIDIA A100-SXM4-80GB", "A100"),
-    ("NVIDIA A100-SXM4-40GB", "A100"),
-    ("NVIDIA A100 80GB PCIe", "A100"),
-    ("NVIDIA A100-PCIE-40GB", "A100"),
-    ("NVIDIA B200", "B200"),
-    ("NVIDIA L4", "L4"),
-    ("NVIDIA L40S", "L40S"),
-    ("NVIDIA A10G", "A10G"),
-    ("NVIDIA GeForce RTX 4090", "RTX 4090"),
-    ("NVIDIA GeForce RTX 3090", "RTX 3090"),
-    ("Tesla V100-SXM2-16GB", "V100 SXM2"),
-    ("Tesla V100-PCIE-32GB", "V100 PCIe"),
-    ("Tesla T4", "T4"),
-])
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA H200 NVL", "H200 NVL"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("NVIDIA H100 PCIe", "H100 PCIe"),
+        ("NVIDIA H100 NVL", "H100 NVL"),
+        ("NVIDIA GH200 480GB", "GH200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA A100-SXM4-40GB", "A100"),
+        ("NVIDIA A100 80GB PCIe", "A100"),
+        ("NVIDIA A100-PCIE-40GB", "A100"),
+        ("NVIDIA B200", "B200"),
+        ("NVIDIA L4", "L4"),
+        ("NVIDIA L40S", "L40S"),
+        ("NVIDIA A10G", "A10G"),
+        ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+        ("NVIDIA GeForce RTX 3090", "RTX 3090"),
+        ("Tesla V100-SXM2-16GB", "V100 SXM2"),
+        ("Tesla V100-PCIE-32GB", "V100 PCIe"),
+        ("Tesla T4", "T4"),
+    ],
+)
 def test_known_gpus_resolve(name, key):
     assert peaks.gpu_key(name) == key
     assert peaks.peak_flops(name, "fp32") == peaks.PEAKS[key]["fp32"]
@@ -197,8 +243,15 @@ def test_peaks_are_dense_datasheet_numbers():
         assert table["fp16"] >= table["fp32"]
 
 
-@pytest.mark.parametrize("name", ["NVIDIA GeForce RTX 3090 Ti", "NVIDIA L40",
-                                  "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "Radeon Pro W7900"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NVIDIA GeForce RTX 3090 Ti",
+        "NVIDIA L40",
+        "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+        "Radeon Pro W7900",
+    ],
+)
 def test_unknown_gpu_is_none_with_one_warning(name, caplog):
     peaks._warned.discard(name)
     with caplog.at_level(logging.WARNING, logger="lmprof"):
@@ -268,8 +321,18 @@ class LiveBytes(TorchDispatchMode):
 
 
 def _tiny(attention, dropout, precision, ckpt, norm, **kw):
-    args = dict(vocab_size=500, d_model=64, n_heads=4, n_layers=2, d_ff=256, dropout=dropout,
-                max_seq_len=64, norm=norm, attention=attention, checkpointing=ckpt)
+    args = dict(
+        vocab_size=500,
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        d_ff=256,
+        dropout=dropout,
+        max_seq_len=64,
+        norm=norm,
+        attention=attention,
+        checkpointing=ckpt,
+    )
     args.update(kw)
     return ModelArgs(**args)
 
@@ -280,9 +343,15 @@ def _predicted(args: ModelArgs, B: int, T: int, precision: str):
     static = ("parameters", "optimizer_states", "batch", "workspace", "ddp_buckets")
     # A dispatch mode cannot see inside a custom op: the fused loss's block buffers (the
     # "transient" of the forward at the loss) are checked on the GPU, not here.
-    dynamic = {name: sum(v for k, v in parts.items()
-                         if k not in static and not (name == "forward: loss" and k == "transient"))
-               for name, parts in phases.items() if name != "evaluation"}
+    dynamic = {
+        name: sum(
+            v
+            for k, v in parts.items()
+            if k not in static and not (name == "forward: loss" and k == "transient")
+        )
+        for name, parts in phases.items()
+        if name != "evaluation"
+    }
     return saved, max(dynamic.values())
 
 
@@ -342,15 +411,18 @@ def test_saved_activations_match_saved_tensors_hooks(attention, dropout, precisi
     assert peak == pytest.approx(predicted_peak, rel=0.03)
 
 
-@pytest.mark.parametrize("attention,dropout,precision,ckpt,norm", [
-    ("vanilla", 0.0, "fp32", "full", "pre"),
-    ("vanilla", 0.1, "bf16", "full", "post"),
-    ("sdpa", 0.0, "bf16", "full", "post"),
-    ("sdpa", 0.1, "fp32", "full", "pre"),
-    ("vanilla", 0.1, "fp32", "selective", "post"),
-    ("vanilla", 0.0, "bf16", "selective", "pre"),
-    ("sdpa", 0.0, "bf16", "selective", "post"),
-])
+@pytest.mark.parametrize(
+    "attention,dropout,precision,ckpt,norm",
+    [
+        ("vanilla", 0.0, "fp32", "full", "pre"),
+        ("vanilla", 0.1, "bf16", "full", "post"),
+        ("sdpa", 0.0, "bf16", "full", "post"),
+        ("sdpa", 0.1, "fp32", "full", "pre"),
+        ("vanilla", 0.1, "fp32", "selective", "post"),
+        ("vanilla", 0.0, "bf16", "selective", "pre"),
+        ("sdpa", 0.0, "bf16", "selective", "post"),
+    ],
+)
 def test_checkpointing_memory_matches_live_bytes(attention, dropout, precision, ckpt, norm):
     # saved_tensors_hooks cannot see through checkpoint's own hooks; count live storages.
     args = _tiny(attention, dropout, precision, ckpt, norm, max_seq_len=128)
@@ -361,11 +433,20 @@ def test_checkpointing_memory_matches_live_bytes(attention, dropout, precision, 
     assert peak == pytest.approx(predicted_peak, rel=0.05)
 
 
-@pytest.mark.parametrize("precision,vocab,chunk", [("fp32", 500, 64), ("bf16", 3000, 64),
-                                                   ("bf16", 500, 0)])
+@pytest.mark.parametrize(
+    "precision,vocab,chunk", [("fp32", 500, 64), ("bf16", 3000, 64), ("bf16", 500, 0)]
+)
 def test_chunked_loss_and_untied_head_memory(precision, vocab, chunk):
-    args = _tiny("sdpa", 0.1, precision, "none", "post", vocab_size=vocab, loss_chunk_size=chunk,
-                 tie_embeddings=chunk > 0)
+    args = _tiny(
+        "sdpa",
+        0.1,
+        precision,
+        "none",
+        "post",
+        vocab_size=vocab,
+        loss_chunk_size=chunk,
+        tie_embeddings=chunk > 0,
+    )
     B, T = 4, 64
     _, retained, peak = _run_step(args, B, T, precision)
     predicted_saved, predicted_peak = _predicted(args, B, T, precision)
@@ -380,10 +461,20 @@ def test_memory_terms_respond_to_the_config():
     base = est("attention=vanilla", "dropout=0.1", "precision=fp16", "sequence_length=1024")
     no_drop = est("attention=vanilla", "dropout=0", "precision=fp16", "sequence_length=1024")
     flash = est("attention=flash", "dropout=0.1", "precision=fp16", "sequence_length=1024")
-    full = est("attention=vanilla", "dropout=0.1", "precision=fp16", "sequence_length=1024",
-               "gradient_checkpointing=full")
-    chunked = est("attention=vanilla", "dropout=0.1", "precision=fp16", "sequence_length=1024",
-                  "loss_chunk_size=1024")
+    full = est(
+        "attention=vanilla",
+        "dropout=0.1",
+        "precision=fp16",
+        "sequence_length=1024",
+        "gradient_checkpointing=full",
+    )
+    chunked = est(
+        "attention=vanilla",
+        "dropout=0.1",
+        "precision=fp16",
+        "sequence_length=1024",
+        "loss_chunk_size=1024",
+    )
     # dropout masks and dropped probabilities: B*H*T*T*(1 + 2) bytes per layer and more
     bhtt = 16 * 4 * 1024 * 1024
     assert base.activations_per_layer - no_drop.activations_per_layer >= 3 * bhtt
@@ -393,12 +484,27 @@ def test_memory_terms_respond_to_the_config():
     assert chunked.phases["forward: loss"] < base.phases["forward: loss"] - 1.2e9  # 1k of 16k rows
     assert base.predicted_reserved_bytes > base.predicted_peak_bytes
     assert base.predicted_device_bytes > base.predicted_reserved_bytes
-    ddp = estimate_memory(build_config(overrides=["tokenizer=gpt2", "attention=vanilla",
-                                                  "dropout=0.1", "precision=fp16",
-                                                  "sequence_length=1024"]), 50258, world_size=2)
+    ddp = estimate_memory(
+        build_config(
+            overrides=[
+                "tokenizer=gpt2",
+                "attention=vanilla",
+                "dropout=0.1",
+                "precision=fp16",
+                "sequence_length=1024",
+            ]
+        ),
+        50258,
+        world_size=2,
+    )
     assert ddp.phases["optimizer step"] - base.phases["optimizer step"] == 4 * base.n_params
-    accum = est("attention=vanilla", "dropout=0.1", "precision=fp16", "sequence_length=1024",
-                "grad_accum_steps=4")
+    accum = est(
+        "attention=vanilla",
+        "dropout=0.1",
+        "precision=fp16",
+        "sequence_length=1024",
+        "grad_accum_steps=4",
+    )
     assert accum.phases["forward: loss"] - base.phases["forward: loss"] == 4 * base.n_params
     table = format_estimate(base)
     assert "GiB" in table and "MiB" in table and "FLOPs per token" in table
@@ -419,23 +525,74 @@ H200_MEASURED = [
     ([*_VANILLA, "precision=fp32", "sequence_length=2048", "batch_size=8"], 56174859776),
     ([*_SEED, "bf16=true", "attention=flash", "sequence_length=2048", "batch_size=8"], 8208846336),
     ([*_SEED, "bf16=true", "attention=sdpa", "sequence_length=512", "batch_size=4"], 2708928000),
-    (["norm=pre", "activation=gelu", "pos_encoding=learned", "bf16=true", "attention=sdpa",
-      "sequence_length=1024", "batch_size=8"], 5688908800),
-    ([*_VANILLA, "fp16=true", "gradient_checkpointing=full", "sequence_length=1024",
-      "batch_size=8"], 3078898176),
-    ([*_SEED, "bf16=true", "attention=flash", "gradient_checkpointing=selective",
-      "sequence_length=1024", "batch_size=8"], 4588596736),
-    ([*_SEED, "bf16=true", "attention=flash", "loss_chunk_size=2048", "sequence_length=1024",
-      "batch_size=8"], 4593808896),
-    ([*_SEED, "bf16=true", "attention=vanilla", "tie_embeddings=false", "sequence_length=1024",
-      "batch_size=8"], 11550670848),
+    (
+        [
+            "norm=pre",
+            "activation=gelu",
+            "pos_encoding=learned",
+            "bf16=true",
+            "attention=sdpa",
+            "sequence_length=1024",
+            "batch_size=8",
+        ],
+        5688908800,
+    ),
+    (
+        [
+            *_VANILLA,
+            "fp16=true",
+            "gradient_checkpointing=full",
+            "sequence_length=1024",
+            "batch_size=8",
+        ],
+        3078898176,
+    ),
+    (
+        [
+            *_SEED,
+            "bf16=true",
+            "attention=flash",
+            "gradient_checkpointing=selective",
+            "sequence_length=1024",
+            "batch_size=8",
+        ],
+        4588596736,
+    ),
+    (
+        [
+            *_SEED,
+            "bf16=true",
+            "attention=flash",
+            "loss_chunk_size=2048",
+            "sequence_length=1024",
+            "batch_size=8",
+        ],
+        4593808896,
+    ),
+    (
+        [
+            *_SEED,
+            "bf16=true",
+            "attention=vanilla",
+            "tie_embeddings=false",
+            "sequence_length=1024",
+            "batch_size=8",
+        ],
+        11550670848,
+    ),
 ]
 
 
 @pytest.mark.parametrize("overrides,measured", H200_MEASURED)
 def test_estimate_matches_h200_measurements(overrides, measured):
-    gpt2 = ["d_model=768", "nhead=12", "num_layers=12", "dim_feedforward=3072", "dropout=0.1",
-            "tokenizer=gpt2"]
+    gpt2 = [
+        "d_model=768",
+        "nhead=12",
+        "num_layers=12",
+        "dim_feedforward=3072",
+        "dropout=0.1",
+        "tokenizer=gpt2",
+    ]
     cfg = build_config(overrides=gpt2 + overrides)
     assert estimate_memory(cfg, 50258).predicted_peak_bytes == pytest.approx(measured, rel=0.03)
 
@@ -446,8 +603,18 @@ def test_estimate_matches_h200_measurements(overrides, measured):
 
 def test_estimate_cli_prints_quickly(capsys):
     start = time.perf_counter()
-    rc = est_cli.main(["model_type=vanilla_transformer", "fp16=true", "tokenizer=gpt2",
-                       "d_model=768", "nhead=12", "num_layers=12", "--gpu", "NVIDIA H200"])
+    rc = est_cli.main(
+        [
+            "model_type=vanilla_transformer",
+            "fp16=true",
+            "tokenizer=gpt2",
+            "d_model=768",
+            "nhead=12",
+            "num_layers=12",
+            "--gpu",
+            "NVIDIA H200",
+        ]
+    )
     elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
     assert rc == 0
@@ -458,11 +625,12 @@ def test_estimate_cli_prints_quickly(capsys):
 
 
 def test_estimate_cli_imports_no_torch():
-    code = ("import sys; from lmprof.profiling.cli import main; "
-            "rc = main(['d_model=128', '--json']); "
-            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys; from lmprof.profiling.cli import main; "
+        "rc = main(['d_model=128', '--json']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert '"predicted_peak_bytes"' in proc.stdout
 
@@ -496,12 +664,15 @@ def test_estimate_cli_sweep_file_one_line_per_run(tmp_path, capsys):
     assert peaks[0] < peaks[1] < peaks[2]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["d_model=abc"], "model.d_model='abc' is invalid"),
-    (["no_such_key=1"], "unknown key"),
-    (["missing.yaml"], "does not exist"),
-    (["--vocab-size", "1"], "--vocab-size must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["d_model=abc"], "model.d_model='abc' is invalid"),
+        (["no_such_key=1"], "unknown key"),
+        (["missing.yaml"], "does not exist"),
+        (["--vocab-size", "1"], "--vocab-size must be at least 2"),
+    ],
+)
 def test_estimate_cli_one_line_errors(argv, message, capsys):
     assert est_cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -513,10 +684,18 @@ def test_vocab_sizes_mirror_the_tokenizers():
     cfg = build_config(overrides=["tokenizer=byte"])
     assert est_cli.infer_vocab_size(cfg)[0] == est_cli.BYTE_VOCAB
     assert est_cli.infer_vocab_size(build_config(overrides=["tokenizer=gpt2"]))[0] == 50258
-    assert est_cli.infer_vocab_size(
-        build_config(overrides=["tokenizer=bpe", "data.vocab_size=8000"]))[0] == 8000
-    assert est_cli.infer_vocab_size(
-        build_config(overrides=["source=synthetic", "data.vocab_size=123"]))[0] == 123
+    assert (
+        est_cli.infer_vocab_size(build_config(overrides=["tokenizer=bpe", "data.vocab_size=8000"]))[
+            0
+        ]
+        == 8000
+    )
+    assert (
+        est_cli.infer_vocab_size(
+            build_config(overrides=["source=synthetic", "data.vocab_size=123"])
+        )[0]
+        == 123
+    )
     try:
         from lmprof.data import tokenizers
     except ImportError:  # the data package is optional here

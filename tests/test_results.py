@@ -35,6 +35,8 @@ def test_concurrent_appends_never_interleave_or_lose_a_row(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     rows = read_rows(path)
-    assert sorted(r["run_name"] for r in rows) == sorted(f"p{w}_{i}" for w in range(3) for i in range(15))
+    assert sorted(r["run_name"] for r in rows) == sorted(
+        f"p{w}_{i}" for w in range(3) for i in range(15)
+    )
     assert all(len(r) == len(rows[0]) for r in rows)  # every row has every column
     assert not list(tmp_path.glob(".results.csv.*.tmp"))  # no temp file left behind

@@ -27,7 +27,7 @@ from lmprof.sweep.runner import classify, decide, format_plan, run_sweep
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO.parent / "shared" / "seed" / "config.yaml"
 
-FAKE_CHILD = textwrap.dedent('''
+FAKE_CHILD = textwrap.dedent("""
     import os, resource, sys, time
     from pathlib import Path
     from lmprof.config import load_config
@@ -55,7 +55,7 @@ FAKE_CHILD = textwrap.dedent('''
         "run_name": name, "tag": cfg.logging.tag, "status": "ok", "config_hash": cfg.hash(),
         "throughput": 1234.5, "eval_perplexity": 42.0,
     })
-''')
+""")
 
 
 @pytest.fixture
@@ -70,9 +70,15 @@ def fake(tmp_path, monkeypatch):
     return out
 
 
-def sweep_file(tmp_path: Path, experiments: list, base: dict | None = None, name="sweep.yaml") -> Path:
-    base = {"logging.output_dir": str(tmp_path / "out"), "data.source": "synthetic",
-            "logging.progress": False, **(base or {})}
+def sweep_file(
+    tmp_path: Path, experiments: list, base: dict | None = None, name="sweep.yaml"
+) -> Path:
+    base = {
+        "logging.output_dir": str(tmp_path / "out"),
+        "data.source": "synthetic",
+        "logging.progress": False,
+        **(base or {}),
+    }
     path = tmp_path / name
     path.write_text(yaml.safe_dump({"base_config": base, "experiments": experiments}))
     return path
@@ -121,40 +127,57 @@ def alive(pid: int) -> bool:
 
 def test_params_grid_is_the_cartesian_product_with_fixed_params_between_base_and_swept():
     doc = {
-        "base_config": {"batch_size": 4, "learning_rate": "3e-4", "max_steps": 10,
-                        "model_config": {"d_model": 64, "nhead": 4}},
-        "experiments": [{
-            "name": "grid", "tag": "g",
-            "params": {"sequence_length": [32, 64], "batch_size": [2, 8]},
-            "fixed_params": {"batch_size": 16, "learning_rate": 0.01, "sequence_length": 999},
-        }],
+        "base_config": {
+            "batch_size": 4,
+            "learning_rate": "3e-4",
+            "max_steps": 10,
+            "model_config": {"d_model": 64, "nhead": 4},
+        },
+        "experiments": [
+            {
+                "name": "grid",
+                "tag": "g",
+                "params": {"sequence_length": [32, 64], "batch_size": [2, 8]},
+                "fixed_params": {"batch_size": 16, "learning_rate": 0.01, "sequence_length": 999},
+            }
+        ],
     }
     plans = expand_sweep(doc)
     assert [p.name for p in plans] == [
-        "g_sequencelength32_batchsize2", "g_sequencelength32_batchsize8",
-        "g_sequencelength64_batchsize2", "g_sequencelength64_batchsize8",
+        "g_sequencelength32_batchsize2",
+        "g_sequencelength32_batchsize8",
+        "g_sequencelength64_batchsize2",
+        "g_sequencelength64_batchsize8",
     ]
     first = plans[0].cfg
     assert (first.seq_len, first.training.batch_size) == (32, 2)  # swept beat fixed
     assert first.training.lr == pytest.approx(0.01)  # fixed beat base
     assert first.training.max_steps == 10 and first.model.d_model == 64  # base kept
     assert first.logging.run_name == plans[0].name and first.logging.tag == "g"
-    assert plans[0].changes == {"data.sequence_length": 32, "training.batch_size": 2,
-                                "training.lr": 0.01}
+    assert plans[0].changes == {
+        "data.sequence_length": 32,
+        "training.batch_size": 2,
+        "training.lr": 0.01,
+    }
     assert len({p.config_hash for p in plans}) == 4
 
 
 def test_runs_merge_nested_mappings_key_by_key_and_keep_their_names():
     doc = {
-        "base_config": {"model_config": {"d_model": 64, "nhead": 4, "num_layers": 2},
-                        "sequence_length": 128},
-        "experiments": [{
-            "name": "sizes", "tag": "model_size",
-            "runs": [
-                {"name": "deep", "params": {"model_config": {"num_layers": 6}}},
-                {"name": "wide", "params": {"model_config": {"d_model": 128}}, "num_gpus": 2},
-            ],
-        }],
+        "base_config": {
+            "model_config": {"d_model": 64, "nhead": 4, "num_layers": 2},
+            "sequence_length": 128,
+        },
+        "experiments": [
+            {
+                "name": "sizes",
+                "tag": "model_size",
+                "runs": [
+                    {"name": "deep", "params": {"model_config": {"num_layers": 6}}},
+                    {"name": "wide", "params": {"model_config": {"d_model": 128}}, "num_gpus": 2},
+                ],
+            }
+        ],
     }
     deep, wide = expand_sweep(doc)
     assert deep.name == "deep" and wide.name == "wide"
@@ -168,15 +191,24 @@ def test_extensions_tag_lists_dotted_keys_seeds_repeats_and_group_gpus():
     doc = {
         "base_config": {"model.d_model": 32, "model.n_heads": 2},
         "experiments": [
-            {"name": "a", "tag": ["speed", "attention"], "num_gpus": 2,
-             "params": {"model.attention": ["sdpa", "vanilla"]}, "seeds": [1, 2]},
+            {
+                "name": "a",
+                "tag": ["speed", "attention"],
+                "num_gpus": 2,
+                "params": {"model.attention": ["sdpa", "vanilla"]},
+                "seeds": [1, 2],
+            },
             {"name": "b", "tag": "rep", "runs": [{"name": "r", "params": {}, "repeat": 2}]},
         ],
     }
     plans = expand_sweep(doc)
     assert [p.name for p in plans] == [
-        "speed_attentionsdpa_seed1", "speed_attentionsdpa_seed2",
-        "speed_attentionvanilla_seed1", "speed_attentionvanilla_seed2", "r_rep1", "r_rep2",
+        "speed_attentionsdpa_seed1",
+        "speed_attentionsdpa_seed2",
+        "speed_attentionvanilla_seed1",
+        "speed_attentionvanilla_seed2",
+        "r_rep1",
+        "r_rep2",
     ]
     assert plans[1].cfg.training.seed == 2 and plans[0].num_gpus == 2
     assert plans[0].cfg.logging.tag == "speed" and plans[0].tags == ("speed", "attention")
@@ -199,13 +231,19 @@ def test_the_seed_sweep_file_plans_unchanged():
         *(f"seq_len_sequencelength{n}" for n in (128, 256, 512, 1024, 2048)),
         *(f"bs_fp32_batchsize{n}" for n in (4, 8, 16, 32)),
         *(f"bs_fp16_batchsize{n}" for n in (4, 8, 16, 32)),
-        "vanilla_baseline", "vanilla_gradient_checkpointing", "opt_flash_attention",
+        "vanilla_baseline",
+        "vanilla_gradient_checkpointing",
+        "opt_flash_attention",
         "model_large_124M",
     ]
     by = {p.name: p.cfg for p in plans}
     base = by["model_large_124M"]
     assert (base.model.d_model, base.model.n_heads, base.model.n_layers, base.model.d_ff) == (
-        768, 12, 12, 3072)
+        768,
+        12,
+        12,
+        3072,
+    )
     # duplicate keys: the last wins (linear schedule, 500 warmup steps, 8000 steps)
     assert base.training.schedule == "linear" and base.training.warmup_steps == 500
     assert base.training.lr == pytest.approx(3e-4) and base.system.precision == "fp16"
@@ -221,19 +259,43 @@ def test_shipped_sweeps_plan_and_cover_the_assignment():
     assert (REPO / "config.yaml").resolve() == (REPO / "configs" / "assignment.yaml").resolve()
     plans = plan_sweep(REPO / "config.yaml", check_env=False)
     tags = {t for p in plans for t in p.tags}
-    expected = {"seq_len", "bs_fp32", "bs_fp16", "opts", "vanilla_opts", "model_size", "ddp",
-                "attention", "precision"}
+    expected = {
+        "seq_len",
+        "bs_fp32",
+        "bs_fp16",
+        "opts",
+        "vanilla_opts",
+        "model_size",
+        "ddp",
+        "attention",
+        "precision",
+    }
     assert expected <= tags
     cfg = plans[0].cfg
-    assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads, cfg.model.d_ff,
-            cfg.model.dropout) == (768, 12, 12, 3072, 0.1)
+    assert (
+        cfg.model.d_model,
+        cfg.model.n_layers,
+        cfg.model.n_heads,
+        cfg.model.d_ff,
+        cfg.model.dropout,
+    ) == (768, 12, 12, 3072, 0.1)
     assert (cfg.data.source, cfg.data.tokenizer, cfg.data.hf_dataset, cfg.data.hf_config) == (
-        "hf", "gpt2", "wikitext", "wikitext-103-raw-v1")
+        "hf",
+        "gpt2",
+        "wikitext",
+        "wikitext-103-raw-v1",
+    )
     assert cfg.training.lr == pytest.approx(3e-4) and cfg.training.max_grad_norm == 1.0
     by_tag = lambda t: [p for p in plans if t in p.tags]  # noqa: E731
     assert sorted(p.cfg.seq_len for p in by_tag("seq_len")) == [128, 256, 512, 1024, 2048]
     assert {p.cfg.model.attention for p in by_tag("attention")} == {
-        "vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn"}
+        "vanilla",
+        "sdpa_mask",
+        "sdpa",
+        "flash",
+        "mem_efficient",
+        "cudnn",
+    }
     assert {p.cfg.system.precision for p in by_tag("precision")} == {"fp32", "tf32", "fp16", "bf16"}
     assert [p.num_gpus for p in by_tag("ddp")] == [1, 2, 4, 8]
     assert len(by_tag("model_size")) >= 4
@@ -245,7 +307,10 @@ def test_shipped_sweeps_plan_and_cover_the_assignment():
     for p in quick:
         assert p.cfg.data.source == "stdlib" and p.cfg.model.d_model <= 128
         gpu_only = p.cfg.system.precision == "fp16" or p.cfg.model.attention in (
-            "flash", "mem_efficient", "cudnn")
+            "flash",
+            "mem_efficient",
+            "cudnn",
+        )
         if torch.cuda.is_available():  # then only the GPU count can stop a run
             gpu_only = p.num_gpus > torch.cuda.device_count()
         if not gpu_only:
@@ -255,11 +320,20 @@ def test_shipped_sweeps_plan_and_cover_the_assignment():
 
 
 def test_an_invalid_run_anywhere_stops_the_sweep_before_anything_starts(tmp_path, fake, capsys):
-    path = sweep_file(tmp_path, [
-        {"name": "fine", "tag": "t", "params": {"batch_size": [1, 2]}},
-        {"name": "last", "tag": "u", "runs": [{"name": "ok_run", "params": {}},
-                                              {"name": "typo_run", "params": {"batchsize": 4}}]},
-    ])
+    path = sweep_file(
+        tmp_path,
+        [
+            {"name": "fine", "tag": "t", "params": {"batch_size": [1, 2]}},
+            {
+                "name": "last",
+                "tag": "u",
+                "runs": [
+                    {"name": "ok_run", "params": {}},
+                    {"name": "typo_run", "params": {"batchsize": 4}},
+                ],
+            },
+        ],
+    )
     with pytest.raises(ConfigError) as err:
         plan_sweep(path)
     assert "typo_run" in str(err.value) and "batchsize" in str(err.value)
@@ -269,19 +343,31 @@ def test_an_invalid_run_anywhere_stops_the_sweep_before_anything_starts(tmp_path
     assert calls(fake) == [] and not (fake / "results.csv").exists()
 
 
-@pytest.mark.parametrize("group, message", [
-    ({"name": "g", "tag": "t", "params": {"batch_size": 4}}, "non-empty list"),
-    ({"name": "g", "tag": "t", "parms": {"batch_size": [4]}}, "unknown key 'parms'"),
-    ({"name": "g", "tag": "t", "runs": [{"name": "x", "params": {}}, {"name": "x"}]}, "twice"),
-])
+@pytest.mark.parametrize(
+    "group, message",
+    [
+        ({"name": "g", "tag": "t", "params": {"batch_size": 4}}, "non-empty list"),
+        ({"name": "g", "tag": "t", "parms": {"batch_size": [4]}}, "unknown key 'parms'"),
+        ({"name": "g", "tag": "t", "runs": [{"name": "x", "params": {}}, {"name": "x"}]}, "twice"),
+    ],
+)
 def test_malformed_sweep_files_are_one_line_errors(tmp_path, group, message):
     with pytest.raises(UserError, match=message):
         plan_sweep(sweep_file(tmp_path, [group]))
 
 
 def test_overrides_apply_to_every_run_but_not_to_names(tmp_path):
-    path = sweep_file(tmp_path, [{"name": "g", "tag": "t", "params": {"batch_size": [1, 2]},
-                                  "fixed_params": {"max_steps": 100}}])
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "g",
+                "tag": "t",
+                "params": {"batch_size": [1, 2]},
+                "fixed_params": {"max_steps": 100},
+            }
+        ],
+    )
     plans = plan_sweep(path, overrides=["training.max_steps=7"])
     assert [p.cfg.training.max_steps for p in plans] == [7, 7]
     with pytest.raises(UserError, match="set by the sweep"):
@@ -293,10 +379,13 @@ def test_overrides_apply_to_every_run_but_not_to_names(tmp_path):
 
 
 def test_dry_run_starts_nothing_and_flags_what_this_machine_cannot_run(tmp_path, fake, capsys):
-    path = sweep_file(tmp_path, [
-        {"name": "g", "tag": "t", "params": {"batch_size": [1, 2]}},
-        {"name": "h", "tag": "gpu", "runs": [{"name": "half", "params": {"fp16": True}}]},
-    ])
+    path = sweep_file(
+        tmp_path,
+        [
+            {"name": "g", "tag": "t", "params": {"batch_size": [1, 2]}},
+            {"name": "h", "tag": "gpu", "runs": [{"name": "half", "params": {"fp16": True}}]},
+        ],
+    )
     assert lmprof_main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "t_batchsize1" in out and "t_batchsize2" in out and "half" in out
@@ -315,32 +404,55 @@ def test_dry_run_starts_nothing_and_flags_what_this_machine_cannot_run(tmp_path,
 
 
 def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsys):
-    path = sweep_file(tmp_path, [{"name": "mixed", "tag": "mix", "runs": [
-        {"name": "first", "params": {}},
-        {"name": "hog", "params": {"system.memory_limit_gb": 1}},
-        {"name": "boom", "params": {}},
-        {"name": "usererr", "params": {}},
-        {"name": "slow", "params": {"system.timeout_s": 1}},
-        {"name": "half", "params": {"fp16": True, "system.device": "cpu"}},
-        {"name": "last", "params": {}},
-    ]}])
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "mixed",
+                "tag": "mix",
+                "runs": [
+                    {"name": "first", "params": {}},
+                    {"name": "hog", "params": {"system.memory_limit_gb": 1}},
+                    {"name": "boom", "params": {}},
+                    {"name": "usererr", "params": {}},
+                    {"name": "slow", "params": {"system.timeout_s": 1}},
+                    {"name": "half", "params": {"fp16": True, "system.device": "cpu"}},
+                    {"name": "last", "params": {}},
+                ],
+            }
+        ],
+    )
     report = run_sweep(plan_sweep(path))
     status = {o.plan.name: o.status for o in report.outcomes}
-    assert status == {"first": "ok", "hog": "oom", "boom": "failed", "usererr": "failed",
-                      "slow": "timeout", "half": "skipped", "last": "ok"}
+    assert status == {
+        "first": "ok",
+        "hog": "oom",
+        "boom": "failed",
+        "usererr": "failed",
+        "slow": "timeout",
+        "half": "skipped",
+        "last": "ok",
+    }
     assert report.exit_code == 1
     rows = rows_by_name(fake)
     assert {n: [r["status"] for r in rs] for n, rs in rows.items()} == {
-        n: [s] for n, s in status.items()}
+        n: [s] for n, s in status.items()
+    }
     assert all(r["status"] in STATUSES for rs in rows.values() for r in rs)
     assert "boom: the model exploded" in rows["boom"][0]["status_detail"]
-    assert rows["usererr"][0]["status_detail"] == \
-        "lmprof: error: data.path 'nowhere.txt' does not exist"
+    assert (
+        rows["usererr"][0]["status_detail"]
+        == "lmprof: error: data.path 'nowhere.txt' does not exist"
+    )
     assert "fp16" in rows["half"][0]["status_detail"]
     assert rows["boom"][0]["config_hash"] and rows["boom"][0]["sequence_length"]
     assert "fake child running boom" in (fake / "logs" / "boom.log").read_text()
-    assert yaml.safe_load((fake / "results" / "details" / "boom_config.yaml").read_text())[
-        "logging"]["run_name"] == "boom"
+    assert (
+        yaml.safe_load((fake / "results" / "details" / "boom_config.yaml").read_text())["logging"][
+            "run_name"
+        ]
+        == "boom"
+    )
     assert not alive(int((fake / "slow.pid").read_text()))  # the timeout killed it
     assert "half" not in calls(fake)
     assert_table_intact(fake / "results.csv")
@@ -357,7 +469,7 @@ def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsy
     assert len(read_rows(fake / "results.csv")) == 7  # the same `skipped` row is not repeated
 
     retried = run_sweep(plan_sweep(path), retry_failed=True)
-    assert sorted(calls(fake)[len(before):]) == ["boom", "slow", "usererr"]
+    assert sorted(calls(fake)[len(before) :]) == ["boom", "slow", "usererr"]
     assert retried.exit_code == 1
 
     n = len(calls(fake))
@@ -366,9 +478,20 @@ def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsy
 
 
 def test_sigkill_of_the_sweep_mid_run_then_rerun_completes_without_duplicates(tmp_path, fake):
-    path = sweep_file(tmp_path, [{"name": "k", "tag": "k", "runs": [
-        {"name": "before", "params": {}}, {"name": "slow", "params": {}},
-        {"name": "after", "params": {}}]}])
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "k",
+                "tag": "k",
+                "runs": [
+                    {"name": "before", "params": {}},
+                    {"name": "slow", "params": {}},
+                    {"name": "after", "params": {}},
+                ],
+            }
+        ],
+    )
     cmd = [sys.executable, str(REPO / "run_experiments.py"), "--config", str(path)]
     env = dict(os.environ, FAKE_SLEEP="60")
     sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -384,18 +507,33 @@ def test_sigkill_of_the_sweep_mid_run_then_rerun_completes_without_duplicates(tm
     assert calls(fake) == ["before", "slow", "slow", "after"]
     rows = rows_by_name(fake)
     assert {n: [r["status"] for r in rs] for n, rs in rows.items()} == {
-        "before": ["ok"], "slow": ["ok"], "after": ["ok"]}
+        "before": ["ok"],
+        "slow": ["ok"],
+        "after": ["ok"],
+    }
     assert_table_intact(fake / "results.csv")
 
 
 def test_ctrl_c_stops_the_run_records_interrupted_and_exits_130(tmp_path, fake):
-    path = sweep_file(tmp_path, [{"name": "c", "tag": "c", "runs": [
-        {"name": "before", "params": {}}, {"name": "slow", "params": {}},
-        {"name": "after", "params": {}}]}])
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "c",
+                "tag": "c",
+                "runs": [
+                    {"name": "before", "params": {}},
+                    {"name": "slow", "params": {}},
+                    {"name": "after", "params": {}},
+                ],
+            }
+        ],
+    )
     cmd = [sys.executable, str(REPO / "run_experiments.py"), "--config", str(path)]
     env = dict(os.environ, FAKE_SLEEP="60")
-    sweep = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    sweep = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     wait_for(lambda: (fake / "slow.pid").exists())
     sweep.send_signal(signal.SIGINT)
     out, _ = sweep.communicate(timeout=30)
@@ -412,12 +550,16 @@ def test_ctrl_c_stops_the_run_records_interrupted_and_exits_130(tmp_path, fake):
 
 def test_classify_children_that_wrote_no_row():
     assert classify(-9, "exited", "", oom_killed=True) == (
-        "oom", "killed by the kernel's out-of-memory killer")
+        "oom",
+        "killed by the kernel's out-of-memory killer",
+    )
     status, detail = classify(-9, "exited", "step 3\n", oom_killed=False)
     assert status == "failed" and "SIGKILL" in detail
     assert classify(1, "exited", "Traceback\nMemoryError\n", False)[0] == "oom"
     assert classify(1, "exited", "Traceback\nValueError: x\n", False) == (
-        "failed", "exit code 1: ValueError: x")
+        "failed",
+        "exit code 1: ValueError: x",
+    )
     assert classify(0, "timeout", "", False, 5)[0] == "timeout"
     assert classify(-2, "interrupted", "", False)[0] == "interrupted"
 
@@ -440,23 +582,54 @@ def test_decide_resume_rules(tmp_path):
 # Real runs: `lmprof run` in a child process on a tiny synthetic model
 
 
-TINY = {"model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "max_steps": 3,
-        "batch_size": 2, "sequence_length": 16, "num_warmup_steps": 1, "logging_steps": 1,
-        "logging.eval_max_batches": 2, "system.device": "cpu"}
+TINY = {
+    "model.d_model": 32,
+    "model.n_layers": 1,
+    "model.n_heads": 2,
+    "max_steps": 3,
+    "batch_size": 2,
+    "sequence_length": 16,
+    "num_warmup_steps": 1,
+    "logging_steps": 1,
+    "logging.eval_max_batches": 2,
+    "system.device": "cpu",
+}
 
 
 def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     monkeypatch.delenv("LMPROF_SWEEP_CHILD", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    path = sweep_file(tmp_path, [{"name": "real", "tag": "real", "runs": [
-        {"name": "tiny_ok", "params": {}},
-        # Big activations under a 1.5 GB address-space cap: a real host out-of-memory.
-        {"name": "tiny_oom", "params": {"batch_size": 64, "sequence_length": 512,
-                                        "model.d_model": 64, "system.memory_limit_gb": 1.5}},
-        {"name": "tiny_missing_data", "params": {"data.source": "text",
-                                                 "data.path": str(tmp_path / "absent.txt")}},
-    ]}], base=TINY)
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "real",
+                "tag": "real",
+                "runs": [
+                    {"name": "tiny_ok", "params": {}},
+                    # Big activations under a 1.5 GB address-space cap: a real host out-of-memory.
+                    {
+                        "name": "tiny_oom",
+                        "params": {
+                            "batch_size": 64,
+                            "sequence_length": 512,
+                            "model.d_model": 64,
+                            "system.memory_limit_gb": 1.5,
+                        },
+                    },
+                    {
+                        "name": "tiny_missing_data",
+                        "params": {
+                            "data.source": "text",
+                            "data.path": str(tmp_path / "absent.txt"),
+                        },
+                    },
+                ],
+            }
+        ],
+        base=TINY,
+    )
     report = run_sweep(plan_sweep(path))
     status = {o.plan.name: o.status for o in report.outcomes}
     assert status == {"tiny_ok": "ok", "tiny_oom": "oom", "tiny_missing_data": "failed"}

@@ -12,9 +12,21 @@ from lmprof.cli import main
 from lmprof.results import SEED_COLUMNS
 from lmprof.train.outputs import EVAL_COLUMNS, METRICS_COLUMNS
 
-TINY = ["data.source=synthetic", "vocab_size=256", "n_layers=1", "d_model=32", "n_heads=2",
-        "d_ff=64", "sequence_length=16", "batch_size=4", "max_steps=6", "logging_steps=2",
-        "warmup_steps=1", "eval_max_batches=2", "progress=false"]
+TINY = [
+    "data.source=synthetic",
+    "vocab_size=256",
+    "n_layers=1",
+    "d_model=32",
+    "n_heads=2",
+    "d_ff=64",
+    "sequence_length=16",
+    "batch_size=4",
+    "max_steps=6",
+    "logging_steps=2",
+    "warmup_steps=1",
+    "eval_max_batches=2",
+    "progress=false",
+]
 
 
 def _read(path):
@@ -43,8 +55,17 @@ def test_a_tiny_run_writes_both_csvs_the_log_and_the_config(tmp_path, monkeypatc
 
 def test_a_non_finite_loss_ends_as_diverged_with_a_row(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["run", *TINY, "run_name=boom", "lr=1e30", "max_grad_norm=0",
-                 "training.diverge_patience=2", "max_steps=12"])
+    code = main(
+        [
+            "run",
+            *TINY,
+            "run_name=boom",
+            "lr=1e30",
+            "max_grad_norm=0",
+            "training.diverge_patience=2",
+            "max_steps=12",
+        ]
+    )
     (row,) = _read(tmp_path / "results.csv")
     assert code == 4 and row["status"] == "diverged"
     assert "non-finite" in row["status_detail"]
@@ -69,8 +90,9 @@ def test_compiled_model_computes_the_same_loss_and_gradients():
     from lmprof.model import ModelArgs, Transformer
 
     torch.manual_seed(0)
-    args = ModelArgs(vocab_size=97, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0,
-                     max_seq_len=16)
+    args = ModelArgs(
+        vocab_size=97, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0, max_seq_len=16
+    )
     eager = Transformer(args)
     compiled_src = Transformer(args)
     compiled_src.load_state_dict(eager.state_dict())
@@ -95,8 +117,21 @@ def test_padded_batches_count_real_and_processed_tokens_apart(tmp_path, monkeypa
         (corpus / f"doc{i}.txt").write_text("short doc. " * (1 + i % 7) + "x" * (i % 3))
     monkeypatch.chdir(tmp_path)
     args = [a for a in TINY if not a.startswith(("data.source", "vocab_size"))]
-    assert main(["run", *args, "data.source=text", f"data.path={corpus}", "tokenizer=byte",
-                 "batching=padded", "sequence_length=64", "run_name=pad"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *args,
+                "data.source=text",
+                f"data.path={corpus}",
+                "tokenizer=byte",
+                "batching=padded",
+                "sequence_length=64",
+                "run_name=pad",
+            ]
+        )
+        == 0
+    )
     (row,) = _read(tmp_path / "results.csv")
     real, processed = float(row["steady_tokens_per_sec"]), float(row["processed_tokens_per_sec"])
     assert processed > real > 0

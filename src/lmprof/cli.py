@@ -44,8 +44,12 @@ trains on its own shard with DDP and rank 0 writes the outputs.
 
 
 def _add_run_parser(sub) -> None:
-    p = sub.add_parser("run", help="train one run", description=RUN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="train one run",
+        description=RUN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", nargs="?", help="a run config YAML (optional: defaults apply)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")

@@ -223,8 +223,12 @@ def _model_type(value: Any) -> list[tuple[str, Any]]:
     # explicit causal mask, ReLU. Keys after model_type can change any of these. Its
     # nn.MultiheadAttention hands that mask to SDPA (`sdpa_mask`); `vanilla` is the textbook
     # attention with the T x T scores in memory.
-    return [("model.attention", "sdpa_mask"), ("model.norm", "post"),
-            ("model.pos_encoding", "sinusoidal"), ("model.activation", "relu")]
+    return [
+        ("model.attention", "sdpa_mask"),
+        ("model.norm", "post"),
+        ("model.pos_encoding", "sinusoidal"),
+        ("model.activation", "relu"),
+    ]
 
 
 def _dataset_name(value: Any) -> list[tuple[str, Any]]:
@@ -276,7 +280,16 @@ ALL_KEYS = sorted(set(DOTTED_KEYS) | set(LEAF_KEYS) | set(SEED_ALIASES))
 def _coerce_bool(value: Any, key: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "1",
+        "false",
+        "no",
+        "off",
+        "0",
+    ):
         return value.lower() in ("true", "yes", "on", "1")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
@@ -359,7 +372,7 @@ def expand_key(key: str, value: Any) -> list[tuple[str, Any]]:
         return [(key, value)]
     alias = SEED_ALIASES.get(key)
     if alias is None and key.startswith(_SEED_PREFIX):
-        alias = SEED_ALIASES.get(key[len(_SEED_PREFIX):])
+        alias = SEED_ALIASES.get(key[len(_SEED_PREFIX) :])
     if alias is not None:
         return alias(value) if callable(alias) else [(alias, value)]
     if key in LEAF_KEYS:
@@ -500,16 +513,36 @@ _CHOICES = {
     "checkpoint.resume": ("none", "auto"),
 }
 _POSITIVE = (
-    "model.d_model", "model.n_heads", "model.n_layers", "model.d_ff", "model.vocab_multiple",
-    "data.sequence_length", "data.vocab_size", "training.batch_size",
-    "training.grad_accum_steps", "training.max_steps", "logging.logging_steps",
-    "system.num_gpus", "checkpoint.keep", "training.diverge_patience",
+    "model.d_model",
+    "model.n_heads",
+    "model.n_layers",
+    "model.d_ff",
+    "model.vocab_multiple",
+    "data.sequence_length",
+    "data.vocab_size",
+    "training.batch_size",
+    "training.grad_accum_steps",
+    "training.max_steps",
+    "logging.logging_steps",
+    "system.num_gpus",
+    "checkpoint.keep",
+    "training.diverge_patience",
 )
 _NON_NEGATIVE = (
-    "model.max_seq_len", "model.loss_chunk_size", "data.max_tokens", "training.warmup_steps",
-    "training.weight_decay", "training.max_grad_norm", "logging.eval_interval",
-    "logging.eval_max_batches", "logging.timing_warmup_steps", "checkpoint.interval",
-    "system.timeout_s", "system.memory_limit_gb", "profile.wait", "profile.warmup",
+    "model.max_seq_len",
+    "model.loss_chunk_size",
+    "data.max_tokens",
+    "training.warmup_steps",
+    "training.weight_decay",
+    "training.max_grad_norm",
+    "logging.eval_interval",
+    "logging.eval_max_batches",
+    "logging.timing_warmup_steps",
+    "checkpoint.interval",
+    "system.timeout_s",
+    "system.memory_limit_gb",
+    "profile.wait",
+    "profile.warmup",
 )
 
 
@@ -550,19 +583,22 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
     if cfg.system.compile_mode in CUDAGRAPH_MODES and cfg.training.grad_accum_steps > 1:
         raise ConfigError(
-            "system.compile_mode", cfg.system.compile_mode,
+            "system.compile_mode",
+            cfg.system.compile_mode,
             "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "
             "compile_mode default / max-autotune-no-cudagraphs",
         )
     if m.attention in ("flash", "cudnn") and cfg.system.precision in ("fp32", "tf32"):
         raise ConfigError(
-            "model.attention", m.attention,
+            "model.attention",
+            m.attention,
             f"the {m.attention} kernels need precision fp16 or bf16 (use sdpa, sdpa_mask, mem_efficient or vanilla in {cfg.system.precision})",
         )
     name = cfg.logging.run_name
     if name and (not _RUN_NAME.match(name) or len(name) > 200):
         raise ConfigError(
-            "logging.run_name", name,
+            "logging.run_name",
+            name,
             "must be a plain file name: letters, digits, '.', '_' and '-', at most 200",
         )
     # warmup_steps > max_steps is allowed: the seed's batch-size sweeps run 50 steps under its

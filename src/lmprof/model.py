@@ -74,8 +74,12 @@ class CausalSelfAttention(nn.Module):
             if key_padding is None:
                 # One kernel for scale + causal mask: the additive bias rides on the matmul.
                 bias = _causal_bias(T, q.dtype, q.device)
-                att = torch.baddbmm(bias, q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
-                                    alpha=scale).view(B, H, T, T)
+                att = torch.baddbmm(
+                    bias,
+                    q.reshape(B * H, T, D),
+                    k.reshape(B * H, T, D).transpose(1, 2),
+                    alpha=scale,
+                ).view(B, H, T, T)
             else:
                 # Out of place: selective checkpointing keeps the matmul's output, and an in-place
                 # edit would be applied twice when the block is recomputed.
@@ -149,7 +153,9 @@ class Block(nn.Module):
 
 def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
     pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(1e4) / d_model))
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(1e4) / d_model)
+    )
     table = torch.zeros(max_len, d_model)
     table[:, 0::2] = torch.sin(pos * inv_freq)
     table[:, 1::2] = torch.cos(pos * inv_freq[: d_model // 2])
@@ -171,7 +177,9 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(args.dropout)
         self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         # Post-norm blocks already end in a LayerNorm; a pre-norm stack needs a final one.
-        self.ln_f = nn.LayerNorm(args.d_model, bias=args.bias) if args.norm == "pre" else nn.Identity()
+        self.ln_f = (
+            nn.LayerNorm(args.d_model, bias=args.bias) if args.norm == "pre" else nn.Identity()
+        )
         self.lm_head = nn.Linear(args.d_model, V, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight

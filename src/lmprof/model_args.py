@@ -39,9 +39,20 @@ class ModelArgs:
     def from_config(cls, cfg: Any, vocab_size: int) -> ModelArgs:
         m = cfg.model
         return cls(
-            vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
-            d_ff=m.d_ff, dropout=m.dropout, max_seq_len=cfg.max_seq_len, norm=m.norm,
-            pos_encoding=m.pos_encoding, tie_embeddings=m.tie_embeddings, bias=m.bias,
-            activation=m.activation, attention=m.attention, vocab_multiple=m.vocab_multiple,
-            loss_chunk_size=m.loss_chunk_size, checkpointing=cfg.system.gradient_checkpointing,
+            vocab_size=vocab_size,
+            d_model=m.d_model,
+            n_heads=m.n_heads,
+            n_layers=m.n_layers,
+            d_ff=m.d_ff,
+            dropout=m.dropout,
+            max_seq_len=cfg.max_seq_len,
+            norm=m.norm,
+            pos_encoding=m.pos_encoding,
+            tie_embeddings=m.tie_embeddings,
+            bias=m.bias,
+            activation=m.activation,
+            attention=m.attention,
+            vocab_multiple=m.vocab_multiple,
+            loss_chunk_size=m.loss_chunk_size,
+            checkpointing=cfg.system.gradient_checkpointing,
         )

@@ -18,22 +18,73 @@ from lmprof.io import atomic_write_text, file_lock
 
 # The seed's columns, in the seed's order, then lmprof's. Unknown keys are appended after these.
 SEED_COLUMNS = (
-    "run_name", "total_params_m", "sequence_length", "batch_size", "fp16", "grad_checkpoint",
-    "flash_attention", "ddp_gpus", "training_time_sec", "throughput", "peak_gpu_mem_gb",
-    "avg_perplexity", "avg_accuracy", "eval_loss", "eval_perplexity", "eval_accuracy",
+    "run_name",
+    "total_params_m",
+    "sequence_length",
+    "batch_size",
+    "fp16",
+    "grad_checkpoint",
+    "flash_attention",
+    "ddp_gpus",
+    "training_time_sec",
+    "throughput",
+    "peak_gpu_mem_gb",
+    "avg_perplexity",
+    "avg_accuracy",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_accuracy",
 )
 LMPROF_COLUMNS = (
-    "status", "status_detail", "tag", "precision", "attention", "compile", "compile_mode", "checkpointing",
-    "parallelism", "grad_accum_steps",
-    "max_steps", "steps_done", "tokens_seen", "steady_tokens_per_sec",
-    "steady_tokens_per_sec_per_gpu", "processed_tokens_per_sec", "step_time_p50_ms",
-    "step_time_p90_ms", "compile_time_sec", "final_train_loss", "peak_gpu_reserved_gb",
+    "status",
+    "status_detail",
+    "tag",
+    "precision",
+    "attention",
+    "compile",
+    "compile_mode",
+    "checkpointing",
+    "parallelism",
+    "grad_accum_steps",
+    "max_steps",
+    "steps_done",
+    "tokens_seen",
+    "steady_tokens_per_sec",
+    "steady_tokens_per_sec_per_gpu",
+    "processed_tokens_per_sec",
+    "step_time_p50_ms",
+    "step_time_p90_ms",
+    "compile_time_sec",
+    "final_train_loss",
+    "peak_gpu_reserved_gb",
     "peak_host_mem_gb",
-    "mfu", "hfu", "achieved_tflops", "model_flops_per_token", "predicted_peak_mem_gb",
-    "n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "norm", "pos_encoding",
-    "data_source", "tokenizer", "batching", "device", "device_name", "gpu_count",
-    "torch_version", "cuda_version", "nccl_version", "driver_version", "lmprof_version",
-    "git_commit", "config_hash", "started_at", "finished_at",
+    "mfu",
+    "hfu",
+    "achieved_tflops",
+    "model_flops_per_token",
+    "predicted_peak_mem_gb",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "vocab_size",
+    "norm",
+    "pos_encoding",
+    "data_source",
+    "tokenizer",
+    "batching",
+    "device",
+    "device_name",
+    "gpu_count",
+    "torch_version",
+    "cuda_version",
+    "nccl_version",
+    "driver_version",
+    "lmprof_version",
+    "git_commit",
+    "config_hash",
+    "started_at",
+    "finished_at",
 )
 COLUMNS = SEED_COLUMNS + LMPROF_COLUMNS
 
@@ -48,7 +99,11 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e7 else f"{value:.6f}".rstrip("0").rstrip(".")
+        return (
+            f"{value:.6g}"
+            if abs(value) < 1e-3 or abs(value) >= 1e7
+            else f"{value:.6f}".rstrip("0").rstrip(".")
+        )
     return str(value)
 
 

@@ -11,20 +11,29 @@ from lmprof.errors import UserError
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="results.csv",
-                   help="the results table (default: results.csv)")
-    p.add_argument("--out", default="results",
-                   help="where plots, tables/ and report.html go (default: results/)")
-    p.add_argument("--details", default=None,
-                   help="the per-run details CSVs (default: results/details beside --results, "
-                        "else <out>/details)")
+    p.add_argument(
+        "--results", default="results.csv", help="the results table (default: results.csv)"
+    )
+    p.add_argument(
+        "--out",
+        default="results",
+        help="where plots, tables/ and report.html go (default: results/)",
+    )
+    p.add_argument(
+        "--details",
+        default=None,
+        help="the per-run details CSVs (default: results/details beside --results, "
+        "else <out>/details)",
+    )
 
 
 def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "analyze", help="plots, per-tag tables and report.html from results.csv",
+        "analyze",
+        help="plots, per-tag tables and report.html from results.csv",
         description="Write every plot that applies to the runs in results.csv, a table per tag "
-                    "(CSV and Markdown) and one self-contained report.html.")
+        "(CSV and Markdown) and one self-contained report.html.",
+    )
     _add_arguments(p)
     p.set_defaults(func=cmd_analyze)
     return p
@@ -49,7 +58,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of analysis.py."""
-    p = argparse.ArgumentParser(prog="analysis.py", description="lmprof analyze: plots, tables, report.html")
+    p = argparse.ArgumentParser(
+        prog="analysis.py", description="lmprof analyze: plots, tables, report.html"
+    )
     _add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -38,9 +38,14 @@ class Context:
         return self._curves[run.name]
 
 
-STATUS_WORDS = {"oom": "ran out of memory", "failed": "failed", "timeout": "timed out",
-                "interrupted": "was interrupted", "skipped": "was skipped",
-                "diverged": "diverged"}
+STATUS_WORDS = {
+    "oom": "ran out of memory",
+    "failed": "failed",
+    "timeout": "timed out",
+    "interrupted": "was interrupted",
+    "skipped": "was skipped",
+    "diverged": "diverged",
+}
 
 
 def _model(r: Run) -> str:
@@ -72,12 +77,16 @@ class Series:
         return next((y for px, y, _ in self.points if px == x), None)
 
 
-def series_of(ctx: Context, runs: Sequence[Run], x: Callable[[Run], float | None],
-              y: Callable[[Run], float | None], exclude: Sequence[str]) -> tuple[list[Series], list[Run]]:
+def series_of(
+    ctx: Context,
+    runs: Sequence[Run],
+    x: Callable[[Run], float | None],
+    y: Callable[[Run], float | None],
+    exclude: Sequence[str],
+) -> tuple[list[Series], list[Run]]:
     """Runs split into series by the configuration that varies besides x, and the runs that
     fit no point (not run, no x, or no value)."""
-    varying = [d for d in DIMS if d not in exclude
-               and len({DIMS[d][0](r) for r in runs}) > 1]
+    varying = [d for d in DIMS if d not in exclude and len({DIMS[d][0](r) for r in runs}) > 1]
 
     def label(r: Run) -> str:
         # With nothing else varying, the precision names the series, so it keeps its colour.
@@ -128,7 +137,9 @@ def failure_clause(series: Sequence[Series], fmt: Callable[[float], str]) -> str
         words = [f"{fmt(x)} {STATUS_WORDS.get(r.status, r.status)}" for x, r in s.failed]
         if fit and all(r.status == "oom" and x > max(fit) for x, r in s.failed):
             words.insert(0, f"the largest that fit was {fmt(max(fit))}")
-        parts.append(f"for {s.label}, {' and '.join(words)}" if len(series) > 1 else "; ".join(words))
+        parts.append(
+            f"for {s.label}, {' and '.join(words)}" if len(series) > 1 else "; ".join(words)
+        )
     return "; ".join(parts)
 
 
@@ -141,4 +152,6 @@ def more_less(new: float, base: float, noun: str, other: str = "") -> str:
     change = pct_change(new, base)
     if abs(change) < 0.5:
         return f"the same {noun}" + (f" as {other}" if other else "")
-    return f"{abs(change):.0f}% {'more' if change > 0 else 'less'} {noun}" + (f" than {other}" if other else "")
+    return f"{abs(change):.0f}% {'more' if change > 0 else 'less'} {noun}" + (
+        f" than {other}" if other else ""
+    )

@@ -25,8 +25,12 @@ def is_comparison(tag: str) -> bool:
 
 def _score(r: Run) -> int:
     # The seed's own attention (explicit mask) and the textbook one are the unoptimised kinds.
-    return ((r.checkpointing != "none") + r.compiled + (r.attention not in ("vanilla", "sdpa_mask"))
-            + (r.precision != "fp32"))
+    return (
+        (r.checkpointing != "none")
+        + r.compiled
+        + (r.attention not in ("vanilla", "sdpa_mask"))
+        + (r.precision != "fp32")
+    )
 
 
 def baselines(runs: list[Run]) -> list[Run]:
@@ -42,7 +46,9 @@ def differences(base: Run, run: Run) -> list[tuple[str, str]]:
     out = []
     if run.checkpointing != base.checkpointing:
         mode = run.checkpointing
-        name = {"full": "gradient_checkpointing", "none": "no_checkpointing"}.get(mode, f"{mode}_checkpointing")
+        name = {"full": "gradient_checkpointing", "none": "no_checkpointing"}.get(
+            mode, f"{mode}_checkpointing"
+        )
         out.append((name, name))
     if run.attention != base.attention:
         out.append((f"{run.attention}_attention", run.attention))
@@ -50,7 +56,11 @@ def differences(base: Run, run: Run) -> list[tuple[str, str]]:
         out.append(("compile" if run.compiled else "no_compile", "compile"))
     if run.precision != base.precision:
         out.append((run.precision, run.precision))
-    for col, fmt in (("batch_size", "batch_{}"), ("sequence_length", "seq_{}"), ("ddp_gpus", "{}_gpus")):
+    for col, fmt in (
+        ("batch_size", "batch_{}"),
+        ("sequence_length", "seq_{}"),
+        ("ddp_gpus", "{}_gpus"),
+    ):
         if run.get(col) != base.get(col) and run.get(col):
             out.append((fmt.format(run.get(col)), fmt.format(run.get(col))))
     return out
@@ -111,9 +121,22 @@ def _bars(ax: Any, pair: Pair, value: Any, ylabel: str, fmt: Any, ctx: Context) 
             # A run without a value still gets a bar: hatched, to the top of the axis (the limit
             # it hit, or no measurement), with the reason on it.
             ax.bar(i, top, color="none", edgecolor=FAIL_COLOR, hatch="//", linewidth=1.5)
-            word = "out of memory" if r.status == "oom" else (r.status if not r.measured else "no value")
-            ax.text(i, top * 0.5, word, ha="center", va="center", fontsize=12, color=FAIL_COLOR,
-                    fontweight="bold", bbox={"facecolor": "white", "edgecolor": "none"})
+            word = (
+                "out of memory"
+                if r.status == "oom"
+                else (r.status if not r.measured else "no value")
+            )
+            ax.text(
+                i,
+                top * 0.5,
+                word,
+                ha="center",
+                va="center",
+                fontsize=12,
+                color=FAIL_COLOR,
+                fontweight="bold",
+                bbox={"facecolor": "white", "edgecolor": "none"},
+            )
             continue
         ax.bar(i, v, color=c, edgecolor="black", linewidth=0.6)
         text = fmt(v)
@@ -133,12 +156,21 @@ def _reading(pair: Pair) -> str:
     if not base.measured or not run.measured:
         who, other = (run, base) if not run.measured else (base, run)
         role = "" if who is run else "the baseline "
-        facts = ", ".join(x for x in (
-            f"{other.mem_gb:.2f} GB" if other.mem_gb is not None else "",
-            f"{fmt_num(other.tokens_per_sec)} tokens/s" if other.tokens_per_sec is not None else "",
-        ) if x)
-        return (f"With {pair.title}, {role}{who.name} {STATUS_WORDS.get(who.status, who.status)}"
-                + (f" ({other.name}: {facts})" if facts else "") + ".")
+        facts = ", ".join(
+            x
+            for x in (
+                f"{other.mem_gb:.2f} GB" if other.mem_gb is not None else "",
+                f"{fmt_num(other.tokens_per_sec)} tokens/s"
+                if other.tokens_per_sec is not None
+                else "",
+            )
+            if x
+        )
+        return (
+            f"With {pair.title}, {role}{who.name} {STATUS_WORDS.get(who.status, who.status)}"
+            + (f" ({other.name}: {facts})" if facts else "")
+            + "."
+        )
     parts = []
     if run.mem_gb is not None and base.mem_gb is not None:
         parts.append(f"uses {more_less(run.mem_gb, base.mem_gb, 'peak memory', base.name)}")
@@ -160,11 +192,18 @@ def optimization_comparisons(ctx: Context) -> list[Plot]:
     plots = []
     for pair in found:
         fig, axes = figure(ncols=2, width=5.6, height=4.6)
-        _bars(axes[0][0], pair, lambda r: r.mem_gb, "peak memory (GB)", lambda v: f"{v:.2f} GB", ctx)
+        _bars(
+            axes[0][0], pair, lambda r: r.mem_gb, "peak memory (GB)", lambda v: f"{v:.2f} GB", ctx
+        )
         _bars(axes[0][1], pair, lambda r: r.tokens_per_sec, TOKENS_LABEL, fmt_num, ctx)
-        fig.suptitle(f"Optimisation: {pair.title} vs baseline {pair.base.name} (tag {pair.tag})",
-                     fontsize=13)
+        fig.suptitle(
+            f"Optimisation: {pair.title} vs baseline {pair.base.name} (tag {pair.tag})", fontsize=13
+        )
         file = f"optimization_{pair.name}_comparison.png"
         save(fig, ctx.out / file)
-        plots.append(Plot(file, f"Optimisation: {pair.title} (tag {pair.tag})", _reading(pair), ctx.out / file))
+        plots.append(
+            Plot(
+                file, f"Optimisation: {pair.title} (tag {pair.tag})", _reading(pair), ctx.out / file
+            )
+        )
     return plots

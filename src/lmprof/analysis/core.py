@@ -46,8 +46,11 @@ def default_details(results: Path, out: Path) -> Path | None:
     return None
 
 
-def analyze(results: str | Path = "results.csv", out: str | Path = "results",
-            details: str | Path | None = None) -> Analysis:
+def analyze(
+    results: str | Path = "results.csv",
+    out: str | Path = "results",
+    details: str | Path | None = None,
+) -> Analysis:
     """Write every plot that applies, the per-tag tables and report.html under `out`."""
     results, out = Path(results), Path(out)
     table = load_table(results)
@@ -60,7 +63,9 @@ def analyze(results: str | Path = "results.csv", out: str | Path = "results",
         except Skip as why:
             done.skipped.append((name, str(why)))
     done.tables = write_tables(table, out)
-    done.notes = [f"{rep.name}: {len(rep.lines)} rows in {results.name}, using line {rep.used}"
-                  for rep in table.repeats]
+    done.notes = [
+        f"{rep.name}: {len(rep.lines)} rows in {results.name}, using line {rep.used}"
+        for rep in table.repeats
+    ]
     done.report = write_report(table, done.plots, done.skipped, done.tables, results, out)
     return done

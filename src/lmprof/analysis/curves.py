@@ -19,7 +19,9 @@ from .style import figure, fmt_num, save
 
 def _with_curves(ctx: Context) -> list[tuple[Run, Curve]]:
     if ctx.details is None or not ctx.details.is_dir():
-        raise Skip(f"no details directory ({ctx.details or 'results/details'}) with per-step metrics")
+        raise Skip(
+            f"no details directory ({ctx.details or 'results/details'}) with per-step metrics"
+        )
     found = [(r, c) for r in ctx.table.runs if (c := ctx.curve(r)) is not None]
     if not found:
         raise Skip(f"no run has a non-empty {ctx.details}/<run>_metrics.csv")
@@ -33,9 +35,17 @@ def _xy(data: dict[str, np.ndarray], x: str, y: str) -> tuple[np.ndarray, np.nda
     return data[x][keep], data[y][keep]
 
 
-def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
-            x: tuple[str, str], y: tuple[str, str], xlabel: str, ylabel: str,
-            logy: bool = False) -> list[tuple[Run, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _panels(
+    ctx: Context,
+    found: list[tuple[Run, Curve]],
+    file: str,
+    title: str,
+    x: tuple[str, str],
+    y: tuple[str, str],
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+) -> list[tuple[Run, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Draw train (line) and eval (markers) curves, one panel per tag; returns what was drawn."""
     tags = list(dict.fromkeys(r.tag for r, _ in found))
     ncols = 1 if len(tags) == 1 else 2
@@ -54,16 +64,39 @@ def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
             color = ctx.palette(run.name)
             label = run.name if run.status == "ok" else f"{run.name} ({run.status})"
             # Short runs log a handful of points; markers keep a one-point run visible.
-            ax.plot(tx, ty, color=color, linewidth=1.6, label=label, alpha=0.9,
-                    marker="o" if len(tx) < 15 else None, markersize=3)
+            ax.plot(
+                tx,
+                ty,
+                color=color,
+                linewidth=1.6,
+                label=label,
+                alpha=0.9,
+                marker="o" if len(tx) < 15 else None,
+                markersize=3,
+            )
             if len(ex):
-                ax.plot(ex, ey, linestyle="none", marker="D", markersize=6, color=color,
-                        markeredgecolor="black", markeredgewidth=0.8)
+                ax.plot(
+                    ex,
+                    ey,
+                    linestyle="none",
+                    marker="D",
+                    markersize=6,
+                    color=color,
+                    markeredgecolor="black",
+                    markeredgewidth=0.8,
+                )
                 eval_shown = True
             drawn.append((run, tx, ty, ex, ey))
         if eval_shown:
-            ax.plot([], [], linestyle="none", marker="D", color="white", markeredgecolor="black",
-                    label="evaluation")
+            ax.plot(
+                [],
+                [],
+                linestyle="none",
+                marker="D",
+                color="white",
+                markeredgecolor="black",
+                label="evaluation",
+            )
         ax.set_title(f"tag: {tag}" if tag else "untagged runs", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -75,7 +108,7 @@ def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
             ax.xaxis.set_major_formatter(EngFormatter())
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")
-    for ax in list(axes.flat)[len(tags):]:
+    for ax in list(axes.flat)[len(tags) :]:
         ax.set_visible(False)
     if not drawn:
         raise Skip(f"the details CSVs have no {x[0]} and {y[0]} columns")
@@ -87,21 +120,33 @@ def _panels(ctx: Context, found: list[tuple[Run, Curve]], file: str, title: str,
 def perplexity_over_time(ctx: Context) -> list[Plot]:
     found = _with_curves(ctx)
     file = "perplexity_over_time.png"
-    drawn = _panels(ctx, found, file, "Training perplexity per step (diamonds: evaluation)",
-                    ("step", "step"), ("perplexity", "eval_perplexity"), "training step",
-                    "perplexity (log scale)", logy=True)
+    drawn = _panels(
+        ctx,
+        found,
+        file,
+        "Training perplexity per step (diamonds: evaluation)",
+        ("step", "step"),
+        ("perplexity", "eval_perplexity"),
+        "training step",
+        "perplexity (log scale)",
+        logy=True,
+    )
     evals = [(ey[-1], ex[-1], r) for r, _, _, ex, ey in drawn if len(ey)]
     if evals:
         best, worst = min(evals, key=lambda t: t[0]), max(evals, key=lambda t: t[0])
-        reading = (f"The lowest final evaluation perplexity of {len(evals)} evaluated run(s) is "
-                   f"{best[2].name}'s {best[0]:.2f} at step {best[1]:.0f}")
+        reading = (
+            f"The lowest final evaluation perplexity of {len(evals)} evaluated run(s) is "
+            f"{best[2].name}'s {best[0]:.2f} at step {best[1]:.0f}"
+        )
         if worst[2] is not best[2]:
             reading += f" (highest: {worst[2].name}'s {worst[0]:.2f})"
     else:
         final = [(ty[-1], tx[-1], r) for r, tx, ty, _, _ in drawn if len(ty)]
         best = min(final, key=lambda t: t[0])
-        reading = (f"No run logged an evaluation; the lowest final training perplexity is "
-                   f"{best[2].name}'s {best[0]:.2f} at step {best[1]:.0f}")
+        reading = (
+            f"No run logged an evaluation; the lowest final training perplexity is "
+            f"{best[2].name}'s {best[0]:.2f} at step {best[1]:.0f}"
+        )
     return [Plot(file, "Perplexity over training", reading + ".", ctx.out / file)]
 
 
@@ -115,8 +160,20 @@ def _loss_vs(ctx: Context, x: str, file: str, title: str, xlabel: str, what: str
     found = _with_curves(ctx)
     if not any(x in c.train for _, c in found):
         raise Skip(f"the details CSVs have no {x} column")
-    drawn = [d for d in _panels(ctx, found, file, title, (x, x), ("loss", "eval_loss"), xlabel,
-                                "loss (cross-entropy, nats/token)") if len(d[1])]
+    drawn = [
+        d
+        for d in _panels(
+            ctx,
+            found,
+            file,
+            title,
+            (x, x),
+            ("loss", "eval_loss"),
+            xlabel,
+            "loss (cross-entropy, nats/token)",
+        )
+        if len(d[1])
+    ]
     return [Plot(file, f"Loss vs {what}", _loss_reading(drawn, x) + ".", ctx.out / file)]
 
 
@@ -131,21 +188,36 @@ def _loss_reading(drawn: Sequence[tuple[Run, np.ndarray, np.ndarray, Any, Any]],
         # Compare at the largest token count every run reached, so shorter runs are not penalised.
         common = min(float(xs[-1]) for _, xs, _, _, _ in drawn)
         at = sorted((_loss_at(xs, ys, common), r.name) for r, xs, ys, _, _ in drawn)
-        return (f"After {unit(common)}, {at[0][1]} has the lowest training loss ({at[0][0]:.2f}) and "
-                f"{at[-1][1]} the highest ({at[-1][0]:.2f})")
+        return (
+            f"After {unit(common)}, {at[0][1]} has the lowest training loss ({at[0][0]:.2f}) and "
+            f"{at[-1][1]} the highest ({at[-1][0]:.2f})"
+        )
     # Time to the loss every run reached: the highest of the runs' best losses.
     target = max(float(ys.min()) for _, _, ys, _, _ in drawn)
     times = sorted((float(xs[np.argmax(ys <= target)]), r.name) for r, xs, ys, _, _ in drawn)
-    return (f"Every run reached training loss {target:.2f}; {times[0][1]} got there first, after "
-            f"{unit(times[0][0])} (last: {times[-1][1]}, {unit(times[-1][0])})")
+    return (
+        f"Every run reached training loss {target:.2f}; {times[0][1]} got there first, after "
+        f"{unit(times[0][0])} (last: {times[-1][1]}, {unit(times[-1][0])})"
+    )
 
 
 def loss_vs_tokens(ctx: Context) -> list[Plot]:
-    return _loss_vs(ctx, "tokens_seen", "loss_vs_tokens.png",
-                    "Loss vs tokens seen (diamonds: evaluation)", "tokens seen", "tokens seen")
+    return _loss_vs(
+        ctx,
+        "tokens_seen",
+        "loss_vs_tokens.png",
+        "Loss vs tokens seen (diamonds: evaluation)",
+        "tokens seen",
+        "tokens seen",
+    )
 
 
 def loss_vs_time(ctx: Context) -> list[Plot]:
-    return _loss_vs(ctx, "elapsed_sec", "loss_vs_time.png",
-                    "Loss vs wall-clock time (diamonds: evaluation)", "wall-clock time (s)",
-                    "wall-clock time")
+    return _loss_vs(
+        ctx,
+        "elapsed_sec",
+        "loss_vs_time.png",
+        "Loss vs wall-clock time (diamonds: evaluation)",
+        "wall-clock time (s)",
+        "wall-clock time",
+    )

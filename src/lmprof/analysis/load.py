@@ -192,8 +192,15 @@ def load_table(path: str | Path) -> Table:
         used = (ok or group)[-1]
         runs.append(used)
         if len(group) > 1:
-            repeats.append(Repeat(used.name, used.tag, [r.line for r in group],
-                                  [r.status for r in group], used.line))
+            repeats.append(
+                Repeat(
+                    used.name,
+                    used.tag,
+                    [r.line for r in group],
+                    [r.status for r in group],
+                    used.line,
+                )
+            )
     return Table(runs, len(rows), list(rows[0].keys()), repeats)
 
 

@@ -70,14 +70,28 @@ def _legend(ax: Any) -> None:
     uniq = dict(sorted(uniq.items(), key=lambda kv: kv[0].startswith("stopped early")))
     if uniq:
         # Below the axes: inside, it can hide the failure markers along the top edge.
-        ax.legend(uniq.values(), uniq.keys(), fontsize=9, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.13), ncol=min(len(uniq), 3), frameon=False)
+        ax.legend(
+            uniq.values(),
+            uniq.keys(),
+            fontsize=9,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            ncol=min(len(uniq), 3),
+            frameon=False,
+        )
 
 
-def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],
-           x: Callable[[Run], float | None], xlabel: str, xdim: str,
-           panels: Sequence[tuple[Callable[[Run], float | None], str]],
-           extra: Callable[[Any, Sequence[Series]], None] | None = None) -> list[list[Series]]:
+def _sweep(
+    ctx: Context,
+    file: str,
+    title: str,
+    runs: Sequence[Run],
+    x: Callable[[Run], float | None],
+    xlabel: str,
+    xdim: str,
+    panels: Sequence[tuple[Callable[[Run], float | None], str]],
+    extra: Callable[[Any, Sequence[Series]], None] | None = None,
+) -> list[list[Series]]:
     """One figure with a panel per metric; returns each panel's series for the reading."""
     found = [series_of(ctx, runs, x, y, exclude=(xdim,)) for y, _ in panels]
     if not found[0][0]:
@@ -90,7 +104,11 @@ def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],
         _draw(ax, series, ylabel)
         if extra is not None and ax is axes[0][0]:
             extra(ax, series)
-        set_x(ax, [p[0] for s in series for p in s.points] + [f[0] for s in series for f in s.failed], xlabel)
+        set_x(
+            ax,
+            [p[0] for s in series for p in s.points] + [f[0] for s in series for f in s.failed],
+            xlabel,
+        )
         _legend(ax)
     fig.suptitle(title, fontsize=13)
     footnote(fig, list(undrawn_all.values()), "not run, or no value")
@@ -98,8 +116,12 @@ def _sweep(ctx: Context, file: str, title: str, runs: Sequence[Run],
     return out
 
 
-def _require(runs: Sequence[Run], what: str, metric: Callable[[Run], float | None] | None = None,
-             name: str = "") -> None:
+def _require(
+    runs: Sequence[Run],
+    what: str,
+    metric: Callable[[Run], float | None] | None = None,
+    name: str = "",
+) -> None:
     if not runs:
         raise Skip(f"no runs tagged {what}")
     if metric is not None and not any(r.measured and metric(r) is not None for r in runs):
@@ -110,8 +132,13 @@ def _prefix(series: Sequence[Series], s: Series) -> str:
     return f"For {s.label}, " if len(series) > 1 else ""
 
 
-def _growth(series: Sequence[Series], noun: str, fmt: Callable[[float], str],
-            at: Callable[[float], str], what: str) -> str:
+def _growth(
+    series: Sequence[Series],
+    noun: str,
+    fmt: Callable[[float], str],
+    at: Callable[[float], str],
+    what: str,
+) -> str:
     """'peak memory grows from 2.00 GB at 128 tokens to 11.8 GB at 1024 tokens (5.9x for 8x the
     length)' for the series with the most points."""
     s = max(series, key=lambda s: len(s.points), default=None)
@@ -121,8 +148,10 @@ def _growth(series: Sequence[Series], noun: str, fmt: Callable[[float], str],
     if len(s.points) < 2:
         return f"{_prefix(series, s)}{noun} was {fmt(y0)} at {at(x0)}"
     verb = "grows" if y1 >= y0 else "falls"
-    return (f"{_prefix(series, s)}{noun} {verb} from {fmt(y0)} at {at(x0)} to {fmt(y1)} at "
-            f"{at(x1)} ({y1 / y0:.2g}x for {x1 / x0:.3g}x the {what})")
+    return (
+        f"{_prefix(series, s)}{noun} {verb} from {fmt(y0)} at {at(x0)} to {fmt(y1)} at "
+        f"{at(x1)} ({y1 / y0:.2g}x for {x1 / x0:.3g}x the {what})"
+    )
 
 
 def _gb(y: float) -> str:
@@ -158,26 +187,51 @@ def memory_vs_sequence_length(ctx: Context) -> list[Plot]:
         top = 0.0
         for s in series:
             pts = [(x, _gpu_prediction(r)) for x, _, r in s.points]
-            pts = sorted((x, y) for x, y in pts + [(x, _gpu_prediction(r)) for x, r in s.failed]
-                         if y is not None)
+            pts = sorted(
+                (x, y)
+                for x, y in pts + [(x, _gpu_prediction(r)) for x, r in s.failed]
+                if y is not None
+            )
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", marker=".",
-                        color=s.color, alpha=0.8, label=f"{s.label} predicted")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    linestyle="--",
+                    marker=".",
+                    color=s.color,
+                    alpha=0.8,
+                    label=f"{s.label} predicted",
+                )
                 top = max(top, max(p[1] for p in pts))
         # Keep the failure markers (drawn at the top of the axis) clear of the prediction line.
         headroom = 1.25 if any(s.failed for s in series) else 1.08
         ax.set_ylim(0, max(ax.get_ylim()[1], top * headroom))
 
     file = "memory_vs_sequence_length.png"
-    (series,) = _sweep(ctx, file, "Peak memory vs sequence length", runs, _seq,
-                       "sequence length (tokens)", "sequence_length",
-                       [(lambda r: r.mem_gb, MEM_LABEL)], extra=predicted)
-    errs = [abs(_gpu_prediction(r) / y - 1) for s in series for _, y, r in s.points
-            if _gpu_prediction(r)]
+    (series,) = _sweep(
+        ctx,
+        file,
+        "Peak memory vs sequence length",
+        runs,
+        _seq,
+        "sequence length (tokens)",
+        "sequence_length",
+        [(lambda r: r.mem_gb, MEM_LABEL)],
+        extra=predicted,
+    )
+    errs = [
+        abs(_gpu_prediction(r) / y - 1)
+        for s in series
+        for _, y, r in s.points
+        if _gpu_prediction(r)
+    ]
     reading = sentence(
         _growth(series, "peak memory", _gb, _tokens, "length"),
-        f"the memory model's prediction was within {max(errs) * 100:.0f}% of measured" if errs else "",
-        failure_clause(series, fmt_tick))
+        f"the memory model's prediction was within {max(errs) * 100:.0f}% of measured"
+        if errs
+        else "",
+        failure_clause(series, fmt_tick),
+    )
     return [Plot(file, "Memory vs sequence length", reading, ctx.out / file)]
 
 
@@ -185,9 +239,19 @@ def mfu_vs_sequence_length(ctx: Context) -> list[Plot]:
     runs = ctx.table.tagged("seq_len")
     _require(runs, "seq_len", lambda r: r.mfu, "MFU")
     file = "mfu_vs_sequence_length.png"
-    (series,) = _sweep(ctx, file, "Model FLOPs utilisation vs sequence length", runs, _seq,
-                       "sequence length (tokens)", "sequence_length", [(_mfu_pct, MFU_LABEL)])
-    reading = sentence(_growth(series, "MFU", _pct, _tokens, "length"), failure_clause(series, fmt_tick))
+    (series,) = _sweep(
+        ctx,
+        file,
+        "Model FLOPs utilisation vs sequence length",
+        runs,
+        _seq,
+        "sequence length (tokens)",
+        "sequence_length",
+        [(_mfu_pct, MFU_LABEL)],
+    )
+    reading = sentence(
+        _growth(series, "MFU", _pct, _tokens, "length"), failure_clause(series, fmt_tick)
+    )
     return [Plot(file, "MFU vs sequence length", reading, ctx.out / file)]
 
 
@@ -206,7 +270,9 @@ def _versus(series: Sequence[Series], mem_series: Sequence[Series] | None) -> st
         if not common:
             continue
         x = max(common)
-        text = f"{s.label} gives {s.at(x) / ref.at(x):.2g}x the tokens/s of {ref.label} at {_batch(x)}"
+        text = (
+            f"{s.label} gives {s.at(x) / ref.at(x):.2g}x the tokens/s of {ref.label} at {_batch(x)}"
+        )
         if mem_series is not None:
             ms = next((m for m in mem_series if m.label == s.label), None)
             mr = next((m for m in mem_series if m.label == ref.label), None)
@@ -224,12 +290,21 @@ def throughput_vs_batch_size(ctx: Context) -> list[Plot]:
     runs = _batch_runs(ctx)
     _require(runs, "bs_fp32/bs_fp16", lambda r: r.tokens_per_sec, "tokens/s")
     file = "throughput_vs_batch_size.png"
-    (series,) = _sweep(ctx, file, "Throughput vs batch size", runs, _bs,
-                       "batch size (sequences per GPU)", "batch_size",
-                       [(lambda r: r.tokens_per_sec, TOKENS_LABEL)])
+    (series,) = _sweep(
+        ctx,
+        file,
+        "Throughput vs batch size",
+        runs,
+        _bs,
+        "batch size (sequences per GPU)",
+        "batch_size",
+        [(lambda r: r.tokens_per_sec, TOKENS_LABEL)],
+    )
     mem, _ = series_of(ctx, runs, _bs, lambda r: r.mem_gb, exclude=("batch_size",))
-    reading = sentence(_versus(series, mem) or _growth(series, "throughput", _tps, _batch, "batch"),
-                       failure_clause(series, _batch))
+    reading = sentence(
+        _versus(series, mem) or _growth(series, "throughput", _tps, _batch, "batch"),
+        failure_clause(series, _batch),
+    )
     return [Plot(file, "Throughput vs batch size", reading, ctx.out / file)]
 
 
@@ -237,8 +312,16 @@ def memory_vs_batch_size(ctx: Context) -> list[Plot]:
     runs = _batch_runs(ctx)
     _require(runs, "bs_fp32/bs_fp16", lambda r: r.mem_gb, "peak memory")
     file = "memory_vs_batch_size.png"
-    (series,) = _sweep(ctx, file, "Peak memory vs batch size", runs, _bs,
-                       "batch size (sequences per GPU)", "batch_size", [(lambda r: r.mem_gb, MEM_LABEL)])
+    (series,) = _sweep(
+        ctx,
+        file,
+        "Peak memory vs batch size",
+        runs,
+        _bs,
+        "batch size (sequences per GPU)",
+        "batch_size",
+        [(lambda r: r.mem_gb, MEM_LABEL)],
+    )
     ref = _reference(series)
     parts = []
     for s in series:
@@ -246,10 +329,14 @@ def memory_vs_batch_size(ctx: Context) -> list[Plot]:
         if s is ref or not common:
             continue
         x = max(common)
-        parts.append(f"at {_batch(x)}, {s.label} uses {more_less(s.at(x), ref.at(x), 'peak memory', ref.label)} "
-                     f"({s.at(x):.2f} vs {ref.at(x):.2f} GB)")
-    reading = sentence("; ".join(parts) or _growth(series, "peak memory", _gb, _batch, "batch"),
-                       failure_clause(series, _batch))
+        parts.append(
+            f"at {_batch(x)}, {s.label} uses {more_less(s.at(x), ref.at(x), 'peak memory', ref.label)} "
+            f"({s.at(x):.2f} vs {ref.at(x):.2f} GB)"
+        )
+    reading = sentence(
+        "; ".join(parts) or _growth(series, "peak memory", _gb, _batch, "batch"),
+        failure_clause(series, _batch),
+    )
     return [Plot(file, "Memory vs batch size", reading, ctx.out / file)]
 
 
@@ -257,12 +344,25 @@ def mfu_vs_batch_size(ctx: Context) -> list[Plot]:
     runs = _batch_runs(ctx)
     _require(runs, "bs_fp32/bs_fp16", lambda r: r.mfu, "MFU")
     file = "mfu_vs_batch_size.png"
-    (series,) = _sweep(ctx, file, "Model FLOPs utilisation vs batch size", runs, _bs,
-                       "batch size (sequences per GPU)", "batch_size", [(_mfu_pct, MFU_LABEL)])
-    best = max(((y, x, s) for s in series for x, y, _ in s.points), key=lambda t: t[0], default=None)
+    (series,) = _sweep(
+        ctx,
+        file,
+        "Model FLOPs utilisation vs batch size",
+        runs,
+        _bs,
+        "batch size (sequences per GPU)",
+        "batch_size",
+        [(_mfu_pct, MFU_LABEL)],
+    )
+    best = max(
+        ((y, x, s) for s in series for x, y, _ in s.points), key=lambda t: t[0], default=None
+    )
     reading = sentence(
-        f"the highest MFU is {best[0]:.1f}% ({best[2].label}, batch {fmt_tick(best[1])})" if best else "",
-        failure_clause(series, _batch))
+        f"the highest MFU is {best[0]:.1f}% ({best[2].label}, batch {fmt_tick(best[1])})"
+        if best
+        else "",
+        failure_clause(series, _batch),
+    )
     return [Plot(file, "MFU vs batch size", reading, ctx.out / file)]
 
 
@@ -270,12 +370,23 @@ def throughput_vs_model_size(ctx: Context) -> list[Plot]:
     runs = ctx.table.tagged("model_size")
     _require(runs, "model_size", lambda r: r.tokens_per_sec, "tokens/s")
     file = "throughput_vs_model_size.png"
-    panels: list[tuple[Callable[[Run], float | None], str]] = [(lambda r: r.tokens_per_sec, TOKENS_LABEL)]
+    panels: list[tuple[Callable[[Run], float | None], str]] = [
+        (lambda r: r.tokens_per_sec, TOKENS_LABEL)
+    ]
     has_mfu = any(r.mfu is not None for r in runs)
     if has_mfu:
         panels.append((_mfu_pct, MFU_LABEL))
-    result = _sweep(ctx, file, "Throughput and MFU vs model size", runs,
-                    lambda r: r.pos("total_params_m"), "parameters (millions)", "model", panels)
+    result = _sweep(
+        ctx,
+        file,
+        "Throughput and MFU vs model size",
+        runs,
+        lambda r: r.pos("total_params_m"),
+        "parameters (millions)",
+        "model",
+        panels,
+    )
+
     def params(x: float) -> str:
         return f"{fmt_tick(x)}M parameters"
 
@@ -293,8 +404,9 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
     _require(runs, "ddp", lambda r: r.tokens_per_sec, "tokens/s")
     if len({r.gpus for r in runs}) < 2:
         raise Skip("the runs tagged ddp all use the same number of GPUs")
-    series, undrawn = series_of(ctx, runs, lambda r: float(r.gpus), lambda r: r.tokens_per_sec,
-                                exclude=("gpus",))
+    series, undrawn = series_of(
+        ctx, runs, lambda r: float(r.gpus), lambda r: r.tokens_per_sec, exclude=("gpus",)
+    )
     s = max(series, key=lambda s: len(s.points))
     if len(s.points) < 2:
         raise Skip("fewer than two GPU counts of the ddp tag finished")
@@ -311,10 +423,18 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
         x0, y0, _ = q.points[0]
         xs = sorted({x for x, _, _ in q.points} | {x for x, _ in q.failed})
         ideal = [y0 / x0 * x for x in xs]
-        tps_ax.plot(xs, ideal, linestyle="--", color=q.color, alpha=0.6, label=f"{q.label} ideal (linear)")
+        tps_ax.plot(
+            xs, ideal, linestyle="--", color=q.color, alpha=0.6, label=f"{q.label} ideal (linear)"
+        )
         top = max(top, max(ideal) * 1.08)
-        eff_ax.plot([x for x, _, _ in q.points], [100 * (y / x) / (y0 / x0) for x, y, _ in q.points],
-                    marker="o", color=q.color, linewidth=2, label=q.label)
+        eff_ax.plot(
+            [x for x, _, _ in q.points],
+            [100 * (y / x) / (y0 / x0) for x, y, _ in q.points],
+            marker="o",
+            color=q.color,
+            linewidth=2,
+            label=q.label,
+        )
         mark_failures(eff_ax, [(x, r.status, q.color) for x, r in q.failed])
     tps_ax.set_ylim(0, top)
     eff_ax.axhline(100, linestyle="--", color="#555555", alpha=0.7, label="ideal (100%)")
@@ -328,7 +448,9 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
     save(fig, ctx.out / file)
     (x0, y0, _), (x1, y1, _) = s.points[0], s.points[-1]
     eff = 100.0 * (y1 / x1) / (y0 / x0)
-    reading = sentence(f"{_prefix(series, s)}{fmt_tick(x1)} GPUs give {y1 / y0:.2f}x the tokens/s of "
-                       f"{fmt_tick(x0)} ({eff:.0f}% scaling efficiency)",
-                       failure_clause(series, lambda x: f"{fmt_tick(x)} GPUs"))
+    reading = sentence(
+        f"{_prefix(series, s)}{fmt_tick(x1)} GPUs give {y1 / y0:.2f}x the tokens/s of "
+        f"{fmt_tick(x0)} ({eff:.0f}% scaling efficiency)",
+        failure_clause(series, lambda x: f"{fmt_tick(x)} GPUs"),
+    )
     return [Plot(file, "Scaling efficiency vs GPU count", reading, ctx.out / file)]

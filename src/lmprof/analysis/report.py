@@ -14,9 +14,16 @@ from lmprof.io import atomic_write_text
 from .common import Plot
 from .load import Run, Table
 
-ENV_COLUMNS = (("GPU", "device_name"), ("GPUs per run", "gpu_count"), ("torch", "torch_version"),
-               ("CUDA", "cuda_version"), ("driver", "driver_version"), ("NCCL", "nccl_version"),
-               ("lmprof", "lmprof_version"), ("git commit", "git_commit"))
+ENV_COLUMNS = (
+    ("GPU", "device_name"),
+    ("GPUs per run", "gpu_count"),
+    ("torch", "torch_version"),
+    ("CUDA", "cuda_version"),
+    ("driver", "driver_version"),
+    ("NCCL", "nccl_version"),
+    ("lmprof", "lmprof_version"),
+    ("git commit", "git_commit"),
+)
 
 
 def _n(v: float | None, digits: int) -> str:
@@ -42,7 +49,11 @@ RUN_COLUMNS: list[tuple[str, Callable[[Run], str], Callable[[Run], float | None]
     ("GPUs", lambda r: str(r.gpus), lambda r: r.gpus),
     ("tokens/s", lambda r: _n(_m(r, r.tokens_per_sec), 0), lambda r: _m(r, r.tokens_per_sec)),
     ("peak mem (GB)", lambda r: _n(_m(r, r.mem_gb), 2), lambda r: _m(r, r.mem_gb)),
-    ("predicted (GB)", lambda r: _n(r.num("predicted_peak_mem_gb"), 2), lambda r: r.num("predicted_peak_mem_gb")),
+    (
+        "predicted (GB)",
+        lambda r: _n(r.num("predicted_peak_mem_gb"), 2),
+        lambda r: r.num("predicted_peak_mem_gb"),
+    ),
     ("MFU (%)", lambda r: _n(None if r.mfu is None else r.mfu * 100, 1), lambda r: r.mfu),
     ("eval ppl", lambda r: _n(r.num("eval_perplexity"), 2), lambda r: r.num("eval_perplexity")),
     ("time (s)", lambda r: _n(r.num("training_time_sec"), 1), lambda r: r.num("training_time_sec")),
@@ -97,12 +108,18 @@ def _values(runs: Sequence[Run], col: str) -> str:
     counts = Counter(r.get(col) for r in runs if r.get(col))
     if not counts:
         return ""
-    return "; ".join(f"{v} ({n} run{'s' if n != 1 else ''})" if len(counts) > 1 else v
-                     for v, n in counts.most_common())
+    return "; ".join(
+        f"{v} ({n} run{'s' if n != 1 else ''})" if len(counts) > 1 else v
+        for v, n in counts.most_common()
+    )
 
 
 def _status_class(status: str) -> str:
-    return "st-ok" if status == "ok" else ("st-bad" if status in ("oom", "failed", "diverged") else "st-other")
+    return (
+        "st-ok"
+        if status == "ok"
+        else ("st-bad" if status in ("oom", "failed", "diverged") else "st-other")
+    )
 
 
 def _runs_table(table: Table) -> str:
@@ -118,8 +135,10 @@ def _runs_table(table: Table) -> str:
             if header == "status":
                 cells.append(f"<td><span class='st {_status_class(value)}'>{_e(value)}</span></td>")
             elif header == "run" and (r.tag, r.name) in repeated:
-                cells.append(f"<td>{_e(value)} <small title='rows in results.csv'>"
-                             f"(latest of {repeated[(r.tag, r.name)]})</small></td>")
+                cells.append(
+                    f"<td>{_e(value)} <small title='rows in results.csv'>"
+                    f"(latest of {repeated[(r.tag, r.name)]})</small></td>"
+                )
             elif header == "detail":
                 short = value if len(value) <= 60 else value[:57] + "..."
                 cells.append(f"<td title='{_e(value)}'>{_e(short)}</td>")
@@ -129,40 +148,59 @@ def _runs_table(table: Table) -> str:
             else:
                 cells.append(f"<td>{_e(value)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<div class='scroll'><table class='runs' id='runs'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (
+        f"<div class='scroll'><table class='runs' id='runs'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _figure(plot: Plot) -> str:
     data = base64.b64encode(plot.path.read_bytes()).decode("ascii")
-    return (f"<figure id='{_e(plot.file)}'><h3>{_e(plot.title)}</h3>"
-            f"<img alt='{_e(plot.title)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_e(plot.reading)}</figcaption></figure>")
+    return (
+        f"<figure id='{_e(plot.file)}'><h3>{_e(plot.title)}</h3>"
+        f"<img alt='{_e(plot.title)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(plot.reading)}</figcaption></figure>"
+    )
 
 
 def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> list[str]:
-    notes = ["Throughput is tokens/s summed over all GPUs: the steady-state rate (after the "
-             "timing warm-up steps) where the run recorded it, else the whole-run average. MFU is "
-             "model FLOPs per second over the GPUs' peak."]
+    notes = [
+        "Throughput is tokens/s summed over all GPUs: the steady-state rate (after the "
+        "timing warm-up steps) where the run recorded it, else the whole-run average. MFU is "
+        "model FLOPs per second over the GPUs' peak."
+    ]
     for rep in table.repeats:
         statuses = ", ".join(f"line {n}: {s}" for n, s in zip(rep.lines, rep.statuses, strict=True))
-        notes.append(f"<b>{_e(rep.name)}</b> (tag {_e(rep.tag or '-')}) appears {len(rep.lines)} "
-                     f"times in {_e(results.name)} ({_e(statuses)}); the report uses the latest ok row "
-                     f"(line {rep.used}) or, with none ok, the latest row.")
+        notes.append(
+            f"<b>{_e(rep.name)}</b> (tag {_e(rep.tag or '-')}) appears {len(rep.lines)} "
+            f"times in {_e(results.name)} ({_e(statuses)}); the report uses the latest ok row "
+            f"(line {rep.used}) or, with none ok, the latest row."
+        )
     for file, why in skipped:
         notes.append(f"Not plotted: <code>{_e(file)}</code>: {_e(why)}.")
     return notes
 
 
-def write_report(table: Table, plots: Sequence[Plot], skipped: Sequence[tuple[str, str]],
-                 tables: Sequence[Path], results: Path, out: Path) -> Path:
+def write_report(
+    table: Table,
+    plots: Sequence[Plot],
+    skipped: Sequence[tuple[str, str]],
+    tables: Sequence[Path],
+    results: Path,
+    out: Path,
+) -> Path:
     runs = table.runs
-    env = "".join(f"<dt>{_e(label)}</dt><dd>{_e(v)}</dd>" for label, col in ENV_COLUMNS
-                  if (v := _values(runs, col)))
+    env = "".join(
+        f"<dt>{_e(label)}</dt><dd>{_e(v)}</dd>"
+        for label, col in ENV_COLUMNS
+        if (v := _values(runs, col))
+    )
     statuses = Counter(r.status for r in runs)
     summary = ", ".join(f"{n} {s}" for s, n in statuses.most_common())
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    table_links = ", ".join(f"<code>{_e(p.relative_to(out))}</code>" for p in tables if p.suffix == ".md")
+    table_links = ", ".join(
+        f"<code>{_e(p.relative_to(out))}</code>" for p in tables if p.suffix == ".md"
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lmprof report</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>

@@ -19,19 +19,53 @@ TOKENS_LABEL = "throughput (tokens/s, all GPUs)"
 # Configurations that recur across figures get fixed colours, so fp16 is orange in the batch
 # plots, the precision comparison and everywhere else.
 FIXED_COLORS = {
-    "fp32": "#1f77b4", "tf32": "#17becf", "fp16": "#ff7f0e", "bf16": "#2ca02c",
+    "fp32": "#1f77b4",
+    "tf32": "#17becf",
+    "fp16": "#ff7f0e",
+    "bf16": "#2ca02c",
     "baseline": "#7f7f7f",
-    "vanilla": "#8c564b", "sdpa": "#9467bd", "flash": "#d62728", "mem_efficient": "#e377c2",
-    "cudnn": "#bcbd22", "sdpa_mask": "#c49c94",
-    "gradient_checkpointing": "#393b79", "selective_checkpointing": "#6b6ecf",
+    "vanilla": "#8c564b",
+    "sdpa": "#9467bd",
+    "flash": "#d62728",
+    "mem_efficient": "#e377c2",
+    "cudnn": "#bcbd22",
+    "sdpa_mask": "#c49c94",
+    "gradient_checkpointing": "#393b79",
+    "selective_checkpointing": "#6b6ecf",
     "compile": "#637939",
 }
 # Strong colours the fixed configurations do not use come first, so per-run lines stay legible.
 _POOL = (
-    "#3182bd", "#e6550d", "#31a354", "#756bb1", "#bd9e39", "#ce6dbd", "#636363", "#843c39",
-    "#5254a3", "#8ca252", "#d6616b", "#7b4173", "#8c6d31", "#ad494a", "#a55194", "#6baed6",
-    "#fd8d3c", "#74c476", "#9e9ac8", "#e7ba52", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
-    "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#3182bd",
+    "#e6550d",
+    "#31a354",
+    "#756bb1",
+    "#bd9e39",
+    "#ce6dbd",
+    "#636363",
+    "#843c39",
+    "#5254a3",
+    "#8ca252",
+    "#d6616b",
+    "#7b4173",
+    "#8c6d31",
+    "#ad494a",
+    "#a55194",
+    "#6baed6",
+    "#fd8d3c",
+    "#74c476",
+    "#9e9ac8",
+    "#e7ba52",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
 )
 FAIL_COLOR = "#c0392b"
 
@@ -69,7 +103,9 @@ def require_matplotlib() -> None:
     _matplotlib()
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4.8) -> tuple[Any, Any]:
+def figure(
+    ncols: int = 1, nrows: int = 1, width: float = 7.5, height: float = 4.8
+) -> tuple[Any, Any]:
     """A Figure on the Agg canvas (no pyplot: no global state, no GUI backend) and its axes."""
     Figure, FigureCanvasAgg = _matplotlib()
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=DPI, layout="constrained")
@@ -91,7 +127,10 @@ def doubling(values: Sequence[float]) -> bool:
     xs = sorted(set(v for v in values if v and v > 0))
     if len(xs) < 2:
         return False
-    return all(abs(math.log2(b / a) - round(math.log2(b / a))) < 0.05 for a, b in zip(xs, xs[1:], strict=False))
+    return all(
+        abs(math.log2(b / a) - round(math.log2(b / a))) < 0.05
+        for a, b in zip(xs, xs[1:], strict=False)
+    )
 
 
 def set_x(ax: Any, values: Sequence[float], label: str) -> None:
@@ -109,7 +148,7 @@ def set_x(ax: Any, values: Sequence[float], label: str) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels([fmt_tick(x) for x in xs])
     ax.minorticks_off()
-    pad = 2 ** 0.25 if doubling(xs) else 10 ** 0.08
+    pad = 2**0.25 if doubling(xs) else 10**0.08
     ax.set_xlim(xs[0] / pad, xs[-1] * pad)
 
 
@@ -143,13 +182,41 @@ def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> None:
         return
     tr = ax.get_xaxis_transform()  # x in data units, y in axes fraction
     for x, status, color in failures:
-        ax.plot([x], [0.94], marker="X", markersize=11, color=color, markeredgecolor=FAIL_COLOR,
-                markeredgewidth=1.5, linestyle="none", transform=tr, clip_on=False, zorder=5)
-        ax.annotate(status.upper() if status == "oom" else status, (x, 0.94), xycoords=tr,
-                    xytext=(0, -14), textcoords="offset points", ha="center", fontsize=8,
-                    color=FAIL_COLOR, fontweight="bold")
-    ax.plot([], [], marker="X", color="white", markeredgecolor=FAIL_COLOR, markeredgewidth=1.5,
-            linestyle="none", markersize=9, label="stopped early (OOM/failed)")
+        ax.plot(
+            [x],
+            [0.94],
+            marker="X",
+            markersize=11,
+            color=color,
+            markeredgecolor=FAIL_COLOR,
+            markeredgewidth=1.5,
+            linestyle="none",
+            transform=tr,
+            clip_on=False,
+            zorder=5,
+        )
+        ax.annotate(
+            status.upper() if status == "oom" else status,
+            (x, 0.94),
+            xycoords=tr,
+            xytext=(0, -14),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+            color=FAIL_COLOR,
+            fontweight="bold",
+        )
+    ax.plot(
+        [],
+        [],
+        marker="X",
+        color="white",
+        markeredgecolor=FAIL_COLOR,
+        markeredgewidth=1.5,
+        linestyle="none",
+        markersize=9,
+        label="stopped early (OOM/failed)",
+    )
 
 
 def footnote(fig: Any, runs: Sequence[Run], why: str) -> None:
@@ -158,6 +225,13 @@ def footnote(fig: Any, runs: Sequence[Run], why: str) -> None:
         return
     names = ", ".join(f"{r.name} ({r.status})" for r in runs[:6])
     more = f" and {len(runs) - 6} more" if len(runs) > 6 else ""
-    fig.text(0.005, 0.003, f"Not drawn ({why}): {names}{more}", fontsize=7, color="#555555",
-             ha="left", va="bottom")
+    fig.text(
+        0.005,
+        0.003,
+        f"Not drawn ({why}): {names}{more}",
+        fontsize=7,
+        color="#555555",
+        ha="left",
+        va="bottom",
+    )
     fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))

@@ -59,11 +59,24 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
                 return ""
             new, old = metric(p.run), metric(p.base)
             return "" if new is None or not old else f"{(new / old - 1) * 100:+.1f}"
+
         return cell
 
-    return [RUN, ("optimisation", opt), PRECISION, ATTENTION, CKPT, COMPILE, TPS,
-            ("tokens_per_sec_change_pct", change(lambda r: r.tokens_per_sec)), MEM,
-            ("peak_mem_change_pct", change(lambda r: r.mem_gb)), MFU, PPL, TIME]
+    return [
+        RUN,
+        ("optimisation", opt),
+        PRECISION,
+        ATTENTION,
+        CKPT,
+        COMPILE,
+        TPS,
+        ("tokens_per_sec_change_pct", change(lambda r: r.tokens_per_sec)),
+        MEM,
+        ("peak_mem_change_pct", change(lambda r: r.mem_gb)),
+        MFU,
+        PPL,
+        TIME,
+    ]
 
 
 def _ddp(runs: list[Run]) -> list[Column]:
@@ -75,29 +88,69 @@ def _ddp(runs: list[Run]) -> list[Column]:
             return ""
         return _f(100 * (r.tokens_per_sec / r.gpus) / (base.tokens_per_sec / base.gpus), 1)
 
-    per_gpu = ("tokens_per_sec_per_gpu",
-               lambda r: _f(r.tokens_per_sec / r.gpus if r.measured and r.tokens_per_sec else None, 0))
-    return [RUN, GPUS, _raw("batch_size"), PRECISION, TPS, per_gpu,
-            ("scaling_efficiency_pct", efficiency), MEM, MFU, TIME]
+    per_gpu = (
+        "tokens_per_sec_per_gpu",
+        lambda r: _f(r.tokens_per_sec / r.gpus if r.measured and r.tokens_per_sec else None, 0),
+    )
+    return [
+        RUN,
+        GPUS,
+        _raw("batch_size"),
+        PRECISION,
+        TPS,
+        per_gpu,
+        ("scaling_efficiency_pct", efficiency),
+        MEM,
+        MFU,
+        TIME,
+    ]
 
 
 def _generic(runs: list[Run]) -> list[Column]:
-    config = [_raw("sequence_length"), _raw("batch_size"), PRECISION, ATTENTION, CKPT, COMPILE,
-              GPUS, _raw("total_params_m")]
+    config = [
+        _raw("sequence_length"),
+        _raw("batch_size"),
+        PRECISION,
+        ATTENTION,
+        CKPT,
+        COMPILE,
+        GPUS,
+        _raw("total_params_m"),
+    ]
     varying = [c for c in config if len({c[1](r) for r in runs}) > 1]
     return [RUN, *varying, *METRICS]
 
 
-def columns_for(table: Table, tag: str, runs: list[Run]) -> tuple[list[Column], Callable[[Run], object] | None]:
+def columns_for(
+    table: Table, tag: str, runs: list[Run]
+) -> tuple[list[Column], Callable[[Run], object] | None]:
     """The tag's columns and its row order (None: file order)."""
     if tag.startswith("seq_len"):
-        return [RUN, _raw("sequence_length"), _raw("batch_size"), PRECISION, TPS, MEM, PRED, MFU,
-                PPL, TIME], _num_key("sequence_length")
+        return [
+            RUN,
+            _raw("sequence_length"),
+            _raw("batch_size"),
+            PRECISION,
+            TPS,
+            MEM,
+            PRED,
+            MFU,
+            PPL,
+            TIME,
+        ], _num_key("sequence_length")
     if tag.startswith("bs_"):
-        return [RUN, _raw("batch_size"), _raw("sequence_length"), PRECISION, *METRICS], _num_key("batch_size")
+        return [RUN, _raw("batch_size"), _raw("sequence_length"), PRECISION, *METRICS], _num_key(
+            "batch_size"
+        )
     if tag.startswith("model_size"):
-        return [RUN, _raw("total_params_m"), _raw("n_layers"), _raw("d_model"), _raw("n_heads"),
-                *METRICS], lambda r: r.num("total_params_m") or 0.0
+        return [
+            RUN,
+            _raw("total_params_m"),
+            _raw("n_layers"),
+            _raw("d_model"),
+            _raw("n_heads"),
+            *METRICS,
+        ], lambda r: r.num("total_params_m") or 0.0
     if tag.startswith("ddp"):
         return _ddp(runs), lambda r: r.gpus
     if is_comparison(tag):
@@ -112,7 +165,9 @@ def _rows(table: Table, tag: str) -> tuple[list[str], list[list[str]]]:
     if order is not None:
         runs = sorted(runs, key=order)  # type: ignore[arg-type]
     # Metrics no run of the tag recorded (MFU on CPU, ...) only add an empty column.
-    cols = [c for c in cols if c in (RUN,) or c not in METRICS + [PRED] or any(c[1](r) for r in runs)]
+    cols = [
+        c for c in cols if c in (RUN,) or c not in METRICS + [PRED] or any(c[1](r) for r in runs)
+    ]
     cols += [STATUS] + ([DETAIL] if any(r.get("status_detail") for r in runs) else [])
     return [c[0] for c in cols], [[c[1](r) for c in cols] for r in runs]
 

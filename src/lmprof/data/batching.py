@@ -45,8 +45,13 @@ class Batch:
                 t = t.pin_memory()
             return t.to(device, non_blocking=non_blocking and pin)
 
-        return Batch(move(self.input_ids), move(self.targets),  # type: ignore[arg-type]
-                     move(self.attention_mask), self.n_real_tokens, self.n_tokens)
+        return Batch(
+            move(self.input_ids),
+            move(self.targets),  # type: ignore[arg-type]
+            move(self.attention_mask),
+            self.n_real_tokens,
+            self.n_tokens,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,8 +64,16 @@ def epoch_permutation(n_items: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(n_items)
 
 
-def item_batches(n_items: int, batch_size: int, *, seed: int, rank: int, world_size: int,
-                 start_step: int = 0, what: str = "training windows") -> Iterator[np.ndarray]:
+def item_batches(
+    n_items: int,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_step: int = 0,
+    what: str = "training windows",
+) -> Iterator[np.ndarray]:
     """Endless batches of item indices for one rank (see the module docstring)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
@@ -68,14 +81,23 @@ def item_batches(n_items: int, batch_size: int, *, seed: int, rank: int, world_s
         raise ValueError("batch_size must be positive and start_step non-negative")
     per_rank = n_items // world_size
     if per_rank < 1:
-        raise UserError(f"{n_items} {what} cannot be shared by {world_size} ranks: "
-                        "use a larger corpus or a smaller data.sequence_length")
+        raise UserError(
+            f"{n_items} {what} cannot be shared by {world_size} ranks: "
+            "use a larger corpus or a smaller data.sequence_length"
+        )
     # Checked above, before the first next(): errors surface where the iterator is made.
     return _item_batches(n_items, per_rank, batch_size, seed, rank, world_size, start_step)
 
 
-def _item_batches(n_items: int, per_rank: int, batch_size: int, seed: int, rank: int,
-                  world_size: int, start_step: int) -> Iterator[np.ndarray]:
+def _item_batches(
+    n_items: int,
+    per_rank: int,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_step: int,
+) -> Iterator[np.ndarray]:
     def share(epoch: int) -> np.ndarray:
         return epoch_permutation(n_items, seed, epoch)[rank : per_rank * world_size : world_size]
 
@@ -150,8 +172,9 @@ def packed_batch(rows: np.ndarray) -> Batch:
     return Batch(x, y, None, b * t, b * t)
 
 
-def padded_rows(tokens: Any, doc_start: np.ndarray, doc_len: np.ndarray, width: int,
-                pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def padded_rows(
+    tokens: Any, doc_start: np.ndarray, doc_len: np.ndarray, width: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
     """One document per row, truncated to `width`, then PAD: (rows int64 (B, width), lengths)."""
     lengths = np.minimum(doc_len, width)
     cols = np.arange(width, dtype=np.int64)

@@ -62,8 +62,9 @@ def cache_key(source: Source, spec: dict[str, Any], val_fraction: float) -> dict
     }
 
 
-def cache_path(cache_dir: str | Path, source: Source, spec: dict[str, Any],
-               val_fraction: float) -> Path:
+def cache_path(
+    cache_dir: str | Path, source: Source, spec: dict[str, Any], val_fraction: float
+) -> Path:
     key = cache_key(source, spec, val_fraction)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     tok = spec["name"] + (str(spec["vocab_size"]) if "vocab_size" in spec else "")
@@ -105,8 +106,9 @@ def open_cache(
     return cache
 
 
-def _check(path: Path, key: dict[str, Any], content_hash: str | None
-           ) -> tuple[dict[str, Any] | None, str]:
+def _check(
+    path: Path, key: dict[str, Any], content_hash: str | None
+) -> tuple[dict[str, Any] | None, str]:
     """(manifest, "") when the cache at `path` is complete and current, else (None, why not)."""
     mfile = path / MANIFEST
     if not mfile.is_file():
@@ -137,8 +139,14 @@ def _check(path: Path, key: dict[str, Any], content_hash: str | None
     return m, ""
 
 
-def _build(path: Path, source: Source, spec: dict[str, Any], fixed: Tokenizer | None,
-           key: dict[str, Any], content_hash: str | None) -> dict[str, Any]:
+def _build(
+    path: Path,
+    source: Source,
+    spec: dict[str, Any],
+    fixed: Tokenizer | None,
+    key: dict[str, Any],
+    content_hash: str | None,
+) -> dict[str, Any]:
     root = path.parent
     root.mkdir(parents=True, exist_ok=True)
     for junk in root.glob(f".{path.name}.*"):  # ours, left by a killed build (we hold the lock)
@@ -155,15 +163,24 @@ def _build(path: Path, source: Source, spec: dict[str, Any], fixed: Tokenizer | 
         for split, docs in (("train", corpus.train), ("val", corpus.val)):
             n_tokens, offsets = _write_tokens(tmp / f"{split}.bin", docs, tok, dtype)
             np.save(tmp / f"{split}_docs.npy", offsets)
-            splits[split] = {"file": f"{split}.bin", "tokens": n_tokens,
-                             "documents": len(docs), "documents_file": f"{split}_docs.npy"}
+            splits[split] = {
+                "file": f"{split}.bin",
+                "tokens": n_tokens,
+                "documents": len(docs),
+                "documents_file": f"{split}_docs.npy",
+            }
         manifest = {
             "format_version": FORMAT_VERSION,
             "key": key,
             "content_hash": content_hash,
             "source": {**source.identity(), **corpus.info},
-            "tokenizer": {**spec, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id,
-                          "eos_id": tok.eos_id, "files": list(tok.files)},
+            "tokenizer": {
+                **spec,
+                "vocab_size": tok.vocab_size,
+                "pad_id": tok.pad_id,
+                "eos_id": tok.eos_id,
+                "files": list(tok.files),
+            },
             "dtype": dtype.name,
             **splits,
             "build_seconds": round(time.perf_counter() - t0, 3),
@@ -201,8 +218,9 @@ def _chunks(docs: Sequence[Document]) -> Iterator[Sequence[Document]]:
         yield docs[start:]
 
 
-def _write_tokens(file: Path, docs: Sequence[Document], tok: Tokenizer, dtype: np.dtype
-                  ) -> tuple[int, np.ndarray]:
+def _write_tokens(
+    file: Path, docs: Sequence[Document], tok: Tokenizer, dtype: np.dtype
+) -> tuple[int, np.ndarray]:
     """Tokenize into `file` as doc EOS doc EOS ...; returns (tokens, document offsets)."""
     eos = np.array([tok.eos_id], dtype=dtype)
     lengths = np.empty(len(docs), dtype=np.int64)
@@ -230,8 +248,9 @@ def _memmap(file: Path, dtype: np.dtype, n: int) -> np.ndarray:
     return np.memmap(file, dtype=dtype, mode="r", shape=(n,))
 
 
-def _open(path: Path, m: dict[str, Any], spec: dict[str, Any], fixed: Tokenizer | None,
-          built: bool) -> TokenCache:
+def _open(
+    path: Path, m: dict[str, Any], spec: dict[str, Any], fixed: Tokenizer | None, built: bool
+) -> TokenCache:
     dtype = np.dtype(m["dtype"])
     tok = fixed or load_tokenizer(spec, path)
     return TokenCache(

@@ -106,47 +106,65 @@ class DataModule:
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         return max(self.n_train_items() // world_size // batch_size, 1)
 
-    def train_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                      start_step: int = 0) -> Iterator[Batch]:
+    def train_batches(
+        self,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+    ) -> Iterator[Batch]:
         """Endless, deterministic given (seed, rank, world_size); ranks read disjoint rows;
         start_step=k starts at exactly the k-th batch of a fresh iterator, without reading
         the batches before it."""
         t = self.sequence_length
         packed = self.batching == "packed"
         order = item_batches(
-            self.n_train_items(), batch_size, seed=seed, rank=rank, world_size=world_size,
+            self.n_train_items(),
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
             start_step=start_step,
             what="training windows" if packed else "training documents",
         )
         if packed:
             return (packed_batch(windows(self.train, idx * t, t + 1)) for idx in order)
         return (
-            padded_batch(*padded_rows(self.train, self.doc_start[idx], self.doc_len[idx],
-                                      t + 1, self.pad_id))
+            padded_batch(
+                *padded_rows(self.train, self.doc_start[idx], self.doc_len[idx], t + 1, self.pad_id)
+            )
             for idx in order
         )
 
-    def val_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                    max_batches: int = 0) -> Iterator[Batch]:
+    def val_batches(
+        self, batch_size: int, *, rank: int = 0, world_size: int = 1, max_batches: int = 0
+    ) -> Iterator[Batch]:
         """One pass, in order, over this rank's windows of the validation split (0: all)."""
         if not 0 <= rank < world_size or batch_size < 1:
             raise ValueError(f"bad rank {rank}/{world_size} or batch_size {batch_size}")
         t = self.sequence_length
         per_rank = self.n_val_windows // world_size
         if per_rank < 1:
-            raise UserError(f"{self.n_val_windows} validation windows cannot be shared by "
-                            f"{world_size} ranks: use a larger data.val_fraction")
+            raise UserError(
+                f"{self.n_val_windows} validation windows cannot be shared by "
+                f"{world_size} ranks: use a larger data.val_fraction"
+            )
         mine = np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
         starts = range(0, per_rank, batch_size)
         if max_batches:
             starts = starts[:max_batches]
-        return (packed_batch(windows(self.val, mine[i : i + batch_size] * t, t + 1))
-                for i in starts)
+        return (
+            packed_batch(windows(self.val, mine[i : i + batch_size] * t, t + 1)) for i in starts
+        )
 
     def __repr__(self) -> str:
-        return (f"DataModule({self.info.get('source', '?')}, {self.tokenizer.name}, "
-                f"train={self.n_train_tokens}, val={self.n_val_tokens}, "
-                f"T={self.sequence_length}, {self.batching})")
+        return (
+            f"DataModule({self.info.get('source', '?')}, {self.tokenizer.name}, "
+            f"train={self.n_train_tokens}, val={self.n_val_tokens}, "
+            f"T={self.sequence_length}, {self.batching})"
+        )
 
 
 def build_data(cfg: Any, *, log: Callable[[str], Any] = print) -> DataModule:
@@ -172,9 +190,16 @@ def build_data(cfg: Any, *, log: Callable[[str], Any] = print) -> DataModule:
         "content_hash": cache.manifest.get("content_hash"),
         "dtype": cache.manifest["dtype"],
     }
-    return DataModule(tokenizer=cache.tokenizer, train=train, val=cache.val,
-                      sequence_length=d.sequence_length, batching=d.batching,
-                      doc_start=doc_start, doc_len=doc_len, info=info)
+    return DataModule(
+        tokenizer=cache.tokenizer,
+        train=train,
+        val=cache.val,
+        sequence_length=d.sequence_length,
+        batching=d.batching,
+        doc_start=doc_start,
+        doc_len=doc_len,
+        info=info,
+    )
 
 
 def _synthetic(d: Any, log: Callable[[str], Any]) -> DataModule:
@@ -192,8 +217,18 @@ def _synthetic(d: Any, log: Callable[[str], Any]) -> DataModule:
     idx = np.arange(n_docs, dtype=np.int64)
     doc_start = idx * (t + 1)
     doc_len = np.minimum(2 + hashed_ints(idx, _SYNTH_DOC_KEY, t), n - doc_start)
-    log(f"data: synthetic tokens from {d.vocab_size - 1} ids (+PAD), "
-        f"{n:,} train + {len(val):,} val tokens, no cache")
+    log(
+        f"data: synthetic tokens from {d.vocab_size - 1} ids (+PAD), "
+        f"{n:,} train + {len(val):,} val tokens, no cache"
+    )
     info = {"source": "synthetic", "tokenizer": tok.name, "cache": None, "cache_built": False}
-    return DataModule(tokenizer=tok, train=train, val=val, sequence_length=t,
-                      batching=d.batching, doc_start=doc_start, doc_len=doc_len, info=info)
+    return DataModule(
+        tokenizer=tok,
+        train=train,
+        val=val,
+        sequence_length=t,
+        batching=d.batching,
+        doc_start=doc_start,
+        doc_len=doc_len,
+        info=info,
+    )

@@ -111,7 +111,7 @@ def _jsonl_documents(key: str, path: Path, text: str) -> Iterator[Document]:
         except json.JSONDecodeError:
             raise UserError(f"{path}:{lineno} is not valid JSON") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise UserError(f"{path}:{lineno} has no string field \"text\"")
+            raise UserError(f'{path}:{lineno} has no string field "text"')
         if obj["text"].strip():
             yield Document(f"{key}:{lineno}", obj["text"])
 
@@ -206,7 +206,8 @@ class TextSource(FileSource):
                 inside = sorted(
                     (p.relative_to(root).as_posix(), p)
                     for p in root.rglob("*")
-                    if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                    if p.is_file()
+                    and p.suffix.lower() in TEXT_SUFFIXES
                     and not any(part.startswith(".") for part in p.relative_to(root).parts)
                 )
                 if not inside:
@@ -270,8 +271,12 @@ class HFSource(Source):
         if not train or not val:
             raise UserError(f"Hugging Face dataset '{self.name}' has no text in train/validation")
         fingerprints = {s: getattr(ds[s], "_fingerprint", None) for s in splits}
-        info = {"documents": len(train) + len(val), "validation_split": val_split or "from train",
-                "fingerprints": fingerprints, "chars": _chars(train) + _chars(val)}
+        info = {
+            "documents": len(train) + len(val),
+            "validation_split": val_split or "from train",
+            "fingerprints": fingerprints,
+            "chars": _chars(train) + _chars(val),
+        }
         return Corpus(train, val, info)
 
     def _documents(self, split: Any, name: str) -> list[Document]:

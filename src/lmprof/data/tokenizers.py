@@ -257,7 +257,8 @@ def load_gpt2() -> Tokenizer:
                 return tok
             problems.append("'gpt2' is not in the local Hugging Face cache")
     raise UserError(
-        "data.tokenizer=gpt2 is unavailable: " + "; ".join(problems)
+        "data.tokenizer=gpt2 is unavailable: "
+        + "; ".join(problems)
         + " (pip install lmprof[gpt2] on a machine with network once, or use byte/char/bpe)"
     )
 

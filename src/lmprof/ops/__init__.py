@@ -2,4 +2,3 @@
 
 # The target of a PAD position: the loss and the accuracy skip it (F.cross_entropy's default).
 IGNORE_INDEX = -100
-

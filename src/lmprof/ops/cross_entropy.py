@@ -36,8 +36,9 @@ except ImportError:  # the CPU wheels of torch come without Triton
     triton = None
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         chunk_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy of `h @ weight.T` over targets != IGNORE_INDEX, and how many of them
     the argmax got right (a device tensor: nothing waits for the GPU).
 
@@ -61,8 +62,9 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 @torch.library.custom_op("lmprof::linear_cross_entropy", mutates_args=())
-def _op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-        need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _op(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed loss fp32, number correct int64, d loss_sum / dh, d loss_sum / dW); the last two
     are empty when need_grad is False."""
     n = h.shape[0]
@@ -98,8 +100,11 @@ def _op(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size
 @_op.register_fake
 def _(h, weight, targets, chunk_size, need_grad):
     scalar = h.new_empty((), dtype=torch.float32)
-    grads = (torch.empty_like(h), torch.empty_like(weight)) if need_grad else (
-        h.new_empty(0), weight.new_empty(0))
+    grads = (
+        (torch.empty_like(h), torch.empty_like(weight))
+        if need_grad
+        else (h.new_empty(0), weight.new_empty(0))
+    )
     return scalar, h.new_empty((), dtype=torch.int64), *grads
 
 
@@ -114,7 +119,9 @@ def _backward(ctx, grad_loss, _grad_correct, _grad_h, _grad_w):
     return grad_h * grad_loss, grad_w * grad_loss, None, None, None
 
 
-torch.library.register_autograd("lmprof::linear_cross_entropy", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "lmprof::linear_cross_entropy", _backward, setup_context=_setup_context
+)
 
 
 @register_flop_formula(torch.ops.lmprof.linear_cross_entropy)
@@ -143,8 +150,17 @@ def _rows_torch(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
 if triton is not None:
 
     @triton.jit
-    def _cross_entropy_rows_kernel(logits_ptr, row_stride, targets_ptr, losses_ptr, correct_ptr, V, ignore_index,
-                     NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    def _cross_entropy_rows_kernel(
+        logits_ptr,
+        row_stride,
+        targets_ptr,
+        losses_ptr,
+        correct_ptr,
+        V,
+        ignore_index,
+        NEED_GRAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         # One program per row. Pass 1: an online log-sum-exp and argmax; pass 2 (training):
         # overwrite the row with softmax - onehot, zero for an ignored target.
         row = tl.program_id(0).to(tl.int64)
@@ -165,7 +181,9 @@ if triton is not None:
             best_col = tl.where(better, c, best_col)
             best = tl.where(better, x, best)
         row_max = tl.max(m, 0)
-        lse = row_max + tl.log(tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - row_max)), 0))
+        lse = row_max + tl.log(
+            tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - row_max)), 0)
+        )
         top = tl.max(best, 0)
         argmax = tl.min(tl.where(best == top, best_col, V), 0)
         t = tl.load(targets_ptr + row)
@@ -188,6 +206,16 @@ def _rows_triton(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
     losses = logits.new_empty(n, dtype=torch.float32)
     correct = logits.new_empty(n, dtype=torch.bool)
     if n:
-        _cross_entropy_rows_kernel[(n,)](logits, logits.stride(0), targets, losses, correct, v, IGNORE_INDEX,
-                           NEED_GRAD=need_grad, BLOCK=2048, num_warps=8)
+        _cross_entropy_rows_kernel[(n,)](
+            logits,
+            logits.stride(0),
+            targets,
+            losses,
+            correct,
+            v,
+            IGNORE_INDEX,
+            NEED_GRAD=need_grad,
+            BLOCK=2048,
+            num_warps=8,
+        )
     return losses, correct

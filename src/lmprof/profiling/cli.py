@@ -56,16 +56,22 @@ def infer_vocab_size(cfg: Any) -> tuple[int, str]:
 
 def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "estimate", help="predicted memory and FLOPs of a config, without running it",
-        description=ESTIMATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "estimate",
+        help="predicted memory and FLOPs of a config, without running it",
+        description=ESTIMATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="a run config YAML (optional: defaults apply)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--vocab-size", type=int, help="the vocabulary size, PAD included")
-    p.add_argument("--world-size", type=int,
-                   help="processes sharing the run (default: system.num_gpus)")
-    p.add_argument("--gpu", help="a GPU name (e.g. 'NVIDIA H200') to show its peak FLOP/s and "
-                                 "the step time at 100%% MFU")
+    p.add_argument(
+        "--world-size", type=int, help="processes sharing the run (default: system.num_gpus)"
+    )
+    p.add_argument(
+        "--gpu",
+        help="a GPU name (e.g. 'NVIDIA H200') to show its peak FLOP/s and "
+        "the step time at 100%% MFU",
+    )
     p.add_argument("--tags", nargs="+", help="sweep files: only the runs of these groups")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.set_defaults(func=cmd_estimate)
@@ -136,8 +142,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             print(f"{args.gpu}: no peak FLOP/s known for this GPU and precision")
         else:
             step = flops.hardware_per_step(est.tokens_per_step) / peak
-            print(f"{args.gpu}: peak {peak / 1e12:.1f} TFLOP/s dense; a step takes at least "
-                  f"{step * 1e3:.2f} ms (100% MFU)")
+            print(
+                f"{args.gpu}: peak {peak / 1e12:.1f} TFLOP/s dense; a step takes at least "
+                f"{step * 1e3:.2f} ms (100% MFU)"
+            )
     return 0
 
 
@@ -168,24 +176,35 @@ def _estimate_sweep(path: str, overrides: list[str], args: argparse.Namespace) -
         world = args.world_size if args.world_size is not None else cfg.system.num_gpus
         est = estimate_memory(cfg, vocab, world_size=world)
         assert est.flops is not None
-        rows.append({
-            "run": plan.name, "batch_size": est.batch_size, "seq_len": est.seq_len,
-            "precision": est.precision, "attention": est.attention,
-            "checkpointing": est.checkpointing, "world_size": world,
-            "predicted_peak_bytes": est.predicted_peak_bytes, "peak_phase": est.peak_phase,
-            "predicted_device_bytes": est.predicted_device_bytes,
-            "model_flops_per_token": est.flops.model_flops_per_token,
-        })
+        rows.append(
+            {
+                "run": plan.name,
+                "batch_size": est.batch_size,
+                "seq_len": est.seq_len,
+                "precision": est.precision,
+                "attention": est.attention,
+                "checkpointing": est.checkpointing,
+                "world_size": world,
+                "predicted_peak_bytes": est.predicted_peak_bytes,
+                "peak_phase": est.peak_phase,
+                "predicted_device_bytes": est.predicted_device_bytes,
+                "model_flops_per_token": est.flops.model_flops_per_token,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'run':<32} {'B':>4} {'T':>5} {'prec':<5} {'attention':<13} {'ckpt':<9} "
-          f"{'peak alloc':>10} {'nvidia-smi':>10}  {'GFLOP/tok':>9}  peak at")
+    print(
+        f"{'run':<32} {'B':>4} {'T':>5} {'prec':<5} {'attention':<13} {'ckpt':<9} "
+        f"{'peak alloc':>10} {'nvidia-smi':>10}  {'GFLOP/tok':>9}  peak at"
+    )
     for r in rows:
-        print(f"{r['run'][:32]:<32} {r['batch_size']:>4} {r['seq_len']:>5} {r['precision']:<5} "
-              f"{r['attention']:<13} {r['checkpointing']:<9} "
-              f"{r['predicted_peak_bytes'] / GiB:>6.2f} GiB {r['predicted_device_bytes'] / GiB:>6.2f}"
-              f" GiB  {r['model_flops_per_token'] / 1e9:>9.3f}  {r['peak_phase']}")
+        print(
+            f"{r['run'][:32]:<32} {r['batch_size']:>4} {r['seq_len']:>5} {r['precision']:<5} "
+            f"{r['attention']:<13} {r['checkpointing']:<9} "
+            f"{r['predicted_peak_bytes'] / GiB:>6.2f} GiB {r['predicted_device_bytes'] / GiB:>6.2f}"
+            f" GiB  {r['model_flops_per_token'] / 1e9:>9.3f}  {r['peak_phase']}"
+        )
     return 0
 
 

@@ -109,8 +109,9 @@ def count_params(args: Any) -> int:
     return n
 
 
-def flops_per_token(args: Any, seq_len: int, *, device: str = "cuda",
-                    padded: bool = False) -> FlopCount:
+def flops_per_token(
+    args: Any, seq_len: int, *, device: str = "cuda", padded: bool = False
+) -> FlopCount:
     """FLOPs per token of one training step of `Transformer(args)` on sequences of `seq_len`.
 
     `args` is an `lmprof.model.ModelArgs` (or anything with its fields). `device` and `padded`
@@ -164,8 +165,11 @@ def flops_per_token(args: Any, seq_len: int, *, device: str = "cuda",
     )
 
 
-def mfu(tokens_per_sec: float | None, flops_per_token: float | FlopCount | None,
-        peak_flops: float | None) -> float | None:
+def mfu(
+    tokens_per_sec: float | None,
+    flops_per_token: float | FlopCount | None,
+    peak_flops: float | None,
+) -> float | None:
     """Model FLOPs utilization: achieved model FLOP/s over the peak; None when unknowable."""
     if isinstance(flops_per_token, FlopCount):
         flops_per_token = flops_per_token.model_flops_per_token

@@ -118,8 +118,9 @@ def _attention_path(attention: str, dropout: float, device: str) -> str:
     return "fused"
 
 
-def block_tensors(s: Shape, B: int, T: int, precision: str, device: str = "cuda",
-                  padded: bool = False) -> list[Tensor]:
+def block_tensors(
+    s: Shape, B: int, T: int, precision: str, device: str = "cuda", padded: bool = False
+) -> list[Tensor]:
     """The tensors one block makes in its forward, with what is saved and what SAC keeps."""
     N, d, f, H = B * T, s.d_model, s.d_ff, s.n_heads
     e = _AUTOCAST.get(precision, 4)
@@ -201,8 +202,17 @@ _AFTER_ATTENTION = ("av_out", "proj_out", "fc_out", "mlp_out")
 def _freed_before_attention(tensors: list[Tensor]) -> int:
     """Saved bytes a block's backward has freed by the time it reaches the attention: the MLP's
     and both residual sums' (the LayerNorm on x + attention runs its backward first)."""
-    names = {"ln_mid_out", "fc_in", "fc_out", "act_out", "resid_mask2", "sum2", "sum2_stats",
-             "sum1", "sum1_stats"}
+    names = {
+        "ln_mid_out",
+        "fc_in",
+        "fc_out",
+        "act_out",
+        "resid_mask2",
+        "sum2",
+        "sum2_stats",
+        "sum1",
+        "sum1_stats",
+    }
     return sum(t.nbytes for t in tensors if t.saved and t.name in names)
 
 
@@ -322,14 +332,22 @@ class MemoryEstimate:
     notes: list[str] = field(default_factory=list)
 
     COMPONENTS = (
-        "parameters", "gradients", "optimizer_states", "autocast_weights", "activations",
-        "recompute", "embedding_and_head", "logits_and_loss", "transient", "batch", "workspace",
+        "parameters",
+        "gradients",
+        "optimizer_states",
+        "autocast_weights",
+        "activations",
+        "recompute",
+        "embedding_and_head",
+        "logits_and_loss",
+        "transient",
+        "batch",
+        "workspace",
         "ddp_buckets",
     )
 
     def breakdown(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.COMPONENTS}
-
 
 
 def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list[Tensor]:
@@ -352,9 +370,18 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
     return out
 
 
-def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda",
-                padded: bool = False, grad_accum: int = 1, world_size: int = 1,
-                parallelism: str = "ddp") -> tuple[dict[str, dict[str, int]], int]:
+def step_phases(
+    s: Shape,
+    B: int,
+    T: int,
+    precision: str,
+    *,
+    device: str = "cuda",
+    padded: bool = False,
+    grad_accum: int = 1,
+    world_size: int = 1,
+    parallelism: str = "ddp",
+) -> tuple[dict[str, dict[str, int]], int]:
     """Live bytes by component at each candidate peak of a training step, and the bytes the
     forward leaves saved for backward (everything it allocates that is still alive when it
     returns: blocks, embedding, head, loss)."""
@@ -409,7 +436,8 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
 
     phases: dict[str, dict[str, int]] = {}
     phases["forward: loss"] = {
-        **static, "gradients": grads(0),
+        **static,
+        "gradients": grads(0),
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w + cache_extra,
         "embedding_and_head": head_act,
@@ -417,7 +445,8 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         "transient": loss_block,
     }
     phases["backward: loss"] = {
-        **static, "gradients": grads(0),
+        **static,
+        "gradients": grads(0),
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w,
         "embedding_and_head": head_act,
@@ -429,7 +458,8 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
         ("backward: bottom block", 0, head_grads + (L - 1) * blk.grads),
     ):
         phases[name] = {
-            **static, "gradients": grads(made),
+            **static,
+            "gradients": grads(made),
             "activations": (below + 1) * blk.retained - (below + 1) * blk.retained_weights,
             "autocast_weights": (below + 1) * blk.retained_weights,
             "recompute": blk.recompute,
@@ -437,7 +467,8 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
             "transient": blk.transient,
         }
     phases["backward: embedding"] = {
-        **static, "gradients": grads_all,
+        **static,
+        "gradients": grads_all,
         "transient": emb_grad_new + 2 * N * d * 4,
     }
     phases["optimizer step"] = {**static, "gradients": grads_all}
@@ -453,8 +484,14 @@ def step_phases(s: Shape, B: int, T: int, precision: str, *, device: str = "cuda
     return phases, blocks_retained + head_act + head_w + head_loss
 
 
-def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: str = "cuda",
-                    padded: bool | None = None) -> MemoryEstimate:
+def estimate_memory(
+    cfg: Any,
+    vocab_size: int,
+    world_size: int = 1,
+    *,
+    device: str = "cuda",
+    padded: bool | None = None,
+) -> MemoryEstimate:
     """Predicted peak memory of a training step of `cfg` (a RunConfig) with `vocab_size` ids.
 
     `predicted_peak_bytes` is what torch.cuda.max_memory_allocated() reads on one process;
@@ -468,16 +505,29 @@ def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: s
         padded = cfg.data.batching == "padded"
     parallelism = cfg.system.parallelism if world_size > 1 else "none"
     phases, saved = step_phases(
-        s, B, T, precision, device=device, padded=padded,
-        grad_accum=cfg.training.grad_accum_steps, world_size=world_size,
+        s,
+        B,
+        T,
+        precision,
+        device=device,
+        padded=padded,
+        grad_accum=cfg.training.grad_accum_steps,
+        world_size=world_size,
         parallelism=parallelism,
     )
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
     peak_phase = max(totals, key=lambda k: totals[k])
     est = MemoryEstimate(
-        batch_size=B, seq_len=T, precision=precision, attention=s.attention,
-        checkpointing=s.checkpointing, world_size=world_size, parallelism=parallelism,
-        device=device, n_params=count_params(s), vocab_size=vocab_size,
+        batch_size=B,
+        seq_len=T,
+        precision=precision,
+        attention=s.attention,
+        checkpointing=s.checkpointing,
+        world_size=world_size,
+        parallelism=parallelism,
+        device=device,
+        n_params=count_params(s),
+        vocab_size=vocab_size,
         padded_vocab=s.padded_vocab_size,
     )
     for key, value in phases[peak_phase].items():
@@ -497,8 +547,10 @@ def estimate_memory(cfg: Any, vocab_size: int, world_size: int = 1, *, device: s
     if parallelism == "fsdp":
         est.notes.append("FSDP: sharded states plus one gathered block; approximate")
     if cfg.system.compile:
-        est.notes.append("torch.compile is not modelled: its partitioner usually saves less "
-                         "(recomputes pointwise ops), so the activations are an upper bound")
+        est.notes.append(
+            "torch.compile is not modelled: its partitioner usually saves less "
+            "(recomputes pointwise ops), so the activations are an upper bound"
+        )
     if cfg.system.device == "cpu" and device != "cpu":
         est.notes.append("system.device=cpu, but this predicts a CUDA GPU's allocator")
     return est

@@ -111,7 +111,8 @@ def peak_flops(device_name: str, precision: str) -> float | None:
             _warned.add(device_name)
             log.warning(
                 "no peak FLOP/s known for GPU '%s': MFU is left empty "
-                "(profile.peak=measured times a matmul instead)", device_name,
+                "(profile.peak=measured times a matmul instead)",
+                device_name,
             )
         return None
     return PEAKS[key][precision]
@@ -145,8 +146,9 @@ def _torch_allows_tf32() -> bool:
     return torch.get_float32_matmul_precision() in ("high", "medium")
 
 
-def measure_peak_flops(device: Any, dtype: Any, n: int = 8192, iters: int = 10,
-                       warmup: int = 3) -> float:
+def measure_peak_flops(
+    device: Any, dtype: Any, n: int = 8192, iters: int = 10, warmup: int = 3
+) -> float:
     """Achieved FLOP/s of an n x n x n matmul: the median of `iters` timings with CUDA events
     after `warmup` products, on random data (zeros run faster than real data on some GPUs)."""
     import statistics

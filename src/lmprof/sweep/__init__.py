@@ -4,6 +4,11 @@ from lmprof.sweep.plan import RunPlan, expand_sweep, load_sweep, plan_sweep
 from lmprof.sweep.runner import SweepReport, format_plan, run_sweep
 
 __all__ = [
-    "RunPlan", "SweepReport", "expand_sweep", "format_plan", "load_sweep", "plan_sweep",
+    "RunPlan",
+    "SweepReport",
+    "expand_sweep",
+    "format_plan",
+    "load_sweep",
+    "plan_sweep",
     "run_sweep",
 ]

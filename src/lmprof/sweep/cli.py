@@ -40,23 +40,38 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True
     """The sweep's flags; `sweep_file=False` leaves the file to the caller (run_experiments.py)."""
     if sweep_file:
         parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides applied to every run")
-    parser.add_argument("--tags", nargs="+", metavar="T",
-                        help="run only the groups with one of these tags (or group names)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan (runs, settings, GPUs, what would be skipped and "
-                             "why) and start nothing")
-    parser.add_argument("--force", action="store_true",
-                        help="rerun runs that are already done (ok or oom)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="rerun runs whose last attempt failed, diverged or timed out")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides applied to every run"
+    )
+    parser.add_argument(
+        "--tags",
+        nargs="+",
+        metavar="T",
+        help="run only the groups with one of these tags (or group names)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (runs, settings, GPUs, what would be skipped and "
+        "why) and start nothing",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="rerun runs that are already done (ok or oom)"
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun runs whose last attempt failed, diverged or timed out",
+    )
 
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "sweep", help="run a sweep of runs, each in its own process", description=SWEEP_HELP,
-        epilog=RESUME_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "sweep",
+        help="run a sweep of runs, each in its own process",
+        description=SWEEP_HELP,
+        epilog=RESUME_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)

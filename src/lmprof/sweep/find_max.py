@@ -49,8 +49,10 @@ def _capacity_gb(cfg: RunConfig) -> float:
     if cfg.system.memory_limit_gb:
         return cfg.system.memory_limit_gb
     if not torch.cuda.is_available():
-        raise UserError("find-max needs a CUDA GPU, or system.memory_limit_gb=N to search under "
-                        "a host memory cap on the CPU")
+        raise UserError(
+            "find-max needs a CUDA GPU, or system.memory_limit_gb=N to search under "
+            "a host memory cap on the CPU"
+        )
     return torch.cuda.mem_get_info()[1] / GIB
 
 
@@ -91,7 +93,13 @@ class Searcher:
     def __init__(self, cfg: RunConfig, vocab_size: int, out_dir: Path, steps: int, say=print):
         from lmprof.sweep.runner import SweepRunner
 
-        self.cfg, self.vocab_size, self.out_dir, self.steps, self.say = cfg, vocab_size, out_dir, steps, say
+        self.cfg, self.vocab_size, self.out_dir, self.steps, self.say = (
+            cfg,
+            vocab_size,
+            out_dir,
+            steps,
+            say,
+        )
         self.runner = SweepRunner(out=io.StringIO())  # the probes report through `say`
         self.probes: list[Probe] = []
 
@@ -102,18 +110,35 @@ class Searcher:
             if (p.batch_size, p.sequence_length) == (batch_size, sequence_length):
                 return p
         name = f"{self.cfg.logging.run_name}_B{batch_size}_T{sequence_length}"
-        cfg = build_config(self.cfg.to_dict(), {
-            "training.batch_size": batch_size, "data.sequence_length": sequence_length,
-            "training.max_steps": self.steps, "training.warmup_steps": 0,
-            "logging.logging_steps": self.steps, "logging.eval_max_batches": 1,
-            "logging.run_name": name, "logging.tag": "find_max", "logging.progress": False,
-            "logging.output_dir": str(self.out_dir), "model.max_seq_len": 0,
-        })
-        outcome = self.runner.run_one(RunPlan(len(self.probes) + 1, name, ("find_max",), "find-max", cfg))
+        cfg = build_config(
+            self.cfg.to_dict(),
+            {
+                "training.batch_size": batch_size,
+                "data.sequence_length": sequence_length,
+                "training.max_steps": self.steps,
+                "training.warmup_steps": 0,
+                "logging.logging_steps": self.steps,
+                "logging.eval_max_batches": 1,
+                "logging.run_name": name,
+                "logging.tag": "find_max",
+                "logging.progress": False,
+                "logging.output_dir": str(self.out_dir),
+                "model.max_seq_len": 0,
+            },
+        )
+        outcome = self.runner.run_one(
+            RunPlan(len(self.probes) + 1, name, ("find_max",), "find-max", cfg)
+        )
         row = outcome.row or {}
         peak = _float(row.get("peak_gpu_mem_gb"))
-        probe = Probe(batch_size, sequence_length, outcome.status, peak,
-                      predicted_gb(cfg, self.vocab_size), outcome.detail)
+        probe = Probe(
+            batch_size,
+            sequence_length,
+            outcome.status,
+            peak,
+            predicted_gb(cfg, self.vocab_size),
+            outcome.detail,
+        )
         self.probes.append(probe)
         err = f", model {probe.model_error:+.1%}" if probe.model_error is not None else ""
         peak_s = f", peak {peak:.2f} GiB" if peak else ""
@@ -145,8 +170,12 @@ class Searcher:
             if lo is not None and hi is not None:
                 break
         # Bisect to ~3%: a finer boundary moves with fragmentation from run to run anyway.
-        while lo is not None and hi is not None and hi - lo > max(step, lo // 32) \
-                and len(self.probes) - used < max_probes:
+        while (
+            lo is not None
+            and hi is not None
+            and hi - lo > max(step, lo // 32)
+            and len(self.probes) - used < max_probes
+        ):
             mid = (lo + hi) // 2 // step * step
             if mid in (lo, hi):
                 break
@@ -158,25 +187,37 @@ class Searcher:
 
     def write(self, name: str, boundary: list[tuple[int, int | None, str]]) -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        lines = ["batch_size,sequence_length,status,peak_gpu_mem_gb,predicted_peak_mem_gb,model_error,detail"]
+        lines = [
+            "batch_size,sequence_length,status,peak_gpu_mem_gb,predicted_peak_mem_gb,model_error,detail"
+        ]
         for p in self.probes:
             err = "" if p.model_error is None else f"{p.model_error:.4f}"
             detail = p.detail.replace(",", ";")
-            lines.append(f"{p.batch_size},{p.sequence_length},{p.status},{_s(p.peak_gb)},"
-                         f"{_s(p.predicted_gb)},{err},{detail}")
+            lines.append(
+                f"{p.batch_size},{p.sequence_length},{p.status},{_s(p.peak_gb)},"
+                f"{_s(p.predicted_gb)},{err},{detail}"
+            )
         atomic_write_text(self.out_dir / f"{name}.csv", "\n".join(lines) + "\n")
-        md = ["| batch | seq | status | peak GiB | predicted GiB | model error |",
-              "| --- | --- | --- | --- | --- | --- |"]
+        md = [
+            "| batch | seq | status | peak GiB | predicted GiB | model error |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for p in self.probes:
             err = "" if p.model_error is None else f"{p.model_error:+.1%}"
-            md.append(f"| {p.batch_size} | {p.sequence_length} | {p.status} | {_s(p.peak_gb)} | "
-                      f"{_s(p.predicted_gb)} | {err} |")
+            md.append(
+                f"| {p.batch_size} | {p.sequence_length} | {p.status} | {_s(p.peak_gb)} | "
+                f"{_s(p.predicted_gb)} | {err} |"
+            )
         md += ["", "| fixed | largest that fits |", "| --- | --- |"]
-        md += [f"| {fixed} | {best if best is not None else 'none'} |" for _, best, fixed in boundary]
+        md += [
+            f"| {fixed} | {best if best is not None else 'none'} |" for _, best, fixed in boundary
+        ]
         errs = [abs(p.model_error) for p in self.probes if p.model_error is not None]
         if errs:
-            md.append(f"\nMemory model error over {len(errs)} fitting probes: "
-                      f"mean {sum(errs) / len(errs):.1%}, worst {max(errs):.1%}.")
+            md.append(
+                f"\nMemory model error over {len(errs)} fitting probes: "
+                f"mean {sum(errs) / len(errs):.1%}, worst {max(errs):.1%}."
+            )
         path = self.out_dir / f"{name}.md"
         atomic_write_text(path, "\n".join(md) + "\n")
         return path
@@ -194,8 +235,9 @@ def _float(text: str | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def find_max(cfg: RunConfig, vary: list[str], *, limit: int, steps: int, max_probes: int,
-             say=print) -> Path:
+def find_max(
+    cfg: RunConfig, vary: list[str], *, limit: int, steps: int, max_probes: int, say=print
+) -> Path:
     from lmprof.data import build_data
 
     capacity = _capacity_gb(cfg)
@@ -218,25 +260,35 @@ def find_max(cfg: RunConfig, vary: list[str], *, limit: int, steps: int, max_pro
             searcher.cfg = sub
             start = model_seed(sub, "batch_size", vocab, capacity, limit)
             say(f"find-max batch_size at sequence_length={T}: the memory model suggests {start}")
-            boundary.append((T, searcher.search("batch_size", start, limit, max_probes),
-                             f"sequence_length={T}"))
+            boundary.append(
+                (T, searcher.search("batch_size", start, limit, max_probes), f"sequence_length={T}")
+            )
             T *= 2
     path = searcher.write(cfg.logging.run_name, boundary)
     for _, best, fixed in boundary:
-        say(f"largest that fits at {fixed}: {best if best is not None else 'none (even the smallest ran out of memory)'}")
+        say(
+            f"largest that fits at {fixed}: {best if best is not None else 'none (even the smallest ran out of memory)'}"
+        )
     say(f"probes and boundary: {path}")
     return path
 
 
 def add_find_max_parser(sub) -> None:
     p = sub.add_parser(
-        "find-max", help="largest batch size / sequence length that fits in memory",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "find-max",
+        help="largest batch size / sequence length that fits in memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="a run config YAML (optional)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--vary", nargs="+", required=True, choices=("batch_size", "sequence_length"),
-                   help="what to search; both: the boundary over batch x sequence length")
+    p.add_argument(
+        "--vary",
+        nargs="+",
+        required=True,
+        choices=("batch_size", "sequence_length"),
+        help="what to search; both: the boundary over batch x sequence length",
+    )
     p.add_argument("--limit", type=int, default=4096, help="largest value to try (default 4096)")
     p.add_argument("--steps", type=int, default=3, help="training steps per probe (default 3)")
     p.add_argument("--max-probes", type=int, default=12, help="probes per search (default 12)")
@@ -251,6 +303,7 @@ def cmd_find_max(args) -> int:
     cfg = load_config(config, overrides)
     if args.limit < 1 or args.steps < 1 or args.max_probes < 2:
         raise UserError("--limit and --steps must be positive, --max-probes at least 2")
-    find_max(cfg, sorted(set(args.vary)), limit=args.limit, steps=args.steps,
-             max_probes=args.max_probes)
+    find_max(
+        cfg, sorted(set(args.vary)), limit=args.limit, steps=args.steps, max_probes=args.max_probes
+    )
     return 0

@@ -38,8 +38,17 @@ from lmprof.config import (
 from lmprof.errors import ConfigError, UserError
 
 TOP_LEVEL_KEYS = ("base_config", "experiments")
-GROUP_KEYS = ("name", "tag", "description", "params", "fixed_params", "runs", "num_gpus",
-              "repeat", "seeds")
+GROUP_KEYS = (
+    "name",
+    "tag",
+    "description",
+    "params",
+    "fixed_params",
+    "runs",
+    "num_gpus",
+    "repeat",
+    "seeds",
+)
 RUN_KEYS = ("name", "params", "num_gpus", "repeat", "seeds")
 # Set by the sweep for each run; an override would give every run the same name.
 SWEEP_OWNED = ("logging.run_name", "logging.tag")
@@ -98,8 +107,10 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         )
     for key in doc:
         if key not in TOP_LEVEL_KEYS:
-            raise UserError(f"'{path}': unknown top-level key '{key}' (a sweep file has "
-                            "base_config and experiments)")
+            raise UserError(
+                f"'{path}': unknown top-level key '{key}' (a sweep file has "
+                "base_config and experiments)"
+            )
     return doc
 
 
@@ -151,8 +162,7 @@ def expand_sweep(
         owned = {"logging": {"run_name": spec.name, "tag": spec.tags[0] if spec.tags else ""}}
         cfg = build_config(base, *spec.layers, owned, overrides=overrides, run=spec.name)
         changes = {
-            k: v for k, v in _flat(cfg).items()
-            if k not in SWEEP_OWNED and base_flat.get(k) != v
+            k: v for k, v in _flat(cfg).items() if k not in SWEEP_OWNED and base_flat.get(k) != v
         }
         plans.append(RunPlan(len(plans) + 1, spec.name, spec.tags, spec.group, cfg, changes))
     return plans
@@ -215,8 +225,11 @@ def _expand_group(group: Any, i: int, source: str) -> list[_Spec]:
             current = dict(zip(params.keys(), combo, strict=True))
             name = "_".join([prefix] + [_name_part(k, v) for k, v in current.items()])
             for suffix, rep_layer in group_reps:
-                specs.append(_Spec(_safe_name(name + suffix), tags, label,
-                                   [*group_layers, current, rep_layer]))
+                specs.append(
+                    _Spec(
+                        _safe_name(name + suffix), tags, label, [*group_layers, current, rep_layer]
+                    )
+                )
     else:
         runs = group["runs"]
         if not isinstance(runs, list) or not runs:
@@ -228,14 +241,17 @@ def _expand_group(group: Any, i: int, source: str) -> list[_Spec]:
             rwhere = f"{where}, run '{run['name']}'"
             for key in run:
                 if key not in RUN_KEYS:
-                    raise UserError(f"{rwhere}: unknown key '{key}' (allowed: {', '.join(RUN_KEYS)})")
+                    raise UserError(
+                        f"{rwhere}: unknown key '{key}' (allowed: {', '.join(RUN_KEYS)})"
+                    )
             layers = [*group_layers, _mapping(run.get("params"), f"{rwhere}: params")]
             if "num_gpus" in run:
                 layers.append({"system.num_gpus": run["num_gpus"]})
             reps = _repetitions(run, rwhere) if ("repeat" in run or "seeds" in run) else group_reps
             for suffix, rep_layer in reps:
-                specs.append(_Spec(_safe_name(str(run["name"]) + suffix), tags, label,
-                                   [*layers, rep_layer]))
+                specs.append(
+                    _Spec(_safe_name(str(run["name"]) + suffix), tags, label, [*layers, rep_layer])
+                )
     return specs
 
 

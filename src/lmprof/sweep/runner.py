@@ -79,8 +79,15 @@ def default_child_argv(config_path: Path, num_procs: int) -> list[str]:
     script = os.environ.get(CHILD_ENV)
     target = [script] if script else ["-m", "lmprof", "run"]
     if num_procs > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={num_procs}", *target, str(config_path)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={num_procs}",
+            *target,
+            str(config_path),
+        ]
     return [sys.executable, *target, str(config_path)]
 
 
@@ -98,7 +105,9 @@ def load_history(plans: Sequence[RunPlan]) -> dict[str, list[dict[str, str]]]:
 
 
 def decide(
-    plan: RunPlan, rows: Sequence[Mapping[str, str]], force: bool = False,
+    plan: RunPlan,
+    rows: Sequence[Mapping[str, str]],
+    force: bool = False,
     retry_failed: bool = False,
 ) -> tuple[str, Mapping[str, str] | None]:
     """What to do with a run: ("run" | "done" | "kept" | "skip", the row that decided it)."""
@@ -192,10 +201,15 @@ def _oom_kill_count() -> int | None:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             hid, controllers, path = line.split(":", 2)
             if hid == "0":
-                candidates += [f"/sys/fs/cgroup{path}/memory.events", "/sys/fs/cgroup/memory.events"]
+                candidates += [
+                    f"/sys/fs/cgroup{path}/memory.events",
+                    "/sys/fs/cgroup/memory.events",
+                ]
             elif "memory" in controllers.split(","):
-                candidates += [f"/sys/fs/cgroup/memory{path}/memory.oom_control",
-                               "/sys/fs/cgroup/memory/memory.oom_control"]
+                candidates += [
+                    f"/sys/fs/cgroup/memory{path}/memory.oom_control",
+                    "/sys/fs/cgroup/memory/memory.oom_control",
+                ]
     for c in candidates:
         with contextlib.suppress(OSError, ValueError):
             for line in Path(c).read_text().splitlines():
@@ -231,11 +245,17 @@ def classify(
     if oom_killed and returncode != 0:
         return "oom", "killed by the kernel's out-of-memory killer"
     if returncode < 0:
-        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        name = (
+            signal.Signals(-returncode).name
+            if -returncode in signal.valid_signals()
+            else str(-returncode)
+        )
         hint = " (the kernel's out-of-memory killer?)" if -returncode == signal.SIGKILL else ""
         return "failed", f"killed by {name}{hint}" + (f"; log: {last}" if last else "")
     if returncode == 0:
-        return "failed", "exited 0 without writing its results row" + (f"; log: {last}" if last else "")
+        return "failed", "exited 0 without writing its results row" + (
+            f"; log: {last}" if last else ""
+        )
     tail_lines = "\n".join(log_tail.splitlines()[-40:])
     if returncode == 3 or _OOM_TEXT.search(tail_lines):
         return "oom", last or "out of memory"
@@ -248,8 +268,9 @@ def classify(
     return "failed", f"exit code {returncode}" + (f": {last}" if last else "")
 
 
-def _parent_row(plan: RunPlan, status: str, detail: str, elapsed: float | None,
-                started_at: str) -> dict[str, Any]:
+def _parent_row(
+    plan: RunPlan, status: str, detail: str, elapsed: float | None, started_at: str
+) -> dict[str, Any]:
     """The row for an attempt the child could not record: the config's columns and the status."""
     try:
         from lmprof.train.run import config_row
@@ -257,11 +278,17 @@ def _parent_row(plan: RunPlan, status: str, detail: str, elapsed: float | None,
         row: dict[str, Any] = dict(config_row(plan.cfg))
     except ImportError:  # a partial install: the identity columns are enough to resume
         row = {"run_name": plan.name, "tag": plan.tag, "config_hash": plan.config_hash}
-    row.update({
-        "run_name": plan.name, "tag": plan.tag, "config_hash": plan.config_hash,
-        "status": status, "status_detail": detail, "started_at": started_at,
-        "finished_at": _now(),
-    })
+    row.update(
+        {
+            "run_name": plan.name,
+            "tag": plan.tag,
+            "config_hash": plan.config_hash,
+            "status": status,
+            "status_detail": detail,
+            "started_at": started_at,
+            "finished_at": _now(),
+        }
+    )
     if elapsed is not None:
         row["training_time_sec"] = round(elapsed, 3)
     return row
@@ -313,8 +340,7 @@ class SweepRunner:
         w = len(str(n))
         head = f"[{i:>{w}}/{n}] {o.plan.name:<{self._name_width}} {o.status:<11}"
         if o.status == "ok" and o.row:
-            metrics = "  ".join(x for x in (
-                _tps(o.row), _peak(o.row), _ppl(o.row)) if x)
+            metrics = "  ".join(x for x in (_tps(o.row), _peak(o.row), _ppl(o.row)) if x)
         else:
             metrics = _clip(o.detail, 90)
         if o.note:
@@ -324,8 +350,9 @@ class SweepRunner:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run(self, plans: Sequence[RunPlan], force: bool = False,
-            retry_failed: bool = False) -> SweepReport:
+    def run(
+        self, plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False
+    ) -> SweepReport:
         report = SweepReport([], len(plans))
         if not plans:
             self._say("no runs to do")
@@ -338,20 +365,33 @@ class SweepRunner:
                 if self._signals:
                     report.interrupted = True
                     break
-                action, prior = decide(plan, history.get(plan.config_hash, []), force,
-                                       retry_failed)
+                action, prior = decide(plan, history.get(plan.config_hash, []), force, retry_failed)
                 if action == "done":
-                    o = Outcome(plan, prior["status"], prior.get("status_detail", ""), prior,
-                                note="done earlier")
+                    o = Outcome(
+                        plan,
+                        prior["status"],
+                        prior.get("status_detail", ""),
+                        prior,
+                        note="done earlier",
+                    )
                 elif action == "kept":
-                    o = Outcome(plan, prior["status"], prior.get("status_detail", ""), prior,
-                                note="earlier; --retry-failed reruns it")
+                    o = Outcome(
+                        plan,
+                        prior["status"],
+                        prior.get("status_detail", ""),
+                        prior,
+                        note="earlier; --retry-failed reruns it",
+                    )
                 elif action == "skip":
                     o = self._skip(plan, history.get(plan.config_hash, []))
                 else:
                     if self.out.isatty():
-                        print(f"[{i}/{n}] {plan.name} running ... "
-                              f"(log: {_log_path(plan)})", end="", file=self.out, flush=True)
+                        print(
+                            f"[{i}/{n}] {plan.name} running ... (log: {_log_path(plan)})",
+                            end="",
+                            file=self.out,
+                            flush=True,
+                        )
                     o = self._execute(plan)
                     if self.out.isatty():
                         print("\r\033[K", end="", file=self.out)
@@ -395,8 +435,12 @@ class SweepRunner:
                 log.flush()
                 header = log.tell()
                 proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
                     preexec_fn=_child_setup(limit, os.getpid()),
                 )
             ended_by = self._wait(proc, plan.cfg.system.timeout_s, t0, plan.name)
@@ -406,14 +450,19 @@ class SweepRunner:
             return Outcome(plan, "failed", detail, elapsed=time.monotonic() - t0)
         elapsed = time.monotonic() - t0
 
-        new = [r for r in read_rows(results)[n_before:]
-               if r.get("config_hash") == plan.config_hash or r.get("run_name") == plan.name]
+        new = [
+            r
+            for r in read_rows(results)[n_before:]
+            if r.get("config_hash") == plan.config_hash or r.get("run_name") == plan.name
+        ]
         if new:
             row = new[-1]
             if row.get("config_hash") != plan.config_hash:
-                self._say(f"warning: {plan.name}: the run recorded config hash "
-                          f"{row.get('config_hash')!r}, the sweep expected {plan.config_hash}; "
-                          "a rerun will not recognise it as done")
+                self._say(
+                    f"warning: {plan.name}: the run recorded config hash "
+                    f"{row.get('config_hash')!r}, the sweep expected {plan.config_hash}; "
+                    "a rerun will not recognise it as done"
+                )
             status = row.get("status") or "failed"
             detail = row.get("status_detail", "")
             if status != "ok" and not detail:  # say why on the console; the log has the rest
@@ -421,8 +470,13 @@ class SweepRunner:
             return Outcome(plan, status, detail, row, elapsed)
         oom_after = _oom_kill_count()
         oom_killed = oom_before is not None and oom_after is not None and oom_after > oom_before
-        status, detail = classify(proc.returncode, ended_by, _log_tail(log_path, header),
-                                  oom_killed, plan.cfg.system.timeout_s)
+        status, detail = classify(
+            proc.returncode,
+            ended_by,
+            _log_tail(log_path, header),
+            oom_killed,
+            plan.cfg.system.timeout_s,
+        )
         append_row(results, _parent_row(plan, status, detail, elapsed, started_at))
         return Outcome(plan, status, detail, None, elapsed)
 
@@ -442,9 +496,11 @@ class SweepRunner:
                 if stopping is None:
                     # SIGINT first, as a terminal would: the run writes an `interrupted` row.
                     stopping = now
-                    self._say(f"\nstopping {name}: "
-                              f"waiting up to {self.grace_s:g}s for it to record itself "
-                              "(Ctrl-C again to kill it now)")
+                    self._say(
+                        f"\nstopping {name}: "
+                        f"waiting up to {self.grace_s:g}s for it to record itself "
+                        "(Ctrl-C again to kill it now)"
+                    )
                     _signal_group(proc.pid, signal.SIGINT)
                 else:
                     _kill_tree(proc.pid, signal.SIGKILL)
@@ -504,7 +560,13 @@ def _tps(row: Mapping[str, str] | None) -> str:
     v = _float(row, "steady_tokens_per_sec", "throughput")
     if v is None:
         return ""
-    return f"{v / 1e6:.2f}M tok/s" if v >= 1e6 else f"{v / 1e3:.1f}k tok/s" if v >= 1e3 else f"{v:.0f} tok/s"
+    return (
+        f"{v / 1e6:.2f}M tok/s"
+        if v >= 1e6
+        else f"{v / 1e3:.1f}k tok/s"
+        if v >= 1e3
+        else f"{v:.0f} tok/s"
+    )
 
 
 def _peak(row: Mapping[str, str] | None) -> str:
@@ -540,12 +602,28 @@ def format_summary(report: SweepReport) -> str:
     rows = []
     for o in report.outcomes:
         time_s = _duration(o.elapsed) if o.elapsed is not None else ""
-        note = o.note if o.status == "ok" else _clip(f"{o.detail} ({o.note})" if o.note else o.detail, 60)
-        rows.append([str(o.plan.index), o.plan.name, o.plan.tag, o.status,
-                     _tps(o.row).replace(" tok/s", ""), _peak(o.row).replace("peak ", "").replace(" GB", ""),
-                     _ppl(o.row).replace("ppl ", ""), time_s, note])
+        note = (
+            o.note
+            if o.status == "ok"
+            else _clip(f"{o.detail} ({o.note})" if o.note else o.detail, 60)
+        )
+        rows.append(
+            [
+                str(o.plan.index),
+                o.plan.name,
+                o.plan.tag,
+                o.status,
+                _tps(o.row).replace(" tok/s", ""),
+                _peak(o.row).replace("peak ", "").replace(" GB", ""),
+                _ppl(o.row).replace("ppl ", ""),
+                time_s,
+                note,
+            ]
+        )
     lines = ["", "Summary"]
-    lines += _table(["#", "run", "tag", "status", "tok/s", "peak GB", "eval ppl", "time", "note"], rows)
+    lines += _table(
+        ["#", "run", "tag", "status", "tok/s", "peak GB", "eval ppl", "time", "note"], rows
+    )
     counts: dict[str, int] = {}
     for o in report.outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -559,9 +637,7 @@ def format_summary(report: SweepReport) -> str:
     return "\n".join(lines)
 
 
-def format_plan(
-    plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False
-) -> str:
+def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False) -> str:
     """The --dry-run listing: what each run changes, its GPUs and what the sweep would do."""
     history = load_history(plans)
     rows, notes, counts = [], {}, {"run": 0, "done": 0, "kept": 0, "skip": 0}
@@ -574,18 +650,29 @@ def format_plan(
             "kept": f"skip: {prior['status'] if prior else ''} earlier",
             "skip": "not runnable here",
         }[action]
-        rows.append([str(p.index), p.name, ",".join(p.tags), str(p.num_gpus), what,
-                     p.describe_changes() or "(base_config)"])
+        rows.append(
+            [
+                str(p.index),
+                p.name,
+                ",".join(p.tags),
+                str(p.num_gpus),
+                what,
+                p.describe_changes() or "(base_config)",
+            ]
+        )
         if action == "skip":
             notes[p.name] = p.unrunnable
-    lines = _table(["#", "run", "tags", "gpus", "plan", "settings that differ from base_config"],
-                   rows)
+    lines = _table(
+        ["#", "run", "tags", "gpus", "plan", "settings that differ from base_config"], rows
+    )
     out = []
     for line, p in zip(lines[2:], plans, strict=True):
         out.append(line)
         if p.name in notes:
             out.append(f"      -> {notes[p.name]}")
-    summary = (f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
-               f"{counts['kept']} failed earlier (kept; --retry-failed reruns them), "
-               f"{counts['skip']} not runnable on this machine (recorded as skipped)")
+    summary = (
+        f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
+        f"{counts['kept']} failed earlier (kept; --retry-failed reruns them), "
+        f"{counts['skip']} not runnable on this machine (recorded as skipped)"
+    )
     return "\n".join([*lines[:2], *out, summary])

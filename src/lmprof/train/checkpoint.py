@@ -112,8 +112,14 @@ def resume_identity(cfg: RunConfig) -> str:
 
 _METADATA_CLASSES = {
     "torch.distributed.checkpoint.metadata": {
-        "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata",
-        "BytesStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING",
+        "Metadata",
+        "MetadataIndex",
+        "ChunkStorageMetadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "TensorProperties",
+        "StorageMeta",
+        "_MEM_FORMAT_ENCODING",
     },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
@@ -186,8 +192,11 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch_cpu": _b64(torch.get_rng_state()),
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *(x.item() if hasattr(x, "item") else x
-                                                      for x in np_state[2:])],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            *(x.item() if hasattr(x, "item") else x for x in np_state[2:]),
+        ],
     }
     if device.type == "cuda":
         state["torch_cuda"] = _b64(torch.cuda.get_rng_state(device))
@@ -320,7 +329,9 @@ class CheckpointManager:
         stop = self.stop_requested
         # Ranks agree on a stop only on logging steps (which sync anyway) and checkpoint steps:
         # a collective every step would hold every rank's host thread to the slowest one.
-        agree = step % self.cfg.logging.logging_steps == 0 or (self.interval and step % self.interval == 0)
+        agree = step % self.cfg.logging.logging_steps == 0 or (
+            self.interval and step % self.interval == 0
+        )
         if self._multi and not agree:
             return False
         if self._multi:
@@ -363,8 +374,12 @@ class CheckpointManager:
         model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
         with _single_process_quiet(), _plain_errors("saving " + str(tmp)):
-            dcp.save(tensors, storage_writer=FileSystemWriter(tmp), process_group=self._group,
-                     no_dist=not dist.is_initialized())
+            dcp.save(
+                tensors,
+                storage_writer=FileSystemWriter(tmp),
+                process_group=self._group,
+                no_dist=not dist.is_initialized(),
+            )
         st = trainer.state
         rank_state = {
             "rng": rng_state(trainer.device),
@@ -400,8 +415,12 @@ class CheckpointManager:
         pruning would delete the new checkpoints and keep the stale ones)."""
         stale = list_checkpoints(self.root)
         if stale:
-            log.warning("checkpoint: removing %d checkpoint(s) of an earlier run in %s "
-                        "(checkpoint.resume=none)", len(stale), self.root)
+            log.warning(
+                "checkpoint: removing %d checkpoint(s) of an earlier run in %s "
+                "(checkpoint.resume=none)",
+                len(stale),
+                self.root,
+            )
         for _, p in stale:
             shutil.rmtree(p, ignore_errors=True)
         if self.root.is_dir():
@@ -438,11 +457,19 @@ class CheckpointManager:
         model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
         with _single_process_quiet(), _plain_errors(str(path)):
-            dcp.load(tensors, storage_reader=_reader(path), process_group=self._group,
-                     no_dist=not dist.is_initialized())
+            dcp.load(
+                tensors,
+                storage_reader=_reader(path),
+                process_group=self._group,
+                no_dist=not dist.is_initialized(),
+            )
         optim_sd = {"state": tensors["optim"], "param_groups": optim_sd["param_groups"]}
-        set_state_dict(trainer.raw_model, trainer.optimizer,
-                       model_state_dict=tensors["model"], optim_state_dict=optim_sd)
+        set_state_dict(
+            trainer.raw_model,
+            trainer.optimizer,
+            model_state_dict=tensors["model"],
+            optim_state_dict=optim_sd,
+        )
         for group, lr in zip(trainer.optimizer.param_groups, main["lr"], strict=True):
             group["lr"] = lr
         trainer.scheduler.load_state_dict(main["scheduler"])

@@ -19,9 +19,12 @@ def _set_attention(model: torch.nn.Module, attention: str) -> list[tuple]:
     """Switch every attention layer to `attention`; returns what to restore."""
     from torch.nn.attention import SDPBackend
 
-    backend = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
-               "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION}.get(attention)
+    backend = {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }.get(attention)
     saved = []
     for m in model.modules():
         if isinstance(m, CausalSelfAttention):
@@ -65,8 +68,10 @@ def time_attention_kernels(trainer) -> list[tuple[str, str]]:
 def log_attention_table(trainer) -> None:
     rows = time_attention_kernels(trainer)
     width = max(len(k) for k, _ in rows)
-    lines = [f"debug_flash: one forward + backward per attention kernel "
-             f"(batch {trainer.cfg.training.batch_size} x {trainer.cfg.seq_len}, "
-             f"{trainer.cfg.system.precision}; this run uses '{trainer.cfg.model.attention}')"]
+    lines = [
+        f"debug_flash: one forward + backward per attention kernel "
+        f"(batch {trainer.cfg.training.batch_size} x {trainer.cfg.seq_len}, "
+        f"{trainer.cfg.system.precision}; this run uses '{trainer.cfg.model.attention}')"
+    ]
     lines += [f"  {k:<{width}}  {v}" for k, v in rows]
     log.info("\n".join(lines))

@@ -45,7 +45,8 @@ def init_distributed(cfg: RunConfig) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
-            backend=backend, timeout=datetime.timedelta(minutes=30),
+            backend=backend,
+            timeout=datetime.timedelta(minutes=30),
             device_id=device if device.type == "cuda" else None,
         )
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, device=device)

@@ -28,8 +28,13 @@ def ensure_process_group(info: DistInfo) -> None:
         return
     if info.device.type == "cuda":
         # NCCL for the shards, gloo beside it for DCP's and the checkpoint flag's CPU traffic.
-        dist.init_process_group("cpu:gloo,cuda:nccl", store=dist.HashStore(), rank=0,
-                                world_size=1, device_id=info.device)
+        dist.init_process_group(
+            "cpu:gloo,cuda:nccl",
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            device_id=info.device,
+        )
     else:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 

@@ -109,7 +109,10 @@ class Trainer:
         """Training batches on the device, the next one already copied while a step runs."""
         tr, d = self.cfg.training, self.dist
         it = self.data.train_batches(
-            tr.batch_size, rank=d.rank, world_size=d.world_size, seed=tr.seed,
+            tr.batch_size,
+            rank=d.rank,
+            world_size=d.world_size,
+            seed=tr.seed,
             start_step=start_step * tr.grad_accum_steps,
         )
         nxt = next(it).to(self.device)
@@ -131,7 +134,9 @@ class Trainer:
                 if self.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with phase("forward"), self.autocast():
-                    loss, n_correct = self.model(batch.input_ids, batch.targets, batch.attention_mask)
+                    loss, n_correct = self.model(
+                        batch.input_ids, batch.targets, batch.attention_mask
+                    )
                 if self.cudagraphs:  # the next replay overwrites the graph's outputs
                     loss, n_correct = loss.clone(), n_correct.clone()
                 with phase("backward"):
@@ -189,12 +194,17 @@ class Trainer:
             ckpt = self.checkpoints is not None and self.checkpoints.due(st.step)
             if st.step % log_every == 0 or st.step == max_steps or ckpt:
                 st.train_time_s += time.perf_counter() - t_start
-                self._log_point(interval_loss, interval_correct, interval_steps, interval_real, progress)
+                self._log_point(
+                    interval_loss, interval_correct, interval_steps, interval_real, progress
+                )
                 interval_loss.zero_()
                 interval_correct.zero_()
                 interval_steps, interval_real = 0, 0
-                if self.cfg.logging.eval_interval and st.step % self.cfg.logging.eval_interval == 0 \
-                        and st.step < max_steps:
+                if (
+                    self.cfg.logging.eval_interval
+                    and st.step % self.cfg.logging.eval_interval == 0
+                    and st.step < max_steps
+                ):
                     self.evaluate()
                 if ckpt:  # after a log point, so the details CSVs cover each step once
                     self.checkpoints.save(self)  # raises Preempted after a SIGTERM
@@ -237,8 +247,14 @@ class Trainer:
         elif self.dist.is_main:
             log.info(
                 "step %d/%d loss %.4f ppl %.2f acc %.3f lr %.2e %.1f ms/step %.0f tok/s",
-                st.step, cfg.training.max_steps, loss, point["perplexity"], point["accuracy"],
-                point["lr"], step_time, point["tokens_per_sec"],
+                st.step,
+                cfg.training.max_steps,
+                loss,
+                point["perplexity"],
+                point["accuracy"],
+                point["lr"],
+                step_time,
+                point["tokens_per_sec"],
             )
 
     def _check_divergence(self, loss: float) -> None:
@@ -248,8 +264,10 @@ class Trainer:
             return
         if st.first_nonfinite_step is None:
             st.first_nonfinite_step = st.step
-        if st.step - st.first_nonfinite_step >= self.cfg.training.diverge_patience or \
-                st.step >= self.cfg.training.max_steps:
+        if (
+            st.step - st.first_nonfinite_step >= self.cfg.training.diverge_patience
+            or st.step >= self.cfg.training.max_steps
+        ):
             why = "loss non-finite"
             if self.cfg.system.precision == "fp16":
                 why += f" (fp16 overflow; loss scale {self.scaler.get_scale():.3g})"
@@ -266,7 +284,9 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_tokens = 0
         for batch in self.data.val_batches(
-            cfg.training.batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
+            cfg.training.batch_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
             max_batches=cfg.logging.eval_max_batches,
         ):
             batch = batch.to(self.device)
@@ -294,8 +314,12 @@ class Trainer:
         self.out.log_eval(point)
         if self.dist.is_main:
             log.info(
-                "eval at step %d: loss %.4f ppl %.2f acc %.3f over %d tokens", st.step,
-                eval_loss, point["eval_perplexity"], point["eval_accuracy"], total_tokens,
+                "eval at step %d: loss %.4f ppl %.2f acc %.3f over %d tokens",
+                st.step,
+                eval_loss,
+                point["eval_perplexity"],
+                point["eval_accuracy"],
+                total_tokens,
             )
         return point
 
@@ -317,6 +341,8 @@ class Trainer:
             "steady_tokens_per_sec": per_gpu * world,
             "processed_tokens_per_sec": tokens_per_step_proc / (p50 / 1e3) * world,
             # The first step's wall time holds the compilation; one steady step of it is work.
-            "compile_time_sec": max(0.0, st.compile_time_s - p50 / 1e3) if cfg.system.compile else 0.0,
+            "compile_time_sec": max(0.0, st.compile_time_s - p50 / 1e3)
+            if cfg.system.compile
+            else 0.0,
             "steady_steps": len(steady),
         }

@@ -10,7 +10,9 @@ from torch import nn
 from lmprof.config import TrainingConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, cfg: TrainingConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, norms); fused on CUDA, where it
     also lets GradScaler skip its per-step host sync."""
     decay, no_decay = [], []

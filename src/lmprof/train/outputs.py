@@ -15,11 +15,23 @@ from pathlib import Path
 from lmprof.config import RunConfig, save_config
 
 METRICS_COLUMNS = (
-    "step", "loss", "perplexity", "accuracy", "lr", "tokens_seen", "step_time_ms",
-    "tokens_per_sec", "elapsed_sec",
+    "step",
+    "loss",
+    "perplexity",
+    "accuracy",
+    "lr",
+    "tokens_seen",
+    "step_time_ms",
+    "tokens_per_sec",
+    "elapsed_sec",
 )
 EVAL_COLUMNS = (
-    "step", "tokens_seen", "elapsed_sec", "eval_loss", "eval_perplexity", "eval_accuracy",
+    "step",
+    "tokens_seen",
+    "elapsed_sec",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_accuracy",
     "eval_tokens",
 )
 
@@ -40,7 +52,9 @@ class _CsvLog:
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerow([_fmt(row.get(c, "")) for c in self.columns])
+            csv.writer(f, lineterminator="\n").writerow(
+                [_fmt(row.get(c, "")) for c in self.columns]
+            )
 
 
 class RunOutputs:
@@ -90,8 +104,13 @@ class RunOutputs:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=self.cfg.logging.run_name, unit="step",
-                    dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=self.cfg.logging.run_name,
+            unit="step",
+            dynamic_ncols=True,
+        )
 
 
 def _tensorboard_writer(path: Path):
@@ -100,7 +119,9 @@ def _tensorboard_writer(path: Path):
     except ImportError:
         from lmprof.errors import UserError
 
-        raise UserError("logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]") from None
+        raise UserError(
+            "logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]"
+        ) from None
     return SummaryWriter(log_dir=str(path))
 
 

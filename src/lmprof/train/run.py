@@ -33,7 +33,9 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "Cannot allocate memory" in text
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or "Cannot allocate memory" in text
     )
 
 
@@ -101,8 +103,12 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
         # The seed's throughput: real tokens over all ranks per second of training, end to end.
         "throughput": total_real / st.train_time_s if st.train_time_s > 0 else float("nan"),
         "final_train_loss": logged[-1]["loss"] if logged else float("nan"),
-        "avg_perplexity": sum(p["perplexity"] for p in logged) / len(logged) if logged else float("nan"),
-        "avg_accuracy": sum(p["accuracy"] for p in logged) / len(logged) if logged else float("nan"),
+        "avg_perplexity": sum(p["perplexity"] for p in logged) / len(logged)
+        if logged
+        else float("nan"),
+        "avg_accuracy": sum(p["accuracy"] for p in logged) / len(logged)
+        if logged
+        else float("nan"),
     }
     row.update(trainer.steady_state())
     row.update(_flops_row(trainer, row))
@@ -148,8 +154,10 @@ def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> d
 
     est = estimate_memory(cfg, vocab_size, world_size)
     gib = 1024**3
-    return {"predicted_peak_mem_gb": est.predicted_peak_bytes / gib,
-            "predicted_peak_phase": est.peak_phase}
+    return {
+        "predicted_peak_mem_gb": est.predicted_peak_bytes / gib,
+        "predicted_peak_phase": est.peak_phase,
+    }
 
 
 def run(cfg: RunConfig) -> int:
@@ -171,8 +179,13 @@ def run(cfg: RunConfig) -> int:
         outputs.open()
         row |= _predicted_memory_row(cfg, trainer.data.vocab_size, dist.world_size)
         ckpt.attach(trainer)  # restores the newest checkpoint when resuming
-        log.info("model: %.2fM parameters on %s, precision %s, attention %s",
-                 trainer.n_params / 1e6, dist.device, cfg.system.precision, cfg.model.attention)
+        log.info(
+            "model: %.2fM parameters on %s, precision %s, attention %s",
+            trainer.n_params / 1e6,
+            dist.device,
+            cfg.system.precision,
+            cfg.model.attention,
+        )
         if cfg.logging.debug_flash:
             from lmprof.train.debug_flash import log_attention_table
 
@@ -195,7 +208,10 @@ def run(cfg: RunConfig) -> int:
             phase = trainer.instruments.state_phase if trainer else "setup"
             status, detail = "oom", f"out of memory during {phase}"
         else:
-            status, detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            status, detail = (
+                "failed",
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            )
             log.error("run failed:\n%s", traceback.format_exc())
     finally:
         if status != "ok" and trainer is not None:

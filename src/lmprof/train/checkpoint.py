@@ -4,8 +4,8 @@ Layout, one folder per checkpoint, written whole or not at all:
 
     <output_dir>/<checkpoint.dir>/<run_name>/step_<N>/
         .metadata, __<rank>_0.distcp   model and optimizer tensors (torch.distributed.checkpoint)
-        trainer.json                   step, scheduler, GradScaler, lr, run identity (rank 0)
-        rank_<r>.json                  rank r's RNG states (torch CPU/CUDA, python, numpy), counters
+        trainer.json                   step, run identity, world size, the optimizer's lr (rank 0)
+        rank_<r>.json                  rank r's trainer state_dict (counters, scheduler, RNG...)
 
 Every rank writes into `.tmp_step_<N>`; when all have finished, rank 0 renames it to `step_<N>`,
 so a folder with that name is always complete, and prunes all but the newest checkpoint.keep.
@@ -27,7 +27,6 @@ dropped and the rest kept, so the curve continues without duplicated or missing 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import csv
 import hashlib
@@ -36,30 +35,35 @@ import json
 import logging
 import os
 import pickle
-import random
 import re
 import shutil
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
 from lmprof.train.distributed import DistInfo
 
-if TYPE_CHECKING:
-    from lmprof.train.loop import Trainer
-
 log = logging.getLogger("lmprof")
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the trainer's state is its own state_dict, one per rank
+
+
+class Stateful(Protocol):
+    """What the checkpointer saves besides the model and optimizer tensors: a JSON-able
+    state_dict (non-tensor state never goes through pickle)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class Preempted(Exception):
@@ -175,42 +179,7 @@ def _reader(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Host state as JSON
-
-
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch_cpu": _b64(torch.get_rng_state()),
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [
-            np_state[0],
-            np_state[1].tolist(),
-            *(x.item() if hasattr(x, "item") else x for x in np_state[2:]),
-        ],
-    }
-    if device.type == "cuda":
-        state["torch_cuda"] = _b64(torch.cuda.get_rng_state(device))
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(_unb64(state["torch_cpu"]))
-    v, internal, gauss = state["python"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(_unb64(state["torch_cuda"]), device)
+# JSON files
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -262,14 +231,20 @@ def _numbers(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def continue_csv(path: Path, step: int) -> list[dict[str, Any]]:
+    """A details CSV cut back to `step` (see trim_csv), its kept rows read back as numbers."""
+    return [_numbers(r) for r in trim_csv(path, step)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The manager
 
 
 class CheckpointManager:
-    """The Trainer's checkpoints and pre-emption: `due(step)` every step (Python ints and one
-    CPU collective on several ranks, no device sync), `save(trainer)` when due, `attach(trainer)`
-    once after the Trainer is built (restores the newest checkpoint when resuming)."""
+    """Checkpoints and pre-emption. `attach(model, optimizer, trainer, on_resume)` once the
+    pieces exist (restores the newest checkpoint when resuming), then the loop calls `due(step)`
+    every step (Python ints and one CPU collective on several ranks, no device sync) and
+    `save(step)` when due. It knows the trainer only through its state_dict."""
 
     def __init__(self, cfg: RunConfig, dist_info: DistInfo):
         self.cfg, self.dist = cfg, dist_info
@@ -280,6 +255,9 @@ class CheckpointManager:
         self.stopping = False  # all ranks agreed to stop
         self._fresh = True  # nothing of this process saved or loaded yet
         self._group = None
+        self._model: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._trainer: Stateful | None = None
         self._flag = torch.zeros(1, dtype=torch.int32)
         if dist_info.world_size > 1 and dist.is_initialized():
             # The stop flag is agreed on every step over gloo with a CPU tensor: a host
@@ -341,24 +319,33 @@ class CheckpointManager:
         self.stopping = stop
         return stop or (self.interval > 0 and step % self.interval == 0)
 
-    def save(self, trainer: Trainer) -> Path:
+    def save(self, step: int) -> Path:
         """Write the checkpoint of the step just finished; after SIGTERM, raise Preempted."""
-        step = trainer.state.step
-        path = self._write(trainer, step)
+        path = self._write(step)
         log.info("checkpoint: step %d -> %s", step, path)
         if self.stopping:
             raise Preempted(f"SIGTERM: checkpoint at step {step}")
         return path
 
-    def attach(self, trainer: Trainer) -> None:
-        """Hook the trainer up and, when resuming, restore the newest checkpoint into it."""
-        trainer.checkpoints = self
+    def attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer: Stateful,
+        on_resume: Callable[[int], None] | None = None,
+    ) -> None:
+        """What to save: the unwrapped model (FSDP2-sharded or not) and its optimizer, whose
+        tensors go through DCP, and the trainer's JSON state. When resuming, restore the newest
+        checkpoint into them, then call `on_resume(step)` on every rank."""
+        self._model, self._optimizer, self._trainer = model, optimizer, trainer
         if self.resume_from is not None:
-            self._load(trainer, self.resume_from)
+            step = self._load(self.resume_from)
+            if on_resume is not None:
+                on_resume(step)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _write(self, trainer: Trainer, step: int) -> Path:
+    def _write(self, step: int) -> Path:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint import FileSystemWriter
         from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -371,7 +358,7 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         self._fresh = False
         self._barrier()
-        model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
+        model_sd, optim_sd = get_state_dict(self._model, self._optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
         with _single_process_quiet(), _plain_errors("saving " + str(tmp)):
             dcp.save(
@@ -380,12 +367,7 @@ class CheckpointManager:
                 process_group=self._group,
                 no_dist=not dist.is_initialized(),
             )
-        st = trainer.state
-        rank_state = {
-            "rng": rng_state(trainer.device),
-            "real_tokens": st.real_tokens,
-            "processed_tokens": st.processed_tokens,
-        }
+        rank_state = self._trainer.state_dict()
         atomic_write_text(tmp / f"rank_{self.dist.rank}.json", json.dumps(rank_state))
         if self.dist.is_main:
             main_state = {
@@ -394,10 +376,9 @@ class CheckpointManager:
                 "world_size": self.dist.world_size,
                 "identity": resume_identity(self.cfg),
                 "config_hash": self.cfg.hash(),
-                "train_time_s": st.train_time_s,
-                "lr": [g["lr"] for g in trainer.optimizer.param_groups],
-                "scheduler": trainer.scheduler.state_dict(),
-                "scaler": trainer.scaler.state_dict(),
+                # DCP carries the optimizer's tensors only; its param groups come from the live
+                # optimizer on load, so their lr (which the first resumed step uses) is kept here.
+                "lr": [g["lr"] for g in self._optimizer.param_groups],
             }
             atomic_write_text(tmp / "trainer.json", json.dumps(main_state, indent=1))
         self._barrier()
@@ -434,7 +415,7 @@ class CheckpointManager:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _load(self, trainer: Trainer, path: Path) -> None:
+    def _load(self, path: Path) -> int:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -454,7 +435,7 @@ class CheckpointManager:
         mine = _read_json(path / f"rank_{self.dist.rank}.json")
         # get_state_dict gives the live tensors (and initialises empty optimizer state with a
         # zero-lr step), so DCP loads in place, each rank its own shards.
-        model_sd, optim_sd = get_state_dict(trainer.raw_model, trainer.optimizer)
+        model_sd, optim_sd = get_state_dict(self._model, self._optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
         with _single_process_quiet(), _plain_errors(str(path)):
             dcp.load(
@@ -465,35 +446,18 @@ class CheckpointManager:
             )
         optim_sd = {"state": tensors["optim"], "param_groups": optim_sd["param_groups"]}
         set_state_dict(
-            trainer.raw_model,
-            trainer.optimizer,
+            self._model,
+            self._optimizer,
             model_state_dict=tensors["model"],
             optim_state_dict=optim_sd,
         )
-        for group, lr in zip(trainer.optimizer.param_groups, main["lr"], strict=True):
+        for group, lr in zip(self._optimizer.param_groups, main["lr"], strict=True):
             group["lr"] = lr
-        trainer.scheduler.load_state_dict(main["scheduler"])
-        if main["scaler"]:
-            trainer.scaler.load_state_dict(main["scaler"])
-        st = trainer.state
-        st.step = int(main["step"])
-        st.train_time_s = float(main["train_time_s"])
-        st.real_tokens = int(mine["real_tokens"])
-        st.processed_tokens = int(mine["processed_tokens"])
-        set_rng_state(mine["rng"], trainer.device)
+        self._trainer.load_state_dict(mine)
         self._fresh = False
-        if self.dist.is_main:
-            self._continue_details(trainer, st.step)
-        log.info("resumed from %s (step %d)", path, st.step)
-
-    def _continue_details(self, trainer: Trainer, step: int) -> None:
-        """Drop detail rows past the checkpoint, and take the kept ones back into the state so
-        the summary row's averages cover the whole run."""
-        out = trainer.out
-        if out.metrics is not None:
-            trainer.state.logged = [_numbers(r) for r in trim_csv(out.metrics.path, step)]
-        if out.evals is not None:
-            trainer.state.evals = [_numbers(r) for r in trim_csv(out.evals.path, step)]
+        step = int(main["step"])
+        log.info("resumed from %s (step %d)", path, step)
+        return step
 
 
 @contextlib.contextmanager

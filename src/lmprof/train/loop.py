@@ -13,6 +13,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ from lmprof.train.distributed import DistInfo, all_reduce_sum
 from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
 from lmprof.train.outputs import RunOutputs
+from lmprof.train.rng import rng_state, set_rng_state
 from lmprof.train.timing import StepTimer, percentile
 
 log = logging.getLogger("lmprof")
@@ -47,11 +50,43 @@ class TrainState:
     evals: list[dict] = field(default_factory=list)
 
 
+class Checkpoints(Protocol):
+    """What fit needs of a checkpointer (train/checkpoint.py's CheckpointManager)."""
+
+    def due(self, step: int) -> bool: ...
+
+    def save(self, step: int) -> Path: ...
+
+
 def set_precision_flags(precision: str) -> None:
     """fp32 means IEEE fp32 matmuls; tf32 opts in to the tensor-core format explicitly."""
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+class _Interval:
+    """Loss, correct predictions and real tokens since the last log point. Loss and count stay
+    on the device (no sync per step); `take` hands them over and starts a new interval."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.steps, self.real = 0, 0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, real: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.steps += 1
+        self.real += real
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        # Clones, so zeroing for the next interval cannot race the caller's reads.
+        out = (self.loss.clone(), self.correct.clone(), self.steps, self.real)
+        self.loss.zero_()
+        self.correct.zero_()
+        self.steps, self.real = 0, 0
+        return out
 
 
 class Trainer:
@@ -79,7 +114,46 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.system.precision == "fp16")
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
-        self.checkpoints = None  # a CheckpointManager attaches itself (train/checkpoint.py)
+
+    # -- resumable state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's state beyond the model and optimizer tensors, JSON-able. The step is also
+        the data position: the loader is deterministic given its start step."""
+        st = self.state
+        return {
+            "step": st.step,
+            "real_tokens": st.real_tokens,
+            "processed_tokens": st.processed_tokens,
+            "train_time_s": st.train_time_s,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        st = self.state
+        st.step = int(state["step"])
+        st.real_tokens = int(state["real_tokens"])
+        st.processed_tokens = int(state["processed_tokens"])
+        st.train_time_s = float(state["train_time_s"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:  # an off GradScaler's state_dict is empty
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.device)
+
+    def continue_details(self, step: int) -> None:
+        """On resume: drop detail rows past the checkpoint, and take the kept ones back into the
+        state so the summary row's averages cover the whole run."""
+        from lmprof.train.checkpoint import continue_csv
+
+        out = self.out
+        if not self.dist.is_main:
+            return
+        if out.metrics is not None:
+            self.state.logged = continue_csv(out.metrics.path, step)
+        if out.evals is not None:
+            self.state.evals = continue_csv(out.evals.path, step)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         system = self.cfg.system
@@ -166,57 +240,59 @@ class Trainer:
             return self.model.no_sync()
         return contextlib.nullcontext()
 
-    def fit(self) -> TrainState:
-        cfg, st = self.cfg, self.state
-        max_steps, log_every = cfg.training.max_steps, cfg.logging.logging_steps
+    def fit(self, checkpoints: Checkpoints | None = None) -> TrainState:
+        """Train up to training.max_steps from the state's step (0, or a restored checkpoint's)."""
+        st, max_steps = self.state, self.cfg.training.max_steps
         batches = self.batches(st.step)
         self.model.train()
-        interval_loss = torch.zeros((), device=self.device)
-        interval_correct = torch.zeros((), device=self.device, dtype=torch.long)
-        interval_steps, interval_real = 0, 0
+        meter = _Interval(self.device)
         progress = self.out.progress_bar(max_steps, initial=st.step)
         t_start = time.perf_counter()
         while st.step < max_steps:
-            real_before = st.real_tokens
-            self.instruments.step_begin(st.step)
-            self.timer.start()
-            loss, correct = self.train_step(batches)
-            self.timer.stop()
-            st.step += 1
-            self.instruments.step_end(st.step)
-            interval_loss += loss
-            interval_correct += correct
-            interval_steps += 1
-            interval_real += st.real_tokens - real_before
+            self._step(batches, meter)
             if st.step == 1:
-                self.timer.collect()
                 st.compile_time_s = time.perf_counter() - t_start
-            ckpt = self.checkpoints is not None and self.checkpoints.due(st.step)
-            if st.step % log_every == 0 or st.step == max_steps or ckpt:
+            ckpt = checkpoints is not None and checkpoints.due(st.step)
+            # A checkpoint step is always a log point, so the details CSVs cover each step once.
+            if self._log_due(st.step) or ckpt:
                 st.train_time_s += time.perf_counter() - t_start
-                self._log_point(
-                    interval_loss, interval_correct, interval_steps, interval_real, progress
-                )
-                interval_loss.zero_()
-                interval_correct.zero_()
-                interval_steps, interval_real = 0, 0
-                if (
-                    self.cfg.logging.eval_interval
-                    and st.step % self.cfg.logging.eval_interval == 0
-                    and st.step < max_steps
-                ):
+                self._log_point(meter, progress)
+                if self._eval_due(st.step):
                     self.evaluate()
-                if ckpt:  # after a log point, so the details CSVs cover each step once
-                    self.checkpoints.save(self)  # raises Preempted after a SIGTERM
-                t_start = time.perf_counter()
+                if ckpt:
+                    checkpoints.save(st.step)  # raises Preempted after a SIGTERM
+                t_start = time.perf_counter()  # evaluation and saving are not training time
             elif progress is not None:
                 progress.update(1)
         if progress is not None:
             progress.close()
         return st
 
-    def _log_point(self, loss_sum, correct_sum, n_steps, n_real, progress) -> None:
+    def _step(self, batches, meter: _Interval) -> None:
+        """One timed optimizer step, its loss and counts added to `meter` on the device."""
+        st = self.state
+        real_before = st.real_tokens
+        self.instruments.step_begin(st.step)
+        self.timer.start()
+        loss, correct = self.train_step(batches)
+        self.timer.stop()
+        st.step += 1
+        self.instruments.step_end(st.step)
+        meter.add(loss, correct, st.real_tokens - real_before)
+        if st.step == 1:
+            self.timer.collect()  # the first step's wall time holds the compilation
+
+    def _log_due(self, step: int) -> bool:
+        return step % self.cfg.logging.logging_steps == 0 or step == self.cfg.training.max_steps
+
+    def _eval_due(self, step: int) -> bool:
+        # Not after the last step: the caller evaluates the final model once, for the row.
+        every = self.cfg.logging.eval_interval
+        return bool(every) and step % every == 0 and step < self.cfg.training.max_steps
+
+    def _log_point(self, meter: _Interval, progress) -> None:
         st, cfg = self.state, self.cfg
+        loss_sum, correct_sum, n_steps, n_real = meter.take()
         step_ms = self.timer.collect()
         self.instruments.collect()
         # One device-to-host transfer for everything the log line needs, summed over ranks.

@@ -178,7 +178,10 @@ def run(cfg: RunConfig) -> int:
         trainer = Trainer(cfg, dist, outputs)
         outputs.open()
         row |= _predicted_memory_row(cfg, trainer.data.vocab_size, dist.world_size)
-        ckpt.attach(trainer)  # restores the newest checkpoint when resuming
+        # Restores the newest checkpoint when resuming.
+        ckpt.attach(
+            trainer.raw_model, trainer.optimizer, trainer, on_resume=trainer.continue_details
+        )
         log.info(
             "model: %.2fM parameters on %s, precision %s, attention %s",
             trainer.n_params / 1e6,
@@ -190,7 +193,7 @@ def run(cfg: RunConfig) -> int:
             from lmprof.train.debug_flash import log_attention_table
 
             log_attention_table(trainer)
-        trainer.fit()
+        trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point)
         status = "ok"

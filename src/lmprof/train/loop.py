@@ -24,7 +24,7 @@ from lmprof.train.distributed import DistInfo, all_reduce_sum
 from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
 from lmprof.train.outputs import RunOutputs
-from lmprof.train.timing import StepTimer, percentile
+from lmprof.train.timing import StepTimer, percentile, steady_noise
 
 log = logging.getLogger("lmprof")
 
@@ -337,6 +337,7 @@ class Trainer:
         return {
             "step_time_p50_ms": p50,
             "step_time_p90_ms": percentile(steady, 90),
+            **steady_noise(steady, cfg.logging.run_name, say=self.dist.is_main),
             "steady_tokens_per_sec_per_gpu": per_gpu,
             "steady_tokens_per_sec": per_gpu * world,
             "processed_tokens_per_sec": tokens_per_step_proc / (p50 / 1e3) * world,

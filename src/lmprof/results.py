@@ -54,6 +54,13 @@ LMPROF_COLUMNS = (
     "processed_tokens_per_sec",
     "step_time_p50_ms",
     "step_time_p90_ms",
+    # The steady window's noise (lmprof.stats.noise, produced in train/timing.py).
+    "step_time_p10_ms",
+    "step_time_cv",
+    "step_time_p50_ci_low_ms",
+    "step_time_p50_ci_high_ms",
+    "noisy",
+    "noisy_reason",
     "compile_time_sec",
     "final_train_loss",
     "peak_gpu_reserved_gb",

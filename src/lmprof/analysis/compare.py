@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from . import uncertainty
 from .common import STATUS_WORDS, Context, Plot, Skip, more_less, pct_change
 from .load import Run, Table
 from .style import FAIL_COLOR, TOKENS_LABEL, figure, fmt_num, save, tokens_axis
@@ -174,12 +175,37 @@ def _reading(pair: Pair) -> str:
     parts = []
     if run.mem_gb is not None and base.mem_gb is not None:
         parts.append(f"uses {more_less(run.mem_gb, base.mem_gb, 'peak memory', base.name)}")
+    extra = ""
     if run.tokens_per_sec is not None and base.tokens_per_sec is not None:
         whose = "its" if parts else f"{base.name}'s"
-        parts.append(f"gives {run.tokens_per_sec / base.tokens_per_sec:.2f}x {whose} tokens/s")
+        rt = uncertainty.compare(run, base)
+        if rt is None or not rt.known:
+            parts.append(
+                f"gives {run.tokens_per_sec / base.tokens_per_sec:.2f}x {whose} tokens/s "
+                "(interval unknown: the runs recorded no step-time spread; not a finding)"
+            )
+        elif rt.includes_one:
+            parts.append(f"shows no measurable difference in tokens/s ({rt.text()})")
+        elif not pair_differs(pair):
+            parts.append(
+                f"differs from {base.name} only in settings the row does not show, yet gives "
+                f"{rt.text()} the tokens/s: flagged as implausible for identical settings, "
+                "not a speedup"
+            )
+        else:
+            parts.append(f"gives {rt.text()} {whose} tokens/s")
+        if rt is not None and rt.source == "steps":
+            extra = (
+                " One run per configuration: the 95% interval comes from each run's own "
+                "step-time spread and does not see run-to-run variation (use --repeat)."
+            )
     if not parts:
         return f"{run.name} and {base.name} recorded neither memory nor throughput."
-    return f"With {pair.title}, {run.name} {' and '.join(parts)}."
+    return f"With {pair.title}, {run.name} {' and '.join(parts)}.{extra}"
+
+
+def pair_differs(pair: Pair) -> bool:
+    return bool(differences(pair.base, pair.run))
 
 
 def optimization_comparisons(ctx: Context) -> list[Plot]:

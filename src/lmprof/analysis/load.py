@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class Run:
 
     row: dict[str, str]
     line: int  # the row's line in results.csv (header is line 1), for the report
+    # The replicate runs (repeats, seeds) this one stands for; the row holds their medians.
+    members: list[Run] = field(default_factory=list)
 
     def get(self, column: str) -> str:
         return (self.row.get(column) or "").strip()
@@ -121,6 +124,53 @@ class Run:
     def identity(self) -> tuple[str, str]:
         return (self.tag, self.get("config_hash") or self.name)
 
+    @property
+    def group_key(self) -> tuple[str, str]:
+        """Replicates share it: the tag and the name without its _rep<k>/_seed<s> suffixes."""
+        return (self.tag, _REPLICATE_SUFFIX.sub("", self.name))
+
+    @property
+    def replicates(self) -> list[Run]:
+        return self.members or [self]
+
+    @property
+    def noisy(self) -> bool:
+        return _flag(self.get("noisy"))
+
+
+_REPLICATE_SUFFIX = re.compile(r"(_seed-?\d+|_rep\d+)+$")
+# Columns whose replicate median the representative row holds.
+MEDIAN_COLUMNS = (
+    "steady_tokens_per_sec",
+    "steady_tokens_per_sec_per_gpu",
+    "throughput",
+    "peak_gpu_mem_gb",
+    "peak_host_mem_gb",
+    "mfu",
+    "eval_loss",
+    "eval_perplexity",
+    "training_time_sec",
+)
+
+
+def _representative(group: list[Run]) -> Run:
+    """One run standing for replicates: the first one's row with the measured runs' medians."""
+    from lmprof.stats import median
+
+    first = group[0]
+    if len(group) == 1:
+        return first
+    row = dict(first.row)
+    done = [r for r in group if r.measured]
+    for col in MEDIAN_COLUMNS:
+        values = [v for r in done if (v := r.num(col)) is not None]
+        if values:
+            row[col] = repr(median(values))
+    if done:
+        row["status"] = "ok" if any(r.status == "ok" for r in done) else done[0].status
+    row["run_name"] = _REPLICATE_SUFFIX.sub("", first.name) or first.name
+    return Run(row, first.line, list(group))
+
 
 @dataclass
 class Repeat:
@@ -135,10 +185,12 @@ class Repeat:
 
 @dataclass
 class Table:
-    runs: list[Run]  # one per configuration, in first-seen order
+    runs: list[Run]  # one per configuration (replicates merged), in first-seen order
     n_rows: int
     columns: list[str]
     repeats: list[Repeat] = field(default_factory=list)
+    all_runs: list[Run] = field(default_factory=list)  # every replicate, latest row each
+    superseded: list[Run] = field(default_factory=list)  # a run name's older configuration
 
     def tagged(self, *prefixes: str) -> list[Run]:
         return [r for r in self.runs if any(r.tag.startswith(p) for p in prefixes)]
@@ -201,7 +253,22 @@ def load_table(path: str | Path) -> Table:
                     used.line,
                 )
             )
-    return Table(runs, len(rows), list(rows[0].keys()), repeats)
+    # A run name whose configuration changed since: only its latest configuration is current
+    # (an earlier attempt's failure must not be drawn on today's plots).
+    latest: dict[tuple[str, str], int] = {}
+    for r in runs:
+        latest[(r.tag, r.name)] = max(latest.get((r.tag, r.name), 0), max_line(groups[r.identity]))
+    current = [r for r in runs if max_line(groups[r.identity]) == latest[(r.tag, r.name)]]
+    superseded = [r for r in runs if r not in current]
+    by_key: dict[tuple[str, str], list[Run]] = {}
+    for r in current:
+        by_key.setdefault(r.group_key, []).append(r)
+    merged = [_representative(g) for g in by_key.values()]
+    return Table(merged, len(rows), list(rows[0].keys()), repeats, current, superseded)
+
+
+def max_line(group: list[Run]) -> int:
+    return max(r.line for r in group)
 
 
 @dataclass

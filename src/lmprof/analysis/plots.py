@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import uncertainty
 from .common import (
     Context,
     Plot,
@@ -21,6 +22,7 @@ from .common import (
 )
 from .load import Run
 from .style import (
+    FAIL_COLOR,
     TOKENS_LABEL,
     figure,
     fmt_num,
@@ -53,6 +55,20 @@ def _draw(ax: Any, series: Sequence[Series], ylabel: str) -> None:
         if s.points:
             xs, ys = [p[0] for p in s.points], [p[1] for p in s.points]
             ax.plot(xs, ys, marker="o", color=s.color, label=s.label, linewidth=2)
+            if ylabel == MFU_LABEL:
+                bad = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 100]
+                if bad:
+                    ax.plot(
+                        [b[0] for b in bad],
+                        [b[1] for b in bad],
+                        linestyle="none",
+                        marker="o",
+                        markersize=15,
+                        markerfacecolor="none",
+                        markeredgecolor=FAIL_COLOR,
+                        markeredgewidth=2,
+                        label="impossible (MFU > 100%)",
+                    )
         mark_failures(ax, [(x, r.status, s.color) for x, r in s.failed])
     ax.set_ylabel(ylabel)
     if ylabel == TOKENS_LABEL:
@@ -379,7 +395,7 @@ def throughput_vs_model_size(ctx: Context) -> list[Plot]:
     result = _sweep(
         ctx,
         file,
-        "Throughput and MFU vs model size",
+        "Throughput and MFU vs model size" if has_mfu else "Throughput vs model size",
         runs,
         lambda r: r.pos("total_params_m"),
         "parameters (millions)",
@@ -438,7 +454,29 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
         mark_failures(eff_ax, [(x, r.status, q.color) for x, r in q.failed])
     tps_ax.set_ylim(0, top)
     eff_ax.axhline(100, linestyle="--", color="#555555", alpha=0.7, label="ideal (100%)")
-    eff_ax.set_ylim(0, 125)
+    effs = [
+        100 * (y / x) / (q.points[0][1] / q.points[0][0]) for q in series for x, y, _ in q.points
+    ]
+    for q in series:
+        if not q.points:
+            continue
+        x0q, y0q = q.points[0][0], q.points[0][1]
+        over = [(x, 100 * (y / x) / (y0q / x0q)) for x, y, _ in q.points]
+        over = [(x, e) for x, e in over if e > 100.5]
+        if over:
+            # Kept on the chart, ringed: above linear scaling is a measurement to question.
+            eff_ax.plot(
+                [p[0] for p in over],
+                [p[1] for p in over],
+                linestyle="none",
+                marker="o",
+                markersize=16,
+                markerfacecolor="none",
+                markeredgecolor=FAIL_COLOR,
+                markeredgewidth=2,
+                label="implausible (>100%)",
+            )
+    eff_ax.set_ylim(0, max(125, max(effs, default=0) * 1.12))
     eff_ax.set_ylabel("scaling efficiency (% of linear)")
     for ax in (tps_ax, eff_ax):
         set_x(ax, xs_all, "GPUs")
@@ -446,11 +484,24 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
     fig.suptitle("Data-parallel scaling: throughput and efficiency vs GPU count", fontsize=13)
     footnote(fig, undrawn, "not run, or no value")
     save(fig, ctx.out / file)
-    (x0, y0, _), (x1, y1, _) = s.points[0], s.points[-1]
+    (x0, y0, r0), (x1, y1, r1) = s.points[0], s.points[-1]
     eff = 100.0 * (y1 / x1) / (y0 / x0)
+    rt = uncertainty.compare(r1, r0)
+    if rt is not None and rt.known:
+        lo, hi = 100 * rt.low * x0 / x1, 100 * rt.high * x0 / x1
+        eff_text = f"{eff:.0f}% scaling efficiency, 95% interval [{lo:.0f}%, {hi:.0f}%]"
+        if lo > 100:
+            eff_text += (
+                "; above 100% beyond its interval, which is implausible for data parallelism: "
+                "flagged, not a finding (check the runs' load and batch sizes)"
+            )
+    else:
+        eff_text = f"{eff:.0f}% scaling efficiency, interval unknown"
+        if eff > 100:
+            eff_text += "; above 100%: implausible, flagged, not a finding"
     reading = sentence(
         f"{_prefix(series, s)}{fmt_tick(x1)} GPUs give {y1 / y0:.2f}x the tokens/s of "
-        f"{fmt_tick(x0)} ({eff:.0f}% scaling efficiency)",
+        f"{fmt_tick(x0)} ({eff_text})",
         failure_clause(series, lambda x: f"{fmt_tick(x)} GPUs"),
     )
     return [Plot(file, "Scaling efficiency vs GPU count", reading, ctx.out / file)]

@@ -10,13 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmprof.io import atomic_write_text
+from lmprof.stats import sig
 
+from . import uncertainty
 from .common import Plot
 from .load import Run, Table
 
 ENV_COLUMNS = (
-    ("GPU", "device_name"),
-    ("GPUs per run", "gpu_count"),
+    ("device", "device_name"),
     ("torch", "torch_version"),
     ("CUDA", "cuda_version"),
     ("driver", "driver_version"),
@@ -39,7 +40,7 @@ RUN_COLUMNS: list[tuple[str, Callable[[Run], str], Callable[[Run], float | None]
     ("run", lambda r: r.name, None),
     ("tag", lambda r: r.tag, None),
     ("status", lambda r: r.status, None),
-    ("params (M)", lambda r: _n(r.num("total_params_m"), 1), lambda r: r.num("total_params_m")),
+    ("params (M)", lambda r: sig(r.num("total_params_m")), lambda r: r.num("total_params_m")),
     ("seq len", lambda r: r.get("sequence_length"), lambda r: r.num("sequence_length")),
     ("batch", lambda r: r.get("batch_size"), lambda r: r.num("batch_size")),
     ("precision", lambda r: r.precision, None),
@@ -51,7 +52,8 @@ RUN_COLUMNS: list[tuple[str, Callable[[Run], str], Callable[[Run], float | None]
     ("peak mem (GB)", lambda r: _n(_m(r, r.mem_gb), 2), lambda r: _m(r, r.mem_gb)),
     (
         "predicted (GB)",
-        lambda r: _n(r.num("predicted_peak_mem_gb"), 2),
+        # The memory model predicts the GPU allocator: beside a CPU run's host RSS it is no match.
+        lambda r: _n(r.num("predicted_peak_mem_gb") if r.pos("peak_gpu_mem_gb") else None, 2),
         lambda r: r.num("predicted_peak_mem_gb"),
     ),
     ("MFU (%)", lambda r: _n(None if r.mfu is None else r.mfu * 100, 1), lambda r: r.mfu),
@@ -134,6 +136,11 @@ def _runs_table(table: Table) -> str:
             value = text(r)
             if header == "status":
                 cells.append(f"<td><span class='st {_status_class(value)}'>{_e(value)}</span></td>")
+            elif header == "run" and len(r.replicates) > 1:
+                cells.append(
+                    f"<td>{_e(value)} <small title='replicates'>"
+                    f"(median of {len(r.replicates)})</small></td>"
+                )
             elif header == "run" and (r.tag, r.name) in repeated:
                 cells.append(
                     f"<td>{_e(value)} <small title='rows in results.csv'>"
@@ -169,6 +176,31 @@ def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> l
         "timing warm-up steps) where the run recorded it, else the whole-run average. MFU is "
         "model FLOPs per second over the GPUs' peak."
     ]
+    if uncertainty.single_runs(table):
+        notes.append(
+            "<b>One run per configuration.</b> Each ratio's 95% interval comes from the runs' "
+            "own step-time spread (the median step time's order-statistic interval); it does "
+            "not see run-to-run variation, which is often larger. Rerun with "
+            "<code>lmprof sweep --repeat 3</code> for intervals across runs."
+        )
+    else:
+        notes.append(
+            "Repeated configurations are shown as their median; intervals are 95% t intervals "
+            "of the log values across the repeats (Welch for ratios)."
+        )
+    notes.append("A ratio whose 95% interval includes 1 is reported as no measurable difference.")
+    if any(r.pos("peak_host_mem_gb") and not r.pos("peak_gpu_mem_gb") for r in table.runs):
+        notes.append(
+            "Peak memory of CPU runs is host RSS (the whole process); the memory model's "
+            "prediction is of the GPU allocator's peak and is not shown beside it."
+        )
+    for flag in uncertainty.flags(table):
+        notes.append(f"<b>Flagged:</b> {_e(flag)}")
+    for r in table.superseded:
+        notes.append(
+            f"Not drawn: {_e(r.name)} (line {r.line}, {_e(r.status)}) is an earlier "
+            "configuration of a run name that has a later one in the table."
+        )
     for rep in table.repeats:
         statuses = ", ".join(f"line {n}: {s}" for n, s in zip(rep.lines, rep.statuses, strict=True))
         notes.append(
@@ -190,10 +222,20 @@ def write_report(
     out: Path,
 ) -> Path:
     runs = table.runs
-    env = "".join(
-        f"<dt>{_e(label)}</dt><dd>{_e(v)}</dd>"
-        for label, col in ENV_COLUMNS
-        if (v := _values(runs, col))
+    # The same count the runs table shows; a CPU run's "GPU" is one process on the CPU.
+    gpus = Counter(
+        f"{r.gpus} (CPU)"
+        if "cpu" in (r.get("device"), r.get("device_name").lower())
+        else str(r.gpus)
+        for r in runs
+    )
+    env = (
+        "".join(
+            f"<dt>{_e(label)}</dt><dd>{_e(v)}</dd>"
+            for label, col in ENV_COLUMNS
+            if (v := _values(runs, col))
+        )
+        + f"<dt>GPUs per run</dt><dd>{_e('; '.join(gpus))}</dd>"
     )
     statuses = Counter(r.status for r in runs)
     summary = ", ".join(f"{n} {s}" for s, n in statuses.most_common())

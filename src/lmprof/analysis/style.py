@@ -223,15 +223,21 @@ def footnote(fig: Any, runs: Sequence[Run], why: str) -> None:
     """Name runs a figure could not draw, so none goes missing silently."""
     if not runs:
         return
+    import textwrap
+
     names = ", ".join(f"{r.name} ({r.status})" for r in runs[:6])
     more = f" and {len(runs) - 6} more" if len(runs) > 6 else ""
+    # Wrapped to the figure's width (about 17 characters per inch at 7 pt), so no line is cut.
+    width = max(int(fig.get_figwidth() * 17), 40)
+    lines = textwrap.wrap(f"Not drawn ({why}): {names}{more}", width)
     fig.text(
         0.005,
         0.003,
-        f"Not drawn ({why}): {names}{more}",
+        "\n".join(lines),
         fontsize=7,
         color="#555555",
         ha="left",
         va="bottom",
     )
-    fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
+    share = min(0.03 * len(lines) + 0.01, 0.3) * 4.8 / fig.get_figheight()
+    fig.get_layout_engine().set(rect=(0, share, 1, 1 - share))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lmprof.io import atomic_write_text
 
+from . import uncertainty
 from .compare import baselines, is_comparison, pairs
 from .load import Run, Table
 
@@ -62,6 +63,16 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
 
         return cell
 
+    def ci(r: Run) -> str:
+        p = by_run.get(id(r))
+        rt = None if p is None else uncertainty.compare(p.run, p.base)
+        if rt is None:
+            return ""
+        if not rt.known:
+            return "unknown"
+        tail = " (no measurable difference)" if rt.includes_one else ""
+        return f"{rt.value:.3f} [{rt.low:.3f}, {rt.high:.3f}]{tail}"
+
     return [
         RUN,
         ("optimisation", opt),
@@ -71,6 +82,7 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
         COMPILE,
         TPS,
         ("tokens_per_sec_change_pct", change(lambda r: r.tokens_per_sec)),
+        ("tokens_per_sec_ratio_95ci", ci),
         MEM,
         ("peak_mem_change_pct", change(lambda r: r.mem_gb)),
         MFU,
@@ -86,7 +98,13 @@ def _ddp(runs: list[Run]) -> list[Column]:
     def efficiency(r: Run) -> str:
         if base is None or not r.measured or not r.tokens_per_sec:
             return ""
-        return _f(100 * (r.tokens_per_sec / r.gpus) / (base.tokens_per_sec / base.gpus), 1)
+        rt = uncertainty.compare(r, base)
+        eff = 100 * (r.tokens_per_sec / r.gpus) / (base.tokens_per_sec / base.gpus)
+        if rt is None or not rt.known or r is base:
+            return _f(eff, 1)
+        k = base.gpus / r.gpus
+        flag = " IMPLAUSIBLE" if rt.low * k * 100 > 100 else ""
+        return f"{eff:.1f} [{rt.low * k * 100:.1f}, {rt.high * k * 100:.1f}]{flag}"
 
     per_gpu = (
         "tokens_per_sec_per_gpu",

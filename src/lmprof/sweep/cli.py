@@ -59,6 +59,14 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True
         "--force", action="store_true", help="rerun runs that are already done (ok or oom)"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every configuration N times (names end in _rep<k>) unless its group or run "
+        "sets repeat; the analysis reports the median and a 95%% interval across repeats",
+    )
+    parser.add_argument(
         "--retry-failed",
         action="store_true",
         help="rerun runs whose last attempt failed, diverged or timed out",
@@ -91,7 +99,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     tags, overrides = split_tags(args.tags, args.overrides)
     try:
-        plans = plan_sweep(args.sweep_file, tags=tags or None, overrides=overrides)
+        plans = plan_sweep(
+            args.sweep_file,
+            tags=tags or None,
+            overrides=overrides,
+            repeat=getattr(args, "repeat", None),
+        )
     except UserError as exc:
         print(f"lmprof sweep: error: {exc}", file=sys.stderr)
         return 2

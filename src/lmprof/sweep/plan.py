@@ -119,9 +119,11 @@ def plan_sweep(
     tags: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     check_env: bool = True,
+    repeat: int | None = None,
 ) -> list[RunPlan]:
-    """Expand, validate and select the runs of a sweep file; nothing is started."""
-    plans = expand_sweep(load_sweep(path), overrides=overrides, source=str(path))
+    """Expand, validate and select the runs of a sweep file; nothing is started. `repeat`
+    (`--repeat N`) is the repeat of every group and run that does not set its own."""
+    plans = expand_sweep(load_sweep(path), overrides=overrides, source=str(path), repeat=repeat)
     plans = select(plans, tags)
     if check_env:
         from lmprof.environment import check_environment
@@ -132,7 +134,10 @@ def plan_sweep(
 
 
 def expand_sweep(
-    doc: Mapping[str, Any], overrides: Sequence[str] = (), source: str = "sweep file"
+    doc: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    source: str = "sweep file",
+    repeat: int | None = None,
 ) -> list[RunPlan]:
     """Every run of the sweep, built and validated, in file order."""
     base = doc.get("base_config") or {}
@@ -147,7 +152,7 @@ def expand_sweep(
 
     specs: list[_Spec] = []
     for i, group in enumerate(groups):
-        specs.extend(_expand_group(group, i, source))
+        specs.extend(_expand_group(group, i, source, repeat))
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.name in seen:
@@ -188,7 +193,7 @@ def select(plans: Sequence[RunPlan], tags: Sequence[str] | None) -> list[RunPlan
 # Groups
 
 
-def _expand_group(group: Any, i: int, source: str) -> list[_Spec]:
+def _expand_group(group: Any, i: int, source: str, repeat: int | None = None) -> list[_Spec]:
     where = f"'{source}': experiments[{i}]"
     if not isinstance(group, Mapping):
         raise UserError(f"{where} must be a mapping with name, tag and params or runs")
@@ -207,7 +212,7 @@ def _expand_group(group: Any, i: int, source: str) -> list[_Spec]:
     if "num_gpus" in group:
         group_layers.append({"system.num_gpus": group["num_gpus"]})
     group_layers.append(fixed)
-    group_reps = _repetitions(group, where)
+    group_reps = _repetitions(group, where, repeat)
 
     specs = []
     if "params" in group:
@@ -273,10 +278,12 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _repetitions(block: Mapping[str, Any], where: str) -> list[tuple[str, Mapping[str, Any]]]:
+def _repetitions(
+    block: Mapping[str, Any], where: str, default_repeat: int | None = None
+) -> list[tuple[str, Mapping[str, Any]]]:
     """(name suffix, config layer) for each repetition asked for by `seeds` and/or `repeat`."""
     seeds = block.get("seeds")
-    repeat = block.get("repeat", 1)
+    repeat = block.get("repeat", default_repeat or 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise UserError(f"{where}: repeat must be a positive integer (got {repeat!r})")
     if seeds is None:

@@ -27,7 +27,7 @@ from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
 from lmprof.train.outputs import RunOutputs
 from lmprof.train.rng import rng_state, set_rng_state
-from lmprof.train.timing import StepTimer, percentile
+from lmprof.train.timing import StepTimer, percentile, steady_noise
 
 log = logging.getLogger("lmprof")
 
@@ -413,6 +413,7 @@ class Trainer:
         return {
             "step_time_p50_ms": p50,
             "step_time_p90_ms": percentile(steady, 90),
+            **steady_noise(steady, cfg.logging.run_name, say=self.dist.is_main),
             "steady_tokens_per_sec_per_gpu": per_gpu,
             "steady_tokens_per_sec": per_gpu * world,
             "processed_tokens_per_sec": tokens_per_step_proc / (p50 / 1e3) * world,

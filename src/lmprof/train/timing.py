@@ -7,10 +7,15 @@ exact, since the work is synchronous.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 
 import torch
+
+from lmprof.stats import noise
+
+log = logging.getLogger("lmprof")
 
 
 class StepTimer:
@@ -54,3 +59,19 @@ def percentile(values: list[float], q: float) -> float:
         if q < 100
         else max(values)
     )
+
+
+def steady_noise(steady_ms: list[float], run_name: str = "", say: bool = True) -> dict:
+    """The steady window's own noise as results columns (p10, CV, the median's 95% interval,
+    `noisy` and why), said on the console too. Pure host arithmetic on times already read."""
+    n = noise(steady_ms)
+    if n.n and say:
+        msg = (
+            f"steady window: {n.n} steps, step time p10/p50/p90 {n.p10:.1f}/{n.p50:.1f}/"
+            f"{n.p90:.1f} ms, CV {n.cv:.1%}, median 95% interval "
+            f"[{n.ci_low:.1f}, {n.ci_high:.1f}] ms"
+        )
+        log.info("%s%s", f"{run_name}: " if run_name else "", msg)
+    if n.noisy and say:
+        log.warning("noisy timing%s: %s", f" ({run_name})" if run_name else "", n.reason)
+    return n.row()

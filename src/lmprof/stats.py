@@ -1,0 +1,307 @@
+"""The statistics behind every comparison lmprof states: no torch, no numpy, no scipy.
+
+* `quantile`: linear interpolation between order statistics (numpy's default).
+* `median_interval`: the distribution-free interval for a median from order statistics (the
+  binomial(n, 1/2) ranks); it needs 6 values for 95% coverage, and says what it reached.
+* `noise`: a run's steady-window step times summarised, with the `noisy` verdict.
+* `Estimate`: a value on the log scale with its standard error and degrees of freedom, from
+  replicate runs (t interval of the log values) or from one run's own step-time spread.
+* `ratio`: the ratio of two estimates with its 95% interval (Welch on the log scale), and
+  `verdict`: what the text may say about it ("no measurable difference" where it includes 1).
+* `bootstrap_ratio`: the percentile bootstrap of the ratio of medians, with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+# A run supports a 5% comparison when its median's 95% interval is within +-2.5%: two such
+# runs' intervals then cannot both contain values 5% apart.
+COMPARE_PCT = 5.0
+MIN_STEADY_STEPS = 10
+# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; 1.96 beyond.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: float) -> float:
+    """The 97.5% quantile of Student's t (the multiplier of a 95% interval)."""
+    if not math.isfinite(df) or df > 30:
+        return 1.96 if not math.isfinite(df) or df > 120 else 2.0
+    return _T975[max(int(df), 1) - 1]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * min(max(q, 0.0), 1.0)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return quantile(values, 0.5)
+
+
+def cv(values: Sequence[float]) -> float:
+    """Coefficient of variation (sample standard deviation over mean); NaN below 2 values."""
+    if len(values) < 2:
+        return float("nan")
+    m = sum(values) / len(values)
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return math.sqrt(var) / m if m else float("nan")
+
+
+def _binom_cdf(k: int, n: int) -> float:
+    """P(B <= k) for B ~ binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(0, k + 1)) / 2**n
+
+
+def median_interval(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
+    """(low, high, coverage): the order statistics x(j), x(n+1-j) with the largest j whose
+    coverage 1 - 2 P(B < j) is at least `confidence`. Below 6 values no pair reaches 95%: the
+    range is returned with the coverage it has."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        return float("nan"), float("nan"), 0.0
+    if n == 1:
+        return xs[0], xs[0], 0.0
+    best = 1  # j = 1: min and max
+    for j in range(1, n // 2 + 1):
+        if 1 - 2 * _binom_cdf(j - 1, n) >= confidence:
+            best = j
+        else:
+            break
+    coverage = 1 - 2 * _binom_cdf(best - 1, n)
+    return xs[best - 1], xs[n - best], coverage
+
+
+@dataclass
+class Noise:
+    """A run's steady window: step-time quantiles (ms), spread and whether it can be compared."""
+
+    n: int
+    p10: float
+    p50: float
+    p90: float
+    cv: float
+    ci_low: float
+    ci_high: float
+    ci_coverage: float
+    noisy: bool
+    reason: str
+
+    @property
+    def rel_halfwidth(self) -> float:
+        """The median interval's half-width relative to the median (0.02 = +-2%)."""
+        if not self.n or not self.p50:
+            return float("nan")
+        return (self.ci_high - self.ci_low) / 2 / self.p50
+
+    def row(self) -> dict[str, object]:
+        return {
+            "step_time_p10_ms": self.p10,
+            "step_time_cv": self.cv,
+            "step_time_p50_ci_low_ms": self.ci_low,
+            "step_time_p50_ci_high_ms": self.ci_high,
+            "noisy": self.noisy,
+            "noisy_reason": self.reason,
+        }
+
+
+def noise(
+    step_ms: Sequence[float],
+    min_steps: int = MIN_STEADY_STEPS,
+    compare_pct: float = COMPARE_PCT,
+) -> Noise:
+    """Summarise the steady window; `noisy` when it is too short or too spread for a
+    `compare_pct` comparison (the median's 95% interval wider than +-compare_pct/2)."""
+    xs = [float(v) for v in step_ms if v is not None and math.isfinite(v)]
+    n = len(xs)
+    lo, hi, cov = median_interval(xs)
+    p50 = median(xs)
+    spread = cv(xs)
+    reasons = []
+    if n < min_steps:
+        reasons.append(
+            f"{n} steady step{'s' if n != 1 else ''} (fewer than {min_steps}): "
+            "too few for a median interval"
+        )
+    elif cov < CONFIDENCE:
+        reasons.append(f"the median's interval covers only {cov:.0%}")
+    if n >= 2 and p50 > 0:
+        half = max(p50 - lo, hi - p50) / p50 * 100
+        if half > compare_pct / 2:
+            reasons.append(
+                f"the median step time is known only to +-{half:.1f}% (CV {spread:.0%}): "
+                f"too spread for a {compare_pct:g}% comparison"
+            )
+    return Noise(
+        n,
+        quantile(xs, 0.1),
+        p50,
+        quantile(xs, 0.9),
+        spread,
+        lo,
+        hi,
+        cov,
+        bool(reasons),
+        "; ".join(reasons),
+    )
+
+
+@dataclass
+class Estimate:
+    """A positive quantity as log-scale centre, standard error and degrees of freedom.
+
+    `n` is the number of runs behind it; `source` says where the uncertainty came from:
+    'runs' (spread across replicate runs), 'steps' (one run's own step-time spread, which does
+    not see run-to-run variation) or 'none' (nothing recorded: the interval is unknown)."""
+
+    log: float
+    se: float
+    df: float
+    n: int
+    source: str
+
+    @property
+    def value(self) -> float:
+        return math.exp(self.log)
+
+    @property
+    def known(self) -> bool:
+        return self.source != "none" and math.isfinite(self.se)
+
+    def interval(self) -> tuple[float, float]:
+        if not self.known:
+            return float("nan"), float("nan")
+        w = t975(self.df) * self.se
+        return math.exp(self.log - w), math.exp(self.log + w)
+
+
+def from_runs(values: Sequence[float]) -> Estimate | None:
+    """Replicates: the geometric mean with a t interval of the log values (None: no value)."""
+    xs = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not xs:
+        return None
+    logs = [math.log(v) for v in xs]
+    n = len(logs)
+    m = sum(logs) / n
+    if n < 2:
+        return Estimate(m, float("nan"), float("nan"), 1, "none")
+    var = sum((v - m) ** 2 for v in logs) / (n - 1)
+    return Estimate(m, math.sqrt(var / n), n - 1, n, "runs")
+
+
+def from_spread(value: float, low: float | None, high: float | None) -> Estimate:
+    """One run: its value with the 95% interval of its median step time (a rate's interval is
+    the step time's, inverted: the relative width is the same)."""
+    if (
+        low is None
+        or high is None
+        or not (0 < low <= high)
+        or not math.isfinite(low + high)
+        or value <= 0
+    ):
+        return Estimate(math.log(value), float("nan"), float("nan"), 1, "none")
+    mid = math.sqrt(low * high)
+    half = max(math.log(high / mid), 1e-9)
+    return Estimate(math.log(value), half / 1.96, math.inf, 1, "steps")
+
+
+@dataclass
+class Ratio:
+    """new / base with its 95% interval; `known` False when either side has no uncertainty."""
+
+    value: float
+    low: float
+    high: float
+    source: str  # 'runs', 'steps', or 'none'
+
+    @property
+    def known(self) -> bool:
+        return self.source != "none"
+
+    @property
+    def includes_one(self) -> bool:
+        return not self.known or self.low <= 1.0 <= self.high
+
+    def text(self, digits: int = 2) -> str:
+        if not self.known:
+            return f"{self.value:.{digits}f}x (interval unknown)"
+        return f"{self.value:.{digits}f}x [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def ratio(new: Estimate, base: Estimate) -> Ratio:
+    """new/base; the interval is Welch's on the log scale (normal where both are single runs)."""
+    r = math.exp(new.log - base.log)
+    if not (new.known and base.known):
+        return Ratio(r, float("nan"), float("nan"), "none")
+    var = new.se**2 + base.se**2
+    if var == 0:
+        return Ratio(r, r, r, "runs" if "runs" in (new.source, base.source) else "steps")
+    # Welch-Satterthwaite; an infinite df (one run's spread) contributes no term.
+    terms = [e.se**4 / e.df for e in (new, base) if math.isfinite(e.df) and e.df > 0]
+    df = var**2 / sum(terms) if terms else math.inf
+    w = t975(df) * math.sqrt(var)
+    source = "runs" if "runs" in (new.source, base.source) else "steps"
+    return Ratio(r, math.exp(math.log(r) - w), math.exp(math.log(r) + w), source)
+
+
+def verdict(rt: Ratio, more: str = "faster", less: str = "slower") -> str:
+    """What a sentence may claim: a change only where the interval excludes 1."""
+    if not rt.known:
+        return f"{rt.text()}: not a finding (no step-time spread recorded to bound it)"
+    if rt.includes_one:
+        return f"no measurable difference ({rt.text()})"
+    word = more if rt.value > 1 else less
+    return f"{rt.text()}, {word}"
+
+
+def bootstrap_ratio(
+    new: Sequence[float],
+    base: Sequence[float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float, float]:
+    """(ratio of medians, low, high) by the percentile bootstrap, resampling each side."""
+    rng = random.Random(seed)
+    a, b = list(new), list(base)
+    stats = []
+    for _ in range(n_boot):
+        ra = median([rng.choice(a) for _ in a])
+        rb = median([rng.choice(b) for _ in b])
+        if rb:
+            stats.append(ra / rb)
+    tail = (1 - confidence) / 2
+    return median(a) / median(b), quantile(stats, tail), quantile(stats, 1 - tail)
+
+
+def disagree(a: Estimate, b: Estimate) -> bool:
+    """Two measurements of one configuration whose difference their intervals do not explain."""
+    return not ratio(a, b).includes_one
+
+
+def sig(value: float | None, digits: int = 3) -> str:
+    """A number to `digits` significant digits, without exponent for everyday sizes."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if value == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(value)))
+    decimals = max(digits - 1 - mag, 0)
+    return f"{value:,.{decimals}f}"

@@ -1,0 +1,114 @@
+"""Comparisons a user can trust: noise measured, intervals on ratios, implausible values flagged."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from lmprof.results import append_row
+from lmprof.stats import from_runs, median_interval, noise, ratio
+
+pytest.importorskip("matplotlib")
+
+from lmprof.analysis import analyze  # noqa: E402
+
+
+def test_noisy_flag_for_short_or_spread_windows() -> None:
+    rng = random.Random(0)
+    steady = noise([100 + rng.gauss(0, 0.5) for _ in range(60)])
+    assert not steady.noisy and steady.n == 60 and steady.p10 < steady.p50 < steady.p90
+    short = noise([100.0] * 5)
+    assert short.noisy and "5 steady steps" in short.reason
+    spread = noise([100 + rng.gauss(0, 30) for _ in range(60)])
+    assert spread.noisy and "too spread for a 5% comparison" in spread.reason
+
+
+def test_median_interval_coverage() -> None:
+    lo, hi, cov = median_interval(list(range(1, 21)))
+    assert cov >= 0.95 and lo < 10.5 < hi
+    assert median_interval([1.0, 2.0, 3.0])[2] < 0.95
+
+
+def _row(name: str, tag: str, tps: float, p50: float, half: float, **extra: object) -> dict:
+    return {
+        "run_name": name,
+        "tag": tag,
+        "status": "ok",
+        "sequence_length": 128,
+        "batch_size": 8,
+        "precision": "fp32",
+        "attention": "vanilla",
+        "grad_checkpoint": "none",
+        "compile": False,
+        "ddp_gpus": 1,
+        "steady_tokens_per_sec": tps,
+        "step_time_p50_ms": p50,
+        "step_time_p50_ci_low_ms": p50 * (1 - half),
+        "step_time_p50_ci_high_ms": p50 * (1 + half),
+        "config_hash": f"h-{name}",
+        **extra,
+    }
+
+
+def _analyze(tmp_path: Path, rows: list[dict]) -> dict[str, str]:
+    results = tmp_path / "results.csv"
+    for r in rows:
+        append_row(results, r)
+    done = analyze(results, tmp_path / "out")
+    html = done.report.read_text()
+    return {p.file: p.reading for p in done.plots} | {"html": html}
+
+
+def test_identical_configurations_never_state_a_speedup(tmp_path: Path) -> None:
+    # Noisy single runs of one configuration, 5.8k vs 14.4k tokens/s (the trial's numbers).
+    rows = [
+        _row("opts_baseline", "opts", 5800, 100, 0.6),
+        _row("opts_same", "opts", 14400, 40, 0.6),
+    ]
+    got = _analyze(tmp_path, rows)
+    reading = next(v for k, v in got.items() if k.startswith("optimization_"))
+    assert "no measurable difference" in reading and "faster" not in reading
+    # Tight intervals: a disagreement between identical settings is flagged, not a speedup.
+    rows = [
+        _row("opts_baseline", "opts", 5800, 100, 0.01),
+        _row("opts_same", "opts", 14400, 40, 0.01),
+    ]
+    got = _analyze(tmp_path / "b", rows)
+    reading = next(v for k, v in got.items() if k.startswith("optimization_"))
+    assert "implausible for identical settings" in reading and "not a speedup" in reading
+    assert "One run per configuration" in got["html"]
+
+
+def test_planted_2x_slowdown_found_with_interval_excluding_one(tmp_path: Path) -> None:
+    rows = []
+    for k, (b, s) in enumerate(((1000, 500), (1010, 498), (990, 503))):
+        rows.append(_row(f"opts_baseline_rep{k + 1}", "opts", b, 100, 0.01))
+        rows.append(_row(f"opts_ckpt_rep{k + 1}", "opts", s, 200, 0.01, grad_checkpoint="full"))
+    got = _analyze(tmp_path, rows)
+    reading = got["optimization_gradient_checkpointing_comparison.png"]
+    assert "gives 0.50x [" in reading
+    lo, hi = (float(x) for x in reading.split("0.50x [")[1].split("]")[0].split(","))
+    assert hi < 1.0 and lo < 0.5 < hi
+    assert "(median of 3)" in got["html"]
+    est = ratio(from_runs([500, 498, 503]), from_runs([1000, 1010, 990]))
+    assert est.high < 1 and not est.includes_one
+
+
+def test_planted_superlinear_scaling_is_flagged(tmp_path: Path) -> None:
+    rows = [
+        _row("ddp_1", "ddp", 1000, 100, 0.01, ddp_gpus=1),
+        _row("ddp_2", "ddp", 7970, 25, 0.01, ddp_gpus=2),
+    ]
+    got = _analyze(tmp_path, rows)
+    reading = got["scaling_efficiency_vs_gpus.png"]
+    assert "implausible" in reading and "not a finding" in reading
+    table = (tmp_path / "out" / "tables" / "ddp.csv").read_text()
+    assert "IMPLAUSIBLE" in table
+
+
+def test_mfu_above_100_percent_is_flagged(tmp_path: Path) -> None:
+    rows = [_row("seq_len_128", "seq_len", 1000, 100, 0.01, mfu=1.4, peak_gpu_mem_gb=1.0)]
+    got = _analyze(tmp_path, rows)
+    assert "MFU 140% is above 100%" in got["html"]

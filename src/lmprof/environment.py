@@ -35,27 +35,51 @@ def check_environment(cfg: RunConfig) -> str | None:
     return None
 
 
-@functools.cache
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
+def _git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
+        return None
+    return None if out.returncode else out.stdout.strip()
+
+
+def _is_lmprof_checkout(toplevel: Path) -> bool:
+    """The checkout's toplevel holds the pyproject.toml of a project named lmprof."""
+    try:
+        text = (toplevel / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    import tomllib
+
+    try:
+        return tomllib.loads(text).get("project", {}).get("name") == "lmprof"
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+@functools.cache
+def git_commit(package_dir: str | None = None) -> str:
+    """The commit of lmprof's own checkout ("-dirty" when its tracked files changed), or "".
+
+    Only when the package's source directory lies in a git checkout whose toplevel is lmprof's
+    (its pyproject names lmprof): an installed lmprof inside some other repository (a
+    site-packages under a project's venv) records nothing rather than that repository's commit.
+    """
+    pkg = Path(package_dir) if package_dir else Path(__file__).resolve().parent
+    top = _git(pkg, "rev-parse", "--show-toplevel")
+    if not top or not _is_lmprof_checkout(Path(top)):
         return ""
-    if out.returncode:
+    root = Path(top)
+    # The package must be the checkout's own src/lmprof, not a copy vendored somewhere in it.
+    if pkg.resolve() != (root / "src" / "lmprof").resolve():
         return ""
-    dirty = subprocess.run(
-        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    commit = _git(root, "rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return ""
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".")
+    return commit + ("-dirty" if dirty else "")
 
 
 def _driver_version() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -39,12 +38,16 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path`.lock, held by one process at a time."""
+    """An exclusive lock on `path`.lock, held by one process (or thread) at a time.
+
+    `filelock` rather than fcntl: it works on every platform and every file system that
+    supports any locking (it falls back to lock files where flock is absent).
+    """
+    from filelock import FileLock
+
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    # thread_local=False and a fresh object per call: two threads of one process exclude each
+    # other exactly as two processes do.
+    with FileLock(str(lock), thread_local=False):
+        yield

@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
+from lmprof import attention_kernels, precision
 from lmprof.errors import ConfigError, UserError
 
-ATTENTIONS = ("vanilla", "sdpa_mask", "sdpa", "flash", "mem_efficient", "cudnn")
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+ATTENTIONS = attention_kernels.NAMES
+PRECISIONS = precision.NAMES
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
 SCHEDULES = ("cosine", "linear", "constant")
@@ -588,11 +589,15 @@ def validate(cfg: RunConfig) -> None:
             "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "
             "compile_mode default / max-autotune-no-cudagraphs",
         )
-    if m.attention in ("flash", "cudnn") and cfg.system.precision in ("fp32", "tf32"):
+    kernel = attention_kernels.kernel(m.attention)
+    prec = cfg.system.precision
+    if not attention_kernels.runs_in(kernel, prec):
+        others = attention_kernels.names_where(lambda k: attention_kernels.runs_in(k, prec))
         raise ConfigError(
             "model.attention",
             m.attention,
-            f"the {m.attention} kernels need precision fp16 or bf16 (use sdpa, sdpa_mask, mem_efficient or vanilla in {cfg.system.precision})",
+            f"the {m.attention} kernels need precision {attention_kernels.or_list(kernel.precisions)}"
+            f" (use {attention_kernels.or_list(others)} in {prec})",
         )
     name = cfg.logging.run_name
     if name and (not _RUN_NAME.match(name) or len(name) > 200):

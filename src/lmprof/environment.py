@@ -10,10 +10,8 @@ from pathlib import Path
 
 import torch
 
-from lmprof import __version__
+from lmprof import __version__, attention_kernels, precision
 from lmprof.config import RunConfig
-
-_CUDA_ONLY_ATTENTION = ("flash", "mem_efficient", "cudnn")
 
 
 def check_environment(cfg: RunConfig) -> str | None:
@@ -23,10 +21,18 @@ def check_environment(cfg: RunConfig) -> str | None:
     if device == "cuda" and not has_cuda:
         return "system.device=cuda but this machine has no CUDA GPU"
     on_cpu = device == "cpu" or not has_cuda
-    if on_cpu and cfg.system.precision == "fp16":
-        return "precision fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)"
-    if on_cpu and cfg.model.attention in _CUDA_ONLY_ATTENTION:
-        return f"attention '{cfg.model.attention}' needs a CUDA GPU (use sdpa, sdpa_mask or vanilla on a CPU)"
+    if on_cpu and precision.PRECISIONS[cfg.system.precision].cuda_only:
+        cpu = tuple(p.name for p in precision.PRECISIONS.values() if not p.cuda_only)
+        return (
+            f"precision {cfg.system.precision} needs a CUDA GPU "
+            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
+        )
+    if on_cpu and attention_kernels.kernel(cfg.model.attention).cuda_only:
+        cpu = attention_kernels.names_where(lambda k: not k.cuda_only)
+        return (
+            f"attention '{cfg.model.attention}' needs a CUDA GPU "
+            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
+        )
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "

@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmprof.model_args import SDPA_MASKED, ModelArgs
+from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.model_args import ModelArgs
 from lmprof.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
@@ -34,15 +35,12 @@ __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
 
 def _sdpa_backend(attention: str):
     """The context that forces one SDPA kernel, or None to let PyTorch choose."""
-    if attention in ("vanilla", "sdpa", "sdpa_mask"):
+    name = attention_kernel(attention).sdpa_backend
+    if name is None:
         return None
     from torch.nn.attention import SDPBackend
 
-    return {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-    }[attention]
+    return getattr(SDPBackend, name)
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,9 +88,8 @@ class CausalSelfAttention(nn.Module):
 
     def _sdpa(self, q, k, v, key_padding):
         p = self.dropout if self.training else 0.0
-        use_mask = self.attention == "sdpa_mask" or (
-            key_padding is not None and self.attention in SDPA_MASKED
-        )
+        mask = attention_kernel(self.attention).mask
+        use_mask = mask == "always" or (key_padding is not None and mask == "padding")
         ctx = nullcontext() if self.backend is None else _sdpa_kernel(self.backend)
         with ctx:
             if use_mask:

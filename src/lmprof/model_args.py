@@ -6,10 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The attentions that hand SDPA a mask tensor for a batch with padding (`flash` and `cudnn` take
-# none); `sdpa_mask` hands it the causal mask even without padding.
-SDPA_MASKED = ("sdpa_mask", "sdpa", "mem_efficient")
-
 
 @dataclass
 class ModelArgs:

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from lmprof.attention_kernels import names_where
+
 from . import uncertainty
 from .common import STATUS_WORDS, Context, Plot, Skip, more_less, pct_change
 from .load import Run, Table
@@ -24,12 +26,15 @@ def is_comparison(tag: str) -> bool:
     return tag in COMPARISON_TAGS or tag.endswith("opts")
 
 
+# The seed's own attention (explicit mask) and the textbook one are the unoptimised kinds.
+_BASELINE_ATTENTIONS = names_where(lambda k: k.baseline)
+
+
 def _score(r: Run) -> int:
-    # The seed's own attention (explicit mask) and the textbook one are the unoptimised kinds.
     return (
         (r.checkpointing != "none")
         + r.compiled
-        + (r.attention not in ("vanilla", "sdpa_mask"))
+        + (r.attention not in _BASELINE_ATTENTIONS)
         + (r.precision != "fp32")
     )
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lmprof import attention_kernels, precision
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_bytes
 
@@ -19,17 +20,9 @@ TOKENS_LABEL = "throughput (tokens/s, all GPUs)"
 # Configurations that recur across figures get fixed colours, so fp16 is orange in the batch
 # plots, the precision comparison and everywhere else.
 FIXED_COLORS = {
-    "fp32": "#1f77b4",
-    "tf32": "#17becf",
-    "fp16": "#ff7f0e",
-    "bf16": "#2ca02c",
+    **{p.name: p.color for p in precision.PRECISIONS.values()},
     "baseline": "#7f7f7f",
-    "vanilla": "#8c564b",
-    "sdpa": "#9467bd",
-    "flash": "#d62728",
-    "mem_efficient": "#e377c2",
-    "cudnn": "#bcbd22",
-    "sdpa_mask": "#c49c94",
+    **{k.name: k.color for k in attention_kernels.KERNELS.values()},
     "gradient_checkpointing": "#393b79",
     "selective_checkpointing": "#6b6ecf",
     "compile": "#637939",

@@ -41,6 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmprof.attention_kernels import kernel as attention_kernel
+
 # model.py's selective-checkpointing policy keeps mm/addmm/bmm/SDPA outputs but not baddbmm, the
 # op of vanilla attention's scores: flip this if the policy gains it.
 SAC_SAVES_BADDBMM = True
@@ -128,9 +130,9 @@ def flops_per_token(
 
     mode = _get(args, "checkpointing", "none")
     dropout = float(_get(args, "dropout", 0.0))
-    attention_kind = _get(args, "attention", "sdpa")
-    cpu_math = device == "cpu" and attention_kind != "vanilla" and dropout > 0
-    fused = attention_kind != "vanilla" and not cpu_math
+    textbook = attention_kernel(_get(args, "attention", "sdpa")).materialises_scores
+    cpu_math = device == "cpu" and not textbook and dropout > 0
+    fused = not textbook and not cpu_math
     kernel_recompute = 2 * d * T * L if fused else 0
     recompute = 0.0
     if mode == "full":
@@ -143,7 +145,7 @@ def flops_per_token(
         if device == "cpu" and fused:
             # The CPU flash kernel is not in the policy's save list: its forward runs again.
             recompute = attn_fwd
-        elif attention_kind == "vanilla" and not padded and not SAC_SAVES_BADDBMM:
+        elif textbook and not padded and not SAC_SAVES_BADDBMM:
             # vanilla's QK^T is a baddbmm (causal bias + scale in one kernel), not in the list.
             recompute = attn_fwd / 2
 

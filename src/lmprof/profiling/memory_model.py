@@ -58,7 +58,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprof.model_args import SDPA_MASKED, ModelArgs
+from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.model_args import ModelArgs
+from lmprof.precision import PRECISIONS
 from lmprof.profiling.flops import (
     SAC_SAVES_BADDBMM,
     FlopCount,
@@ -89,7 +91,14 @@ ALLOCATOR_FACTOR = 1.06
 # by GPU, driver and CUDA version (typically 0.3 to 1.5 GiB).
 CUDA_CONTEXT_BYTES = 1370 * MiB
 
-_AUTOCAST = {"bf16": 2, "fp16": 2}
+
+def _bytes(precision: str) -> int:
+    """Bytes per activation element: the autocast dtype's, else fp32's."""
+    return PRECISIONS[precision].bytes
+
+
+def _autocast(precision: str) -> bool:
+    return PRECISIONS[precision].autocast is not None
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ Shape = ModelArgs
 
 def _attention_path(attention: str, dropout: float, device: str) -> str:
     """vanilla | fused | math: which code saves the attention's tensors."""
-    if attention == "vanilla":
+    if attention_kernel(attention).materialises_scores:
         return "vanilla"
     # On the CPU, SDPA with dropout takes the math path (explicit bmm, in fp32 under autocast);
     # without dropout the CPU flash kernel, which saves what the CUDA kernels save.
@@ -123,8 +132,8 @@ def block_tensors(
 ) -> list[Tensor]:
     """The tensors one block makes in its forward, with what is saved and what SAC keeps."""
     N, d, f, H = B * T, s.d_model, s.d_ff, s.n_heads
-    e = _AUTOCAST.get(precision, 4)
-    autocast = precision in _AUTOCAST
+    e = _bytes(precision)
+    autocast = _autocast(precision)
     p = s.dropout
     cuda = device != "cpu"
     path = _attention_path(s.attention, p, device)
@@ -168,13 +177,14 @@ def block_tensors(
     else:
         in_policy = cuda  # the CPU flash kernel is not in model.py's save list
         add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
-        # sdpa_mask: a float mask rules out the flash kernel, so PyTorch picks memory-efficient.
-        efficient = s.attention in ("mem_efficient", "sdpa_mask")
+        kernel = attention_kernel(s.attention)
+        # The memory-efficient kernel pads its logsumexp to 32 rows.
+        efficient = kernel.runs_as == "mem_efficient"
         t_lse = math.ceil(T / 32) * 32 if efficient else T
         add("lse", B * H * t_lse * 4, True, cached=in_policy)
-        if padded and s.attention in SDPA_MASKED:
+        if padded and kernel.mask != "never":
             add("attn_bias", B * T * T * e, True)
-        elif s.attention == "sdpa_mask" and cuda:
+        elif kernel.mask == "always" and cuda:
             add("attn_bias", T * T * e, True)  # the causal mask as a float bias, per block
     add("proj_out", Nd * e, False, cached=True)
     mask("resid_mask1", Nd, e)
@@ -229,7 +239,7 @@ class _Block:
 def _block(s: Shape, B: int, T: int, precision: str, device: str, padded: bool) -> _Block:
     ts = block_tensors(s, B, T, precision, device, padded)
     N, d, f = B * T, s.d_model, s.d_ff
-    e = _AUTOCAST.get(precision, 4)
+    e = _bytes(precision)
     mode = s.checkpointing
     x_in = next(t for t in ts if t.name == "x_in")
     saved = sum(t.nbytes for t in ts if t.saved)
@@ -354,7 +364,7 @@ def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list
     """Saved by the embedding, the final norm, the LM head and the loss (not checkpointed)."""
     N, d = B * T, s.d_model
     V = s.padded_vocab_size
-    e = _AUTOCAST.get(precision, 4)
+    e = _bytes(precision)
     out = []
     if s.pos_encoding == "learned":
         out.append(Tensor("pos_idx", T * 8, True))
@@ -387,8 +397,8 @@ def step_phases(
     returns: blocks, embedding, head, loss)."""
     N, d, L = B * T, s.d_model, s.n_layers
     V = s.padded_vocab_size
-    e = _AUTOCAST.get(precision, 4)
-    autocast = precision in _AUTOCAST
+    e = _bytes(precision)
+    autocast = _autocast(precision)
     n_params = count_params(s)
     buffers = 0 if s.pos_encoding == "learned" else s.max_seq_len * d * 4
     blk = _block(s, B, T, precision, device, padded)

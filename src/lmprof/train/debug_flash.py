@@ -8,28 +8,30 @@ import time
 
 import torch
 
+from lmprof import attention_kernels
 from lmprof.model import CausalSelfAttention
 
 log = logging.getLogger("lmprof")
 
-KERNELS = ("vanilla", "sdpa_mask", "sdpa", "math", "flash", "mem_efficient", "cudnn")
+# The table's kernels, plus SDPA's math fallback (no config choice, but worth a row here).
+_MATH = "math"
+KERNELS = (*attention_kernels.names_where(lambda k: k.sdpa_backend is None), _MATH) + (
+    attention_kernels.names_where(lambda k: k.sdpa_backend is not None)
+)
 
 
 def _set_attention(model: torch.nn.Module, attention: str) -> list[tuple]:
     """Switch every attention layer to `attention`; returns what to restore."""
     from torch.nn.attention import SDPBackend
 
-    backend = {
-        "math": SDPBackend.MATH,
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-    }.get(attention)
+    name = "MATH" if attention == _MATH else attention_kernels.kernel(attention).sdpa_backend
+    backend = None if name is None else getattr(SDPBackend, name)
     saved = []
     for m in model.modules():
         if isinstance(m, CausalSelfAttention):
             saved.append((m, m.attention, m.backend))
-            m.attention = attention if attention in ("vanilla", "sdpa_mask") else "sdpa"
+            # A forced backend runs under plain sdpa's mask rule; the others keep their own.
+            m.attention = attention if backend is None else "sdpa"
             m.backend = backend
     return saved
 

@@ -17,9 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lmprof.precision import autocast_dtype
 from lmprof.train.distributed import DistInfo
-
-MIXED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def ensure_process_group(info: DistInfo) -> None:
@@ -42,7 +41,7 @@ def ensure_process_group(info: DistInfo) -> None:
 def mixed_precision_policy(precision: str):
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    dtype = MIXED_DTYPES.get(precision)
+    dtype = autocast_dtype(precision)
     if dtype is None:
         return MixedPrecisionPolicy()
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)

@@ -22,6 +22,7 @@ from torch import nn
 from lmprof.config import CUDAGRAPH_MODES, RunConfig
 from lmprof.data import Batch, build_data
 from lmprof.model import ModelArgs, Transformer
+from lmprof.precision import PRECISIONS, autocast_dtype
 from lmprof.train.distributed import DistInfo, all_reduce_sum
 from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
@@ -30,8 +31,6 @@ from lmprof.train.rng import rng_state, set_rng_state
 from lmprof.train.timing import StepTimer, percentile, steady_noise
 
 log = logging.getLogger("lmprof")
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Diverged(Exception):
@@ -60,7 +59,7 @@ class Checkpoints(Protocol):
 
 def set_precision_flags(precision: str) -> None:
     """fp32 means IEEE fp32 matmuls; tf32 opts in to the tensor-core format explicitly."""
-    tf32 = precision == "tf32"
+    tf32 = PRECISIONS[precision].tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
 
@@ -108,10 +107,12 @@ class Trainer:
         self.model = self._wrap(self.raw_model)
         self.optimizer = build_optimizer(self.raw_model, cfg.training, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.training)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.system.precision)
+        self.autocast_dtype = autocast_dtype(cfg.system.precision)
         # CUDA graphs (compile modes reduce-overhead, max-autotune) reuse their output buffers.
         self.cudagraphs = cfg.system.compile and cfg.system.compile_mode in CUDAGRAPH_MODES
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.system.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=PRECISIONS[cfg.system.precision].grad_scaler
+        )
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
 
@@ -345,8 +346,8 @@ class Trainer:
             or st.step >= self.cfg.training.max_steps
         ):
             why = "loss non-finite"
-            if self.cfg.system.precision == "fp16":
-                why += f" (fp16 overflow; loss scale {self.scaler.get_scale():.3g})"
+            if self.scaler.is_enabled():
+                why += f" ({self.cfg.system.precision} overflow; loss scale {self.scaler.get_scale():.3g})"
             raise Diverged(f"{why} since step {st.first_nonfinite_step}")
 
     @torch.no_grad()

@@ -14,9 +14,11 @@ import traceback
 
 import torch
 
+from lmprof import attention_kernels
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
 from lmprof.errors import EnvironmentMismatch, UserError
+from lmprof.precision import PRECISIONS, torch_dtype
 from lmprof.results import append_row
 from lmprof.train.checkpoint import CheckpointManager, Preempted
 from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
@@ -50,7 +52,7 @@ def config_row(cfg: RunConfig) -> dict:
         "fp16": s.precision == "fp16",
         "grad_checkpoint": s.gradient_checkpointing != "none",
         "checkpointing": s.gradient_checkpointing,
-        "flash_attention": m.attention in ("flash", "cudnn"),
+        "flash_attention": attention_kernels.kernel(m.attention).seed_flash,
         "ddp_gpus": s.num_gpus,
         "precision": s.precision,
         "attention": m.attention,
@@ -134,7 +136,7 @@ def _flops_row(trainer: Trainer, row: dict) -> dict:
     if device.type != "cuda":
         return out
     if cfg.profile.peak == "measured":
-        dtype = AUTOCAST_PEAK_DTYPES.get(cfg.system.precision, torch.float32)
+        dtype = torch_dtype(PRECISIONS[cfg.system.precision].dtype)
         peak, out["peak_source"] = measure_peak_flops(device, dtype), "measured"
     else:
         peak = peak_flops(torch.cuda.get_device_name(device), out["matmul_precision"])
@@ -144,9 +146,6 @@ def _flops_row(trainer: Trainer, row: dict) -> dict:
         out["mfu"] = mfu(per_gpu, fc.model_flops_per_token, peak)
         out["hfu"] = per_gpu * fc.hardware_flops_per_token / peak
     return out
-
-
-AUTOCAST_PEAK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> dict:

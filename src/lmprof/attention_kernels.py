@@ -1,0 +1,138 @@
+"""The attention kernels a run can ask for: one row per kernel, torch-free.
+
+Config validation, the environment check, the FLOPs and memory models, debug_flash and the plots
+read their facts here, so adding a kernel means one row below, its dispatch in model.py and a
+test. model.py keeps the code that runs each kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    name: str
+    description: str
+    # The torch.nn.attention.SDPBackend member forced around SDPA; None lets PyTorch choose (or,
+    # for the textbook attention, calls no SDPA at all).
+    sdpa_backend: str | None
+    cuda_only: bool
+    # The precisions the kernel runs in; None: any. flash and cudnn have no fp32 kernels.
+    precisions: tuple[str, ...] | None
+    # When SDPA gets an explicit mask tensor: "always" (the causal mask on every batch), "padding"
+    # (only for a batch with padding) or "never" (is_causal only; exact under right padding).
+    mask: str
+    # The T x T scores and probabilities live in memory as ordinary tensors (the textbook
+    # formula): what the FLOPs and memory models branch on; every other kernel is fused.
+    materialises_scores: bool
+    # The CUDA kernel that ends up running: what the memory model counts (mem_efficient pads its
+    # logsumexp to 32 rows). sdpa_mask's float mask rules out flash, so PyTorch picks mem_efficient.
+    runs_as: str
+    # The seed's attentions (its model's nn.MultiheadAttention path and the textbook one): the
+    # analysis does not count them as an optimisation.
+    baseline: bool = False
+    # What the results' `flash_attention` column (the seed's use_flash_attention) says.
+    seed_flash: bool = False
+    color: str = "#7f7f7f"  # fixed across figures
+
+
+KERNELS: dict[str, AttentionKernel] = {
+    k.name: k
+    for k in (
+        AttentionKernel(
+            "vanilla",
+            "the textbook softmax(QK^T / sqrt(d)) V with the T x T scores in memory",
+            sdpa_backend=None,
+            cuda_only=False,
+            precisions=None,
+            mask="always",
+            materialises_scores=True,
+            runs_as="matmul",
+            baseline=True,
+            color="#8c564b",
+        ),
+        AttentionKernel(
+            "sdpa_mask",
+            "SDPA handed an explicit causal mask, as the seed's nn.MultiheadAttention does",
+            sdpa_backend=None,
+            cuda_only=False,
+            precisions=None,
+            mask="always",
+            materialises_scores=False,
+            runs_as="mem_efficient",
+            baseline=True,
+            color="#c49c94",
+        ),
+        AttentionKernel(
+            "sdpa",
+            "SDPA with is_causal; PyTorch picks the kernel",
+            sdpa_backend=None,
+            cuda_only=False,
+            precisions=None,
+            mask="padding",
+            materialises_scores=False,
+            runs_as="flash",
+            color="#9467bd",
+        ),
+        AttentionKernel(
+            "flash",
+            "SDPA forced to FlashAttention (fp16/bf16, CUDA)",
+            sdpa_backend="FLASH_ATTENTION",
+            cuda_only=True,
+            precisions=("fp16", "bf16"),
+            mask="never",
+            materialises_scores=False,
+            runs_as="flash",
+            seed_flash=True,
+            color="#d62728",
+        ),
+        AttentionKernel(
+            "mem_efficient",
+            "SDPA forced to the memory-efficient kernel (CUDA)",
+            sdpa_backend="EFFICIENT_ATTENTION",
+            cuda_only=True,
+            precisions=None,
+            mask="padding",
+            materialises_scores=False,
+            runs_as="mem_efficient",
+            color="#e377c2",
+        ),
+        AttentionKernel(
+            "cudnn",
+            "SDPA forced to cuDNN's fused attention (fp16/bf16, CUDA)",
+            sdpa_backend="CUDNN_ATTENTION",
+            cuda_only=True,
+            precisions=("fp16", "bf16"),
+            mask="never",
+            materialises_scores=False,
+            runs_as="cudnn",
+            seed_flash=True,
+            color="#bcbd22",
+        ),
+    )
+}
+
+NAMES: tuple[str, ...] = tuple(KERNELS)
+
+
+def kernel(name: str) -> AttentionKernel:
+    """The row for `name`; a KeyError names the kernels there are."""
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise KeyError(f"unknown attention {name!r}; known: {', '.join(NAMES)}") from None
+
+
+def names_where(pred) -> tuple[str, ...]:
+    """The kernel names whose row satisfies `pred`, in table order (for messages and lists)."""
+    return tuple(k.name for k in KERNELS.values() if pred(k))
+
+
+def runs_in(k: AttentionKernel, precision: str) -> bool:
+    return k.precisions is None or precision in k.precisions
+
+
+def or_list(items: tuple[str, ...]) -> str:
+    """'a, b or c': how the error messages list alternatives."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]

@@ -132,6 +132,17 @@ class ProfileConfig:
 
 
 @dataclass
+class EnergyConfig:
+    sample: bool = True  # NVML (GPU) / RAPL (CPU) over the steady window, in a thread
+    interval_ms: float = 100.0  # between power/clock samples
+
+
+@dataclass
+class CostConfig:
+    gpu_hour_usd: str = ""  # "": no cost columns; a number; or "list" (profiling/energy.py)
+
+
+@dataclass
 class CheckpointConfig:
     interval: int = 0  # steps between checkpoints; 0: none
     keep: int = 2
@@ -148,6 +159,8 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -178,6 +191,9 @@ IDENTITY_EXCLUDED = (
     ("system", "memory_limit_gb"),
     ("checkpoint", "dir"),
     ("checkpoint", "resume"),
+    ("energy", "sample"),
+    ("energy", "interval_ms"),
+    ("cost", "gpu_hour_usd"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
@@ -189,6 +205,8 @@ _SECTION_TYPES = {
     "logging": LoggingConfig,
     "profile": ProfileConfig,
     "checkpoint": CheckpointConfig,
+    "energy": EnergyConfig,
+    "cost": CostConfig,
 }
 DOTTED_KEYS: dict[str, Any] = {
     f"{s}.{f.name}": f for s, t in _SECTION_TYPES.items() for f in fields(t)
@@ -606,8 +624,24 @@ def validate(cfg: RunConfig) -> None:
             name,
             "must be a plain file name: letters, digits, '.', '_' and '-', at most 200",
         )
+    _validate_energy(cfg)
     # warmup_steps > max_steps is allowed: the seed's batch-size sweeps run 50 steps under its
     # 500-step warmup (the lr just never reaches its peak), and its config must load unchanged.
+
+
+def _validate_energy(cfg: RunConfig) -> None:
+    if cfg.energy.interval_ms <= 0:
+        raise ConfigError("energy.interval_ms", cfg.energy.interval_ms, "must be positive")
+    usd = cfg.cost.gpu_hour_usd.strip()
+    if usd and usd != "list":
+        try:
+            ok = float(usd) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(
+                "cost.gpu_hour_usd", usd, "a positive USD per GPU-hour, 'list', or empty"
+            )
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

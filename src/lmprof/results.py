@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.io import atomic_write_text, file_lock
+from lmprof.profiling.energy import ENERGY_COLUMNS
 
 # The seed's columns, in the seed's order, then lmprof's. Unknown keys are appended after these.
 SEED_COLUMNS = (
@@ -93,7 +94,7 @@ LMPROF_COLUMNS = (
     "started_at",
     "finished_at",
 )
-COLUMNS = SEED_COLUMNS + LMPROF_COLUMNS
+COLUMNS = SEED_COLUMNS + LMPROF_COLUMNS + ENERGY_COLUMNS  # groups: declared by their producer
 
 STATUSES = ("ok", "oom", "diverged", "failed", "timeout", "skipped", "interrupted")
 

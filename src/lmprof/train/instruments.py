@@ -117,6 +117,11 @@ class Instruments:
         self.snapshot = p.memory_snapshot and self.cuda
         if self.snapshot:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
+        from lmprof.profiling.energy import EnergyMeter
+
+        # The run's energy counter starts now; its sampler runs over the steady window only.
+        self.energy = EnergyMeter(device, cfg.energy.interval_ms, cfg.energy.sample)
+        self._trace_path: Path | None = None
         if self.breakdown and is_main:
             log.info("profile.breakdown is on: per-phase CUDA events cost a sync per logged step")
 
@@ -125,14 +130,26 @@ class Instruments:
 
     def step_begin(self, step: int) -> None:
         self.probe_memory = self.cuda and step + 1 == self.probe_step
+        sampler = self.energy.sampler
+        # The steady window opens once, at the first step after warm-up.
+        if step >= self.cfg.logging.timing_warmup_steps and sampler and sampler.window is None:
+            self._drain()
+            self.energy.start()
 
     def step_end(self, step: int) -> None:
         self.probe_memory = False
+        if step >= self.cfg.training.max_steps and self.energy.window is None:
+            self._drain()  # the window closes when the GPU has done the last step
+            self.energy.stop()
         if self.profiler is not None:
             self.profiler.step()
             p = self.cfg.profile
             if step >= p.wait + p.warmup + p.active:
                 self._stop_profiler()
+
+    def _drain(self) -> None:
+        if self.cuda and self.energy.sampler is not None:
+            torch.cuda.synchronize(self.device)
 
     def collect(self) -> None:
         """Resolve breakdown events (called on logging steps, which sync anyway)."""
@@ -169,6 +186,7 @@ class Instruments:
         self.trace_dir.mkdir(parents=True, exist_ok=True)
         trace = self.trace_dir / "trace.json"
         prof.export_chrome_trace(str(trace))
+        self._trace_path = trace
         self._write_op_table(prof)
         log.info("profiler trace: %s (open in https://ui.perfetto.dev or chrome://tracing)", trace)
 
@@ -201,6 +219,17 @@ class Instruments:
             for k, c, ms in rows:
                 w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
 
+    def _write_roofline(self, trace: Path) -> None:
+        """Each kernel group's gap to its limit (profiling/roofline.py), after training."""
+        from lmprof.profiling.roofline import limits_for, write_roofline
+
+        try:
+            limits = limits_for(self.device, self.cfg.system.precision, self.cfg.profile.peak)
+            paths = write_roofline(trace, self.tables_dir, self.cfg.logging.run_name, limits)
+            log.info("roofline table: %s", paths[0])
+        except Exception as exc:  # noqa: BLE001 -- a report, never the run's failure
+            log.warning("roofline table not written: %s", exc)
+
     # ---- memory -----------------------------------------------------------------------------
 
     def dump_snapshot(self, reason: str) -> Path | None:
@@ -232,6 +261,10 @@ class Instruments:
 
     def close(self, oom: bool = False) -> None:
         self._stop_profiler()
+        self.energy.stop()
+        if self._trace_path is not None:
+            self._write_roofline(self._trace_path)
+            self._trace_path = None
         if self.snapshot:
             self.dump_snapshot("oom" if oom else "end")
             torch.cuda.memory._record_memory_history(enabled=None)

@@ -119,6 +119,12 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
     return row
 
 
+def _energy_row(trainer: Trainer) -> dict:
+    from lmprof.profiling.energy import energy_row
+
+    return energy_row(trainer)
+
+
 def _flops_row(trainer: Trainer, row: dict) -> dict:
     """MFU (model FLOPs), HFU (with recompute) and achieved TFLOP/s per GPU, from the steady
     state's processed tokens (PAD included: the GPU does that work)."""
@@ -195,6 +201,7 @@ def run(cfg: RunConfig) -> int:
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point)
+        row |= _energy_row(trainer)
         status = "ok"
     except UserError:
         status = "user_error"  # found during setup (a missing data path, ...): no row, exit 2

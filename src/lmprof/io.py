@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmprof.paths import lock_path
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
@@ -40,7 +42,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
     """An exclusive advisory lock on `path`.lock, held by one process at a time."""
-    lock = Path(f"{path}.lock")
+    lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)

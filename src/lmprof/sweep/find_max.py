@@ -17,6 +17,8 @@ from pathlib import Path
 from lmprof.config import RunConfig, build_config, load_config
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_text
+from lmprof.paths import RunPaths
+from lmprof.status import OK
 
 GIB = 1024**3
 GRANULARITY = {"batch_size": 1, "sequence_length": 64}
@@ -34,7 +36,7 @@ class Probe:
 
     @property
     def fits(self) -> bool:
-        return self.status == "ok"
+        return self.status == OK
 
     @property
     def model_error(self) -> float | None:
@@ -242,8 +244,7 @@ def find_max(
 
     capacity = _capacity_gb(cfg)
     vocab = build_data(cfg, log=lambda *_: None).vocab_size
-    out_dir = Path(cfg.logging.output_dir) / "results" / "find_max"
-    searcher = Searcher(cfg, vocab, out_dir / cfg.logging.run_name, steps, say)
+    searcher = Searcher(cfg, vocab, RunPaths.of(cfg).find_max_dir, steps, say)
     boundary: list[tuple[int, int | None, str]] = []
     if len(vary) == 1:
         v = vary[0]

@@ -39,6 +39,15 @@ def details_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "results" / "details"
 
 
+def metrics_csv(details: str | Path, run_name: str) -> Path:
+    """A run's per-step CSV in a details folder (the analysis may be given any folder)."""
+    return Path(details) / f"{run_name}_metrics.csv"
+
+
+def eval_csv(details: str | Path, run_name: str) -> Path:
+    return Path(details) / f"{run_name}_eval.csv"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The paths of one run, from its output folder and name (nothing is created here)."""
@@ -88,11 +97,11 @@ class RunPaths:
 
     @property
     def metrics_csv(self) -> Path:
-        return self.details_dir / f"{self.run_name}_metrics.csv"
+        return metrics_csv(self.details_dir, self.run_name)
 
     @property
     def eval_csv(self) -> Path:
-        return self.details_dir / f"{self.run_name}_eval.csv"
+        return eval_csv(self.details_dir, self.run_name)
 
     @property
     def config_yaml(self) -> Path:

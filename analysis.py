@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 try:
-    from lmprof.analysis.cli import main
+    from lmprof.cli.analyze import main
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from lmprof.analysis.cli import main
+    from lmprof.cli.analyze import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

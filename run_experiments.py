@@ -16,13 +16,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 try:
-    import lmprof.sweep.cli as sweep_cli
+    import lmprof.cli.sweep as sweep_cli
 except ImportError:  # not installed: use the source tree next to this file, for the runs too
     sys.path.insert(0, str(HERE / "src"))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(HERE / "src"), os.environ.get("PYTHONPATH", "")) if p
     )
-    import lmprof.sweep.cli as sweep_cli
+    import lmprof.cli.sweep as sweep_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from lmprof.results import append_row
 pytest.importorskip("matplotlib")
 
 from lmprof.analysis import Analysis, analyze  # noqa: E402
-from lmprof.analysis.cli import cmd_analyze, main  # noqa: E402
+from lmprof.cli.analyze import cmd_analyze, main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from lmprof.config import build_config
 from lmprof.model import ModelArgs, Transformer
-from lmprof.profiling import cli as est_cli
+from lmprof.cli import estimate as est_cli
 from lmprof.profiling import peaks
 from lmprof.profiling.flops import count_params, flops_per_token, matmul_params, mfu
 from lmprof.profiling.memory_model import Shape, estimate_memory, format_estimate, step_phases
@@ -626,7 +626,7 @@ def test_estimate_cli_prints_quickly(capsys):
 
 def test_estimate_cli_imports_no_torch():
     code = (
-        "import sys; from lmprof.profiling.cli import main; "
+        "import sys; from lmprof.cli.estimate import main; "
         "rc = main(['d_model=128', '--json']); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )

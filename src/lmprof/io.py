@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmprof.paths import lock_path
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
@@ -45,7 +47,7 @@ def file_lock(path: str | Path) -> Iterator[None]:
     """
     from filelock import FileLock
 
-    lock = Path(f"{path}.lock")
+    lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     # thread_local=False and a fresh object per call: two threads of one process exclude each
     # other exactly as two processes do.

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmprof.paths import details_dir
+
 from . import compare, curves, plots
 from .common import Context, Plot, Skip
 from .load import load_table
@@ -40,7 +42,7 @@ class Analysis:
 
 def default_details(results: Path, out: Path) -> Path | None:
     """Where the runs wrote their details: beside results.csv (the trainer's layout) or in out."""
-    for candidate in (results.parent / "results" / "details", out / "details"):
+    for candidate in (details_dir(results.parent), out / "details"):
         if candidate.is_dir():
             return candidate
     return None

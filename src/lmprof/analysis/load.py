@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lmprof.errors import UserError
+from lmprof.paths import eval_csv, metrics_csv
 from lmprof.results import read_rows
 
 # Without these a row cannot be placed on any plot or table.
@@ -307,8 +308,8 @@ def _read_numeric_csv(path: Path) -> dict[str, np.ndarray]:
 
 def read_curve(details_dir: Path, run_name: str) -> Curve | None:
     """The run's details CSVs, or None when it logged no step."""
-    train = _read_numeric_csv(details_dir / f"{run_name}_metrics.csv")
-    evals = _read_numeric_csv(details_dir / f"{run_name}_eval.csv")
+    train = _read_numeric_csv(metrics_csv(details_dir, run_name))
+    evals = _read_numeric_csv(eval_csv(details_dir, run_name))
     # The seed logged loss but older rows may lack perplexity; it is exp(loss) either way.
     for data, loss, ppl in ((train, "loss", "perplexity"), (evals, "eval_loss", "eval_perplexity")):
         if loss in data and ppl not in data:

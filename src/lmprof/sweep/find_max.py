@@ -8,15 +8,16 @@ written to results/find_max/<name>.csv and .md, with the memory model's error on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import math
 from pathlib import Path
 
-from lmprof.config import RunConfig, build_config, load_config
+from lmprof.config import RunConfig, build_config
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_text
+from lmprof.paths import RunPaths
+from lmprof.status import OK
 
 GIB = 1024**3
 GRANULARITY = {"batch_size": 1, "sequence_length": 64}
@@ -34,7 +35,7 @@ class Probe:
 
     @property
     def fits(self) -> bool:
-        return self.status == "ok"
+        return self.status == OK
 
     @property
     def model_error(self) -> float | None:
@@ -242,8 +243,7 @@ def find_max(
 
     capacity = _capacity_gb(cfg)
     vocab = build_data(cfg, log=lambda *_: None).vocab_size
-    out_dir = Path(cfg.logging.output_dir) / "results" / "find_max"
-    searcher = Searcher(cfg, vocab, out_dir / cfg.logging.run_name, steps, say)
+    searcher = Searcher(cfg, vocab, RunPaths.of(cfg).find_max_dir, steps, say)
     boundary: list[tuple[int, int | None, str]] = []
     if len(vary) == 1:
         v = vary[0]
@@ -271,39 +271,3 @@ def find_max(
         )
     say(f"probes and boundary: {path}")
     return path
-
-
-def add_find_max_parser(sub) -> None:
-    p = sub.add_parser(
-        "find-max",
-        help="largest batch size / sequence length that fits in memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("config", nargs="?", help="a run config YAML (optional)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument(
-        "--vary",
-        nargs="+",
-        required=True,
-        choices=("batch_size", "sequence_length"),
-        help="what to search; both: the boundary over batch x sequence length",
-    )
-    p.add_argument("--limit", type=int, default=4096, help="largest value to try (default 4096)")
-    p.add_argument("--steps", type=int, default=3, help="training steps per probe (default 3)")
-    p.add_argument("--max-probes", type=int, default=12, help="probes per search (default 12)")
-    p.set_defaults(func=cmd_find_max)
-
-
-def cmd_find_max(args) -> int:
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)
-        config = None
-    cfg = load_config(config, overrides)
-    if args.limit < 1 or args.steps < 1 or args.max_probes < 2:
-        raise UserError("--limit and --steps must be positive, --max-probes at least 2")
-    find_max(
-        cfg, sorted(set(args.vary)), limit=args.limit, steps=args.steps, max_probes=args.max_probes
-    )
-    return 0

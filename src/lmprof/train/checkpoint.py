@@ -49,6 +49,7 @@ from torch import nn
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
+from lmprof.paths import RunPaths
 from lmprof.train.distributed import DistInfo
 
 log = logging.getLogger("lmprof")
@@ -79,7 +80,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_root(cfg: RunConfig) -> Path:
-    return Path(cfg.logging.output_dir) / cfg.checkpoint.dir / cfg.logging.run_name
+    return RunPaths.of(cfg).checkpoints_dir
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

@@ -18,6 +18,7 @@ import torch
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
+from lmprof.paths import RunPaths
 
 log = logging.getLogger("lmprof")
 GIB = 1024**3
@@ -110,9 +111,9 @@ class Instruments:
         self.memory_by_phase: dict[str, float] = {}
         self.probe_memory = False
         self.probe_step = max(2, cfg.logging.timing_warmup_steps)
-        root = Path(cfg.logging.output_dir) / "results"
-        self.trace_dir = root / "traces" / cfg.logging.run_name
-        self.tables_dir = root / "tables"
+        self.paths = RunPaths.of(cfg)
+        self.trace_dir = self.paths.traces_dir
+        self.tables_dir = self.paths.tables_dir
         self.profiler = self._start_profiler() if (p.enabled and is_main) else None
         self.snapshot = p.memory_snapshot and self.cuda
         if self.snapshot:
@@ -184,7 +185,7 @@ class Instruments:
 
     def _trace_ready(self, prof) -> None:
         self.trace_dir.mkdir(parents=True, exist_ok=True)
-        trace = self.trace_dir / "trace.json"
+        trace = self.paths.profiler_trace
         prof.export_chrome_trace(str(trace))
         self._trace_path = trace
         self._write_op_table(prof)
@@ -199,7 +200,6 @@ class Instruments:
         for name, _, ms in rows:
             shares[categorize(name)] += ms / total
         self.category_shares = dict(shares)
-        name = self.cfg.logging.run_name
         clock = "device" if use_device else "cpu"
         lines = [
             f"| operator / kernel | calls | self {clock} ms | share | category |",
@@ -212,8 +212,8 @@ class Instruments:
         lines += ["", "| category | share of profiled self time |", "| --- | --- |"]
         lines += [f"| {c} | {s:.1%} |" for c, s in sorted(shares.items(), key=lambda kv: -kv[1])]
         self.tables_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.tables_dir / f"{name}_profile_ops.md", "\n".join(lines) + "\n")
-        with open(self.tables_dir / f"{name}_profile_ops.csv", "w", newline="") as f:
+        atomic_write_text(self.paths.profile_ops_table("md"), "\n".join(lines) + "\n")
+        with open(self.paths.profile_ops_table("csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
             for k, c, ms in rows:
@@ -235,7 +235,7 @@ class Instruments:
     def dump_snapshot(self, reason: str) -> Path | None:
         if not self.snapshot:
             return None
-        path = self.trace_dir / f"memory_snapshot_{reason}.pickle"
+        path = self.paths.memory_snapshot(reason)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.cuda.memory._dump_snapshot(str(path))
         log.info("memory snapshot (%s): %s (open in https://pytorch.org/memory_viz)", reason, path)

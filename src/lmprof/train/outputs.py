@@ -1,7 +1,6 @@
-"""Where a run writes: the log, the per-step and evaluation CSVs, the resolved config.
+"""What a run writes as it goes: the log, the per-step and evaluation CSVs, the resolved config.
 
-Layout (the seed's): logs/<run>.log, results/details/<run>_metrics.csv (+ _eval.csv, _config.yaml)
-under logging.output_dir. Only rank 0 writes.
+The layout is lmprof.paths.RunPaths'. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lmprof.config import RunConfig, save_config
+from lmprof.paths import RunPaths
 
 METRICS_COLUMNS = (
     "step",
@@ -60,25 +60,24 @@ class _CsvLog:
 class RunOutputs:
     def __init__(self, cfg: RunConfig, is_main: bool, resuming: bool = False):
         self.cfg, self.is_main = cfg, is_main
-        root = Path(cfg.logging.output_dir)
-        name = cfg.logging.run_name
-        self.results_csv = root / "results.csv"
-        self.details_dir = root / "results" / "details"
-        self.log_path = root / "logs" / f"{name}.log"
+        self.paths = RunPaths.of(cfg)
+        self.results_csv = self.paths.results_csv
+        self.details_dir = self.paths.details_dir
+        self.log_path = self.paths.log
         self.resuming = resuming
         self.metrics = self.evals = self.tensorboard = None
         if is_main and cfg.logging.tensorboard:
-            self.tensorboard = _tensorboard_writer(root / "results" / "tensorboard" / name)
+            self.tensorboard = _tensorboard_writer(self.paths.tensorboard_dir)
 
     def open(self) -> None:
         """Create the run's files; called once setup has succeeded, so a run stopped by a user's
         mistake (a missing data path, ...) leaves nothing behind."""
         if not self.is_main:
             return
-        name, fresh = self.cfg.logging.run_name, not self.resuming
-        self.metrics = _CsvLog(self.details_dir / f"{name}_metrics.csv", METRICS_COLUMNS, fresh)
-        self.evals = _CsvLog(self.details_dir / f"{name}_eval.csv", EVAL_COLUMNS, fresh)
-        save_config(self.cfg, self.details_dir / f"{name}_config.yaml")
+        fresh = not self.resuming
+        self.metrics = _CsvLog(self.paths.metrics_csv, METRICS_COLUMNS, fresh)
+        self.evals = _CsvLog(self.paths.eval_csv, EVAL_COLUMNS, fresh)
+        save_config(self.cfg, self.paths.config_yaml)
 
     def log_metrics(self, point: dict) -> None:
         if self.metrics:
@@ -147,7 +146,7 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     console.setFormatter(fmt)
     logger.addHandler(console)
     if is_main and not os.environ.get("LMPROF_LOG_CAPTURED"):
-        path = Path(cfg.logging.output_dir) / "logs" / f"{cfg.logging.run_name}.log"
+        path = RunPaths.of(cfg).log
         path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run continues its log; a fresh one starts it anew.
         fh = logging.FileHandler(path, mode="a" if cfg.checkpoint.resume == "auto" else "w")

@@ -18,27 +18,25 @@ from lmprof import attention_kernels
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
 from lmprof.errors import EnvironmentMismatch, UserError
+from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
 from lmprof.results import append_row
+from lmprof.status import (
+    DIVERGED,
+    EXIT_CODES,
+    FAILED,
+    INTERRUPTED,
+    OK,
+    OOM,
+    USER_ERROR,
+    is_oom,
+)
 from lmprof.train.checkpoint import CheckpointManager, Preempted
 from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from lmprof.train.loop import Diverged, Trainer
 from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
 
 log = logging.getLogger("lmprof")
-
-EXIT_CODES = {"ok": 0, "failed": 1, "oom": 3, "diverged": 4, "interrupted": 130}
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text
-        or "can't allocate memory" in text
-        or "Cannot allocate memory" in text
-    )
 
 
 def config_row(cfg: RunConfig) -> dict:
@@ -174,7 +172,7 @@ def run(cfg: RunConfig) -> int:
     setup_logging(cfg, dist.is_main)
     row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
     row["ddp_gpus"] = dist.world_size
-    status, detail, trainer = "failed", "", None
+    status, detail, trainer = FAILED, "", None
     ckpt: CheckpointManager | None = None
     try:
         log.info("run %s: %s", cfg.logging.run_name, cfg.hash())
@@ -202,50 +200,44 @@ def run(cfg: RunConfig) -> int:
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point)
         row |= _energy_row(trainer)
-        status = "ok"
+        status = OK
     except UserError:
-        status = "user_error"  # found during setup (a missing data path, ...): no row, exit 2
+        status = USER_ERROR  # found during setup (a missing data path, ...): no row, exit 2
         raise
     except Diverged as exc:
-        status, detail = "diverged", str(exc)
+        status, detail = DIVERGED, str(exc)
     except Preempted as exc:
-        status, detail = "interrupted", str(exc)
+        status, detail = INTERRUPTED, str(exc)
     except KeyboardInterrupt:
-        status, detail = "interrupted", "stopped by the user"
+        status, detail = INTERRUPTED, "stopped by the user"
     except BaseException as exc:  # noqa: BLE001 -- every failure must end in a row
         if is_oom(exc):
             phase = trainer.instruments.state_phase if trainer else "setup"
-            status, detail = "oom", f"out of memory during {phase}"
+            status, detail = OOM, f"out of memory during {phase}"
         else:
             status, detail = (
-                "failed",
+                FAILED,
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             )
             log.error("run failed:\n%s", traceback.format_exc())
     finally:
-        if status != "ok" and trainer is not None:
+        if status != OK and trainer is not None:
             row.setdefault("steps_done", trainer.state.step)
             row.setdefault("total_params_m", trainer.n_params / 1e6)
         row |= _memory_row(dist.device)
         if trainer is not None:
-            trainer.instruments.close(oom=status == "oom")
+            trainer.instruments.close(oom=status == OOM)
             row |= trainer.instruments.summary()
         row |= {"status": status, "status_detail": detail, "finished_at": _now()}
-        if dist.is_main and status != "user_error":
-            append_row(outputs_path(cfg), _finite(row))
+        if dist.is_main and status != USER_ERROR:
+            append_row(RunPaths.of(cfg).results_csv, _finite(row))
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
-        if status == "user_error":
+        if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
             ckpt.close()
-        shutdown(clean=status == "ok")
+        shutdown(clean=status == OK)
     return EXIT_CODES[status]
-
-
-def outputs_path(cfg: RunConfig):
-    from pathlib import Path
-
-    return Path(cfg.logging.output_dir) / "results.csv"
 
 
 def _finite(row: dict) -> dict:

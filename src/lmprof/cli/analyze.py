@@ -27,7 +27,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_analyze_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "analyze",
         help="plots, per-tag tables and report.html from results.csv",

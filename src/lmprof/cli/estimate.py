@@ -12,7 +12,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from lmprof.cli.words import split_args
 from lmprof.errors import UserError
+from lmprof.profiling.vocab import BYTE_VOCAB, GPT2_VOCAB, infer_vocab_size
+
+# The vocabulary guesses are part of what this command answers; named here for its callers.
+__all__ = ["BYTE_VOCAB", "GPT2_VOCAB", "add_parser", "cmd_estimate", "infer_vocab_size", "main"]
 
 ESTIMATE_HELP = """\
 Predict the peak GPU memory of one training step (what torch.cuda.max_memory_allocated reads),
@@ -27,34 +32,8 @@ is printed (give --vocab-size to override any of these).
 Given a sweep file, prints one line per run (select groups with --tags).
 """
 
-# Mirrors lmprof/data/tokenizers.py (checked by a test): importing it would import numpy.
-BYTE_VOCAB = 258  # 256 bytes, EOS, PAD
-GPT2_VOCAB = 50258  # GPT-2's 50257 ids, PAD
-CHAR_ASSUMED = 100  # distinct characters assumed for char before its vocabulary exists
 
-
-def infer_vocab_size(cfg: Any) -> tuple[int, str]:
-    """The model's vocabulary size (PAD included) for `cfg`, and where it came from."""
-    d = cfg.data
-    if d.source == "synthetic":
-        return d.vocab_size, f"synthetic data: data.vocab_size={d.vocab_size}"
-    if d.tokenizer == "byte":
-        return BYTE_VOCAB, "byte tokenizer: 256 bytes + EOS + PAD"
-    if d.tokenizer == "gpt2":
-        return GPT2_VOCAB, "gpt2 tokenizer: 50257 ids + PAD"
-    if d.tokenizer == "bpe":
-        return d.vocab_size, (
-            f"bpe tokenizer: data.vocab_size={d.vocab_size} (specials included; a small corpus "
-            "can train fewer)"
-        )
-    n = CHAR_ASSUMED + 3
-    return n, (
-        f"char tokenizer: unknown until built from the text; assuming {CHAR_ASSUMED} characters "
-        f"+ UNK + EOS + PAD = {n} (give --vocab-size)"
-    )
-
-
-def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "estimate",
         help="predicted memory and FLOPs of a config, without running it",
@@ -78,27 +57,20 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _split(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
-    out = list(overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        out.insert(0, config)
-        config = None
-    return config, out
-
-
 def cmd_estimate(args: argparse.Namespace) -> int:
     from lmprof.config import load_config
     from lmprof.profiling.memory_model import estimate_memory, format_estimate
     from lmprof.profiling.peaks import matmul_precision, peak_flops
 
-    config, overrides = _split(args.config, args.overrides)
+    words = split_args(args)
+    config, overrides, tags = words.config, words.overrides, words.tags
     if args.vocab_size is not None and args.vocab_size < 2:
         raise UserError(f"--vocab-size must be at least 2, got {args.vocab_size}")
     if args.world_size is not None and args.world_size < 1:
         raise UserError(f"--world-size must be at least 1, got {args.world_size}")
     if config and _is_sweep(config):
-        return _estimate_sweep(config, overrides, args)
-    if args.tags:
+        return _estimate_sweep(config, overrides, tags, args)
+    if tags:
         raise UserError("--tags selects runs of a sweep file; the config is a single run")
     cfg = load_config(config, overrides)
     vocab, source = _vocab(cfg, args)
@@ -161,7 +133,9 @@ def _is_sweep(path: str) -> bool:
     return "experiments" in load_yaml(path)
 
 
-def _estimate_sweep(path: str, overrides: list[str], args: argparse.Namespace) -> int:
+def _estimate_sweep(
+    path: str, overrides: list[str], tags: list[str] | None, args: argparse.Namespace
+) -> int:
     """One line per run of a sweep file: the predicted peak and where it happens."""
     try:
         from lmprof.sweep.plan import plan_sweep
@@ -170,7 +144,7 @@ def _estimate_sweep(path: str, overrides: list[str], args: argparse.Namespace) -
     from lmprof.profiling.memory_model import GiB, estimate_memory
 
     rows = []
-    for plan in plan_sweep(path, args.tags, overrides, check_env=False):
+    for plan in plan_sweep(path, tags, overrides, check_env=False):
         cfg = plan.cfg
         vocab, _ = _vocab(cfg, args)
         world = args.world_size if args.world_size is not None else cfg.system.num_gpus
@@ -209,11 +183,11 @@ def _estimate_sweep(path: str, overrides: list[str], args: argparse.Namespace) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lmprof.profiling.cli CONFIG [key=value]`: the estimate alone."""
+    """`python -m lmprof.cli.estimate CONFIG [key=value]`: the estimate alone."""
     import sys
 
     parser = argparse.ArgumentParser(prog="lmprof")
-    add_estimate_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["estimate", *(sys.argv[1:] if argv is None else argv)])
     try:
         return cmd_estimate(args)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from typing import Any
 
+from lmprof.cli.words import split_words
 from lmprof.errors import UserError
 
 SWEEP_HELP = """\
@@ -73,7 +74,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True
     )
 
 
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sweep",
         help="run a sweep of runs, each in its own process",
@@ -86,22 +87,17 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def split_tags(tags: Sequence[str] | None, overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`--tags a b key=v` hands key=v to --tags; move such words back to the overrides."""
-    tags = list(tags or [])
-    moved = [t for t in tags if "=" in t]
-    return [t for t in tags if "=" not in t], [*overrides, *moved]
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lmprof.sweep.plan import plan_sweep
     from lmprof.sweep.runner import format_plan, run_sweep
 
-    tags, overrides = split_tags(args.tags, args.overrides)
+    # The sweep file is a required slot: only the overrides and --tags need the splitter.
+    words = split_words(None, args.overrides, args.tags)
+    overrides = words.overrides
     try:
         plans = plan_sweep(
             args.sweep_file,
-            tags=tags or None,
+            tags=words.tags or None,
             overrides=overrides,
             repeat=getattr(args, "repeat", None),
         )

@@ -1,0 +1,59 @@
+"""The `lmprof` command: run, sweep, analyze, estimate, find-max, one module each.
+
+Every user mistake ends as one line on stderr and exit status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lmprof import __version__
+from lmprof.cli import analyze, estimate, find_max, run, sweep
+from lmprof.errors import UserError
+from lmprof.status import EXIT_CODES, INTERRUPTED, USER_ERROR
+
+DESCRIPTION = """\
+lmprof trains causal Transformer language models and measures what a training setup costs:
+tokens/s and MFU, memory and why, and how well it learns.
+
+  lmprof run [CONFIG.yaml] [key=value ...]     train one run, append its row to results.csv
+  lmprof sweep SWEEP.yaml [--tags T ...]       run a sweep of runs, each in its own process
+  lmprof analyze [--results results.csv]       plots, tables and report.html from the results
+  lmprof estimate [CONFIG.yaml] [key=value]    predicted memory and FLOPs, without running
+  lmprof find-max CONFIG --vary batch_size     the largest batch (or length) that fits
+
+Config keys are dotted (model.d_model=512), a field's own name (d_model=512) or one of the
+course assignment's flat names (fp16=true, nhead=8, learning_rate=3e-4). `lmprof run
+--help-config` lists every key with its default.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmprof", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"lmprof {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each module imports its command's work only when it runs: `lmprof estimate` stays free
+    # of torch, and `--help` is instant.
+    for command in (run, sweep, analyze, estimate, find_max):
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"lmprof: error: {exc}", file=sys.stderr)
+        return EXIT_CODES[USER_ERROR]
+    except KeyboardInterrupt:
+        print("lmprof: interrupted", file=sys.stderr)
+        return EXIT_CODES[INTERRUPTED]

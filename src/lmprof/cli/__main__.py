@@ -1,0 +1,3 @@
+from lmprof.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""What the sweep prints: a line per run as it ends, the summary table, the --dry-run plan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+
+from lmprof.status import OK
+from lmprof.sweep.outcome import Outcome, SweepReport
+from lmprof.sweep.plan import RunPlan
+from lmprof.sweep.resume import decide, load_history
+
+
+def _float(row: Mapping[str, str] | None, *keys: str) -> float | None:
+    for k in keys:
+        with contextlib.suppress(TypeError, ValueError):
+            v = float((row or {}).get(k) or "nan")
+            if v == v:  # not NaN
+                return v
+    return None
+
+
+def _tps(row: Mapping[str, str] | None) -> str:
+    v = _float(row, "steady_tokens_per_sec", "throughput")
+    if v is None:
+        return ""
+    return (
+        f"{v / 1e6:.2f}M tok/s"
+        if v >= 1e6
+        else f"{v / 1e3:.1f}k tok/s"
+        if v >= 1e3
+        else f"{v:.0f} tok/s"
+    )
+
+
+def _peak(row: Mapping[str, str] | None) -> str:
+    v = _float(row, "peak_gpu_mem_gb")
+    return f"peak {v:.2f} GB" if v else ""
+
+
+def _ppl(row: Mapping[str, str] | None) -> str:
+    v = _float(row, "eval_perplexity")
+    return f"ppl {v:.2f}" if v is not None else ""
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, under a header and a rule."""
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
+    fmt = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
+
+
+def outcome_line(i: int, n: int, o: Outcome, name_width: int) -> str:
+    """The line printed as run i of n ends."""
+    w = len(str(n))
+    head = f"[{i:>{w}}/{n}] {o.plan.name:<{name_width}} {o.status:<11}"
+    if o.status == OK and o.row:
+        metrics = "  ".join(x for x in (_tps(o.row), _peak(o.row), _ppl(o.row)) if x)
+    else:
+        metrics = clip(o.detail, 90)
+    if o.note:
+        metrics = f"{metrics}  ({o.note})" if metrics else f"({o.note})"
+    took = duration(o.elapsed) if o.elapsed is not None else ""
+    return f"{head} {metrics}  {took}".rstrip()
+
+
+def format_summary(report: SweepReport) -> str:
+    rows = []
+    for o in report.outcomes:
+        time_s = duration(o.elapsed) if o.elapsed is not None else ""
+        note = (
+            o.note if o.status == OK else clip(f"{o.detail} ({o.note})" if o.note else o.detail, 60)
+        )
+        rows.append(
+            [
+                str(o.plan.index),
+                o.plan.name,
+                o.plan.tag,
+                o.status,
+                _tps(o.row).replace(" tok/s", ""),
+                _peak(o.row).replace("peak ", "").replace(" GB", ""),
+                _ppl(o.row).replace("ppl ", ""),
+                time_s,
+                note,
+            ]
+        )
+    lines = ["", "Summary"]
+    lines += table(
+        ["#", "run", "tag", "status", "tok/s", "peak GB", "eval ppl", "time", "note"], rows
+    )
+    counts: dict[str, int] = {}
+    for o in report.outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    tally = ", ".join(f"{v} {k}" for k, v in counts.items())
+    lines.append(f"{len(report.outcomes)} of {report.total} runs: {tally or 'none'}")
+    if report.interrupted:
+        left = report.total - len(report.outcomes)
+        lines.append(f"interrupted: {left} run(s) not started; rerun the same command to resume")
+    if any(o.note.startswith("earlier;") for o in report.outcomes):
+        lines.append("runs that failed in an earlier sweep were kept; --retry-failed reruns them")
+    return "\n".join(lines)
+
+
+def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False) -> str:
+    """The --dry-run listing: what each run changes, its GPUs and what the sweep would do."""
+    history = load_history(plans)
+    rows, notes, counts = [], {}, {"run": 0, "done": 0, "kept": 0, "skip": 0}
+    for p in plans:
+        action, prior = decide(p, history.get(p.config_hash, []), force, retry_failed)
+        counts[action] += 1
+        what = {
+            "run": "run",
+            "done": f"skip: done ({prior['status'] if prior else ''})",
+            "kept": f"skip: {prior['status'] if prior else ''} earlier",
+            "skip": "not runnable here",
+        }[action]
+        rows.append(
+            [
+                str(p.index),
+                p.name,
+                ",".join(p.tags),
+                str(p.num_gpus),
+                what,
+                p.describe_changes() or "(base_config)",
+            ]
+        )
+        if action == "skip":
+            notes[p.name] = p.unrunnable
+    lines = table(
+        ["#", "run", "tags", "gpus", "plan", "settings that differ from base_config"], rows
+    )
+    out = []
+    for line, p in zip(lines[2:], plans, strict=True):
+        out.append(line)
+        if p.name in notes:
+            out.append(f"      -> {notes[p.name]}")
+    summary = (
+        f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
+        f"{counts['kept']} failed earlier (kept; --retry-failed reruns them), "
+        f"{counts['skip']} not runnable on this machine (recorded as skipped)"
+    )
+    return "\n".join([*lines[:2], *out, summary])

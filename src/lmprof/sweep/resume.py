@@ -1,0 +1,48 @@
+"""Resume policy: what a rerun of a sweep does with each run, from its earlier rows.
+
+A run's history is its rows in results.csv with the same config hash:
+  * an `ok` or `oom` row: done, skipped (`--force` reruns it);
+  * last row `failed`, `diverged` or `timeout`: kept as is (`--retry-failed` reruns it);
+  * no row, or last row `interrupted` or `skipped`: run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from lmprof.paths import results_csv
+from lmprof.results import read_rows
+from lmprof.status import DONE, KEPT
+from lmprof.sweep.plan import RunPlan
+
+Action = Literal["run", "done", "kept", "skip"]
+
+
+def load_history(plans: Sequence[RunPlan]) -> dict[str, list[dict[str, str]]]:
+    """Rows by config hash, from the results.csv of every output folder the plans use."""
+    history: dict[str, list[dict[str, str]]] = {}
+    # As paths, so "out" and "./out" are one folder.
+    for root in dict.fromkeys(Path(p.cfg.logging.output_dir) for p in plans):
+        for row in read_rows(results_csv(root)):
+            history.setdefault(row.get("config_hash", ""), []).append(row)
+    return history
+
+
+def decide(
+    plan: RunPlan,
+    rows: Sequence[Mapping[str, str]],
+    force: bool = False,
+    retry_failed: bool = False,
+) -> tuple[Action, Mapping[str, str] | None]:
+    """What to do with a run: ("run" | "done" | "kept" | "skip", the row that decided it)."""
+    if not force:
+        done = [r for r in rows if r.get("status") in DONE]
+        if done:
+            return "done", done[-1]
+        if rows and rows[-1].get("status") in KEPT and not retry_failed:
+            return "kept", rows[-1]
+    if plan.unrunnable:
+        return "skip", None
+    return "run", None

@@ -18,9 +18,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from lmprof.cli import estimate as est_cli
 from lmprof.config import build_config
 from lmprof.model import ModelArgs, Transformer
-from lmprof.cli import estimate as est_cli
 from lmprof.profiling import peaks
 from lmprof.profiling.flops import count_params, flops_per_token, matmul_params, mfu
 from lmprof.profiling.memory_model import Shape, estimate_memory, format_estimate, step_phases

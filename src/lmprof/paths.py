@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_CSV = "results.csv"
+# Set by the sweep for its child: the sweep already writes the child's output to its log, so
+# the run must not open the same file a second time.
+LOG_CAPTURED_ENV = "LMPROF_LOG_CAPTURED"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lmprof.config import save_config
-from lmprof.paths import RunPaths
+from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 from lmprof.results import append_row, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
 from lmprof.sweep.classify import classify, last_line, now, parent_row, read_log_tail
@@ -156,7 +156,7 @@ class SweepRunner:
             n_before = len(read_rows(results))
             oom_before = oom_kill_count()
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, LMPROF_LOG_CAPTURED="1", PYTHONUNBUFFERED="1")
+            env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOG_CAPTURED_ENV: "1"})
             limit = int(plan.cfg.system.memory_limit_gb * 1024**3)
             with open(log_path, "w") as log:
                 log.write(f"# lmprof sweep {started_at}: {shlex.join(argv)}\n")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lmprof.config import RunConfig, save_config
-from lmprof.paths import RunPaths
+from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 
 METRICS_COLUMNS = (
     "step",
@@ -145,7 +145,7 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
     logger.addHandler(console)
-    if is_main and not os.environ.get("LMPROF_LOG_CAPTURED"):
+    if is_main and not os.environ.get(LOG_CAPTURED_ENV):
         path = RunPaths.of(cfg).log
         path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run continues its log; a fresh one starts it anew.

@@ -20,7 +20,8 @@ import yaml
 
 from lmprof.cli import main as lmprof_main
 from lmprof.errors import ConfigError, UserError
-from lmprof.results import STATUSES, read_rows
+from lmprof.results import read_rows
+from lmprof.status import STATUSES
 from lmprof.sweep.plan import expand_sweep, plan_sweep
 from lmprof.sweep.runner import classify, decide, format_plan, run_sweep
 

@@ -96,8 +96,6 @@ LMPROF_COLUMNS = (
 )
 COLUMNS = SEED_COLUMNS + LMPROF_COLUMNS + ENERGY_COLUMNS  # groups: declared by their producer
 
-STATUSES = ("ok", "oom", "diverged", "failed", "timeout", "skipped", "interrupted")
-
 
 def _cell(value: Any) -> str:
     if value is None:

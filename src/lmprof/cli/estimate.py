@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from lmprof.cli.words import split_args
+from lmprof.cli.words import add_config_arguments, split_args
 from lmprof.errors import UserError
 from lmprof.profiling.vocab import BYTE_VOCAB, GPT2_VOCAB, infer_vocab_size
 
@@ -40,8 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=ESTIMATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="a run config YAML (optional: defaults apply)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p)
     p.add_argument("--vocab-size", type=int, help="the vocabulary size, PAD included")
     p.add_argument(
         "--world-size", type=int, help="processes sharing the run (default: system.num_gpus)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lmprof.cli.words import split_args
+from lmprof.cli.words import add_config_arguments, split_args
 from lmprof.errors import UserError
 
 
@@ -23,8 +23,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description=find_max_doc(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="a run config YAML (optional)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    add_config_arguments(p)
     p.add_argument(
         "--vary",
         nargs="+",

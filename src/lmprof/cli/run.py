@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lmprof.cli.words import split_args
+from lmprof.cli.words import add_config_arguments, split_args
 
 RUN_HELP = """\
 Train one model and append a row to <output_dir>/results.csv.
@@ -30,8 +30,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description=RUN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="a run config YAML (optional: defaults apply)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(p)
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
     p.set_defaults(func=cmd_run)
     return p

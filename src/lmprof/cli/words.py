@@ -11,6 +11,13 @@ from dataclasses import dataclass
 CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
+def add_config_arguments(p: argparse.ArgumentParser, what: str = "a run config YAML") -> None:
+    """The positional words every command takes: a config file, then `key=value` overrides (the
+    splitter below also finds overrides written before the file or among other options)."""
+    p.add_argument("config", nargs="?", help=f"{what} (optional: defaults apply)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
 def is_override(word: str) -> bool:
     """`key=value`, and not a config file whose name happens to contain '='."""
     return "=" in word and not word.endswith(CONFIG_SUFFIXES)

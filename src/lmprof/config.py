@@ -520,29 +520,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise UserError(f"override '{text}' has an empty key")
+    from lmprof.yamlio import parse
+
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse(raw, f"override '{key}'") if raw.strip() else ""
+    except UserError:  # not YAML: the text itself (a run name, a path)
         value = raw
     return key, value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, or one clear error."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
-    return data
+    """A YAML mapping from a file, or one clear error (the checks: lmprof.yamlio)."""
+    from lmprof.yamlio import load_mapping
+
+    return load_mapping(path, "config file")
 
 
 def build_config(

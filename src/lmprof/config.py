@@ -186,6 +186,9 @@ class SystemConfig:
     memory_limit_gb: float = option(
         0.0, "sweeps: cap the child's host address space (RLIMIT_AS); 0: none", **NON_NEGATIVE
     )
+    allow_predicted_oom: bool = option(
+        False, "start a run the memory model says cannot fit (to see the real out-of-memory)"
+    )
 
 
 @dataclass

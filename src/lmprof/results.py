@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmprof.errors import UserError
 from lmprof.io import atomic_write_text, file_lock
 from lmprof.profiling.energy import ENERGY_COLUMNS
 
@@ -118,8 +119,16 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     p = Path(path)
     if not p.exists():
         return []
-    with open(p, newline="") as f:
-        return list(csv.DictReader(f))
+    # A damaged table (a NUL byte, another encoding, a folder) is the user's to fix: one line,
+    # and it is never rewritten (append_row reads it first, so it stops there too). A torn
+    # last line or foreign columns read fine: their cells are kept as they are.
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not a readable CSV table ({exc}); move it away") from None
+    except OSError as exc:
+        raise UserError(f"'{p}' cannot be read: {exc.strerror or exc}") from None
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:

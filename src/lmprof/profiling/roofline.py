@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import math
 from collections import defaultdict
@@ -504,10 +505,11 @@ def write_roofline(
     md, csv_path = tables_dir / f"{run_name}_roofline.md", tables_dir / f"{run_name}_roofline.csv"
     atomic_write_text(md, markdown(rl, run_name))
     rows = rl.table()
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["group"])
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["group"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(csv_path, buf.getvalue())
     return md, csv_path
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 from lmprof.config import save_config
+from lmprof.io import open_stream, try_lock
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
+from lmprof.preflight import check_outputs
 from lmprof.results import append_row, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
 from lmprof.sweep.classify import classify, last_line, now, parent_row, read_log_tail
@@ -86,6 +88,7 @@ class SweepRunner:
             self._say("no runs to do")
             return report
         self._name_width = min(48, max(len(p.name) for p in plans))
+        check_outputs(_paths(p) for p in plans)  # before any work: one line, nothing started
         history = load_history(plans)
         n = len(plans)
         with self.stops.caught():
@@ -113,16 +116,7 @@ class SweepRunner:
                 elif action == "skip":
                     o = self._skip(plan, history.get(plan.config_hash, []))
                 else:
-                    if self.out.isatty():
-                        print(
-                            f"[{i}/{n}] {plan.name} running ... (log: {_paths(plan).log})",
-                            end="",
-                            file=self.out,
-                            flush=True,
-                        )
-                    o = self._execute(plan)
-                    if self.out.isatty():
-                        print("\r\033[K", end="", file=self.out)
+                    o = self._claimed(plan, i, n, force, retry_failed)
                     report.interrupted = self.stops.count > 0
                 report.outcomes.append(o)
                 self._say(outcome_line(i, n, o, self._name_width))
@@ -130,6 +124,39 @@ class SweepRunner:
                     break
         self._say(format_summary(report))
         return report
+
+    def _claimed(self, plan: RunPlan, i: int, n: int, force: bool, retry_failed: bool) -> Outcome:
+        """Run `plan` if no other sweep has claimed it (a per-run lock, non-blocking). Once
+        claimed, the results are read again: another sweep may have finished it meanwhile."""
+        with try_lock(_paths(plan).claim) as mine:
+            if not mine:
+                # No row: the sweep that holds the claim writes the run's row.
+                return Outcome(plan, SKIPPED, "", note="running elsewhere (another sweep)")
+            rows = [
+                r
+                for r in read_rows(_paths(plan).results_csv)
+                if r.get("config_hash") == plan.config_hash
+            ]
+            action, prior = decide(plan, rows, force, retry_failed)
+            if action != "run" and prior is not None:
+                return Outcome(
+                    plan,
+                    prior["status"],
+                    prior.get("status_detail", ""),
+                    prior,
+                    note="done by another sweep",
+                )
+            if self.out.isatty():
+                print(
+                    f"[{i}/{n}] {plan.name} running ... (log: {_paths(plan).log})",
+                    end="",
+                    file=self.out,
+                    flush=True,
+                )
+            o = self._execute(plan)
+            if self.out.isatty():
+                print("\r\033[K", end="", file=self.out)
+            return o
 
     def run_one(self, plan: RunPlan) -> Outcome:
         """Run one plan in its own process, whatever the results table says (find-max probes)."""
@@ -158,7 +185,7 @@ class SweepRunner:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOG_CAPTURED_ENV: "1"})
             limit = int(plan.cfg.system.memory_limit_gb * 1024**3)
-            with open(log_path, "w") as log:
+            with open_stream(log_path) as log:  # never through a planted link
                 log.write(f"# lmprof sweep {started_at}: {shlex.join(argv)}\n")
                 log.flush()
                 header = log.tell()

@@ -9,6 +9,7 @@ and always on, so an Nsight Systems capture of any run reads well.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import statistics
 from collections import defaultdict
@@ -213,11 +214,12 @@ class Instruments:
         lines += [f"| {c} | {s:.1%} |" for c, s in sorted(shares.items(), key=lambda kv: -kv[1])]
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.paths.profile_ops_table("md"), "\n".join(lines) + "\n")
-        with open(self.paths.profile_ops_table("csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
-            for k, c, ms in rows:
-                w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
+        for k, c, ms in rows:
+            w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
+        atomic_write_text(self.paths.profile_ops_table("csv"), buf.getvalue())
 
     def _write_roofline(self, trace: Path) -> None:
         """Each kernel group's gap to its limit (profiling/roofline.py), after training."""

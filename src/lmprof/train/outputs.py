@@ -6,12 +6,14 @@ The layout is lmprof.paths.RunPaths'. Only rank 0 writes.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
 from pathlib import Path
 
 from lmprof.config import RunConfig, save_config
+from lmprof.io import append_text, atomic_write_text, open_stream
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 
 METRICS_COLUMNS = (
@@ -45,16 +47,13 @@ class _CsvLog:
 
     def __init__(self, path: Path, columns: tuple[str, ...], fresh: bool):
         self.path, self.columns = path, columns
-        path.parent.mkdir(parents=True, exist_ok=True)
         if fresh or not path.exists():
-            with open(path, "w", newline="") as f:
-                f.write(",".join(columns) + "\n")
+            atomic_write_text(path, ",".join(columns) + "\n")
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerow(
-                [_fmt(row.get(c, "")) for c in self.columns]
-            )
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(c, "")) for c in self.columns])
+        append_text(self.path, buf.getvalue())  # never through a planted link (lmprof.io)
 
 
 class RunOutputs:
@@ -128,11 +127,30 @@ def discard_log(cfg: RunConfig) -> None:
     """Close and delete the log file a run opened (it stopped on a user's mistake)."""
     logger = logging.getLogger("lmprof")
     for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, _LogFile):
             handler.close()
             logger.removeHandler(handler)
             if cfg.checkpoint.resume != "auto":
-                Path(handler.baseFilename).unlink(missing_ok=True)
+                handler.path.unlink(missing_ok=True)
+
+
+class _LogFile(logging.StreamHandler):
+    """logs/<run>.log through lmprof.io (no link followed). A failed write (a full disk) is
+    dropped: logging would print a traceback for every line, and the run's other writes
+    report the same failure as one line."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self.path = path
+        super().__init__(open_stream(path, append=append))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
 
 
 def setup_logging(cfg: RunConfig, is_main: bool) -> None:
@@ -147,8 +165,7 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     logger.addHandler(console)
     if is_main and not os.environ.get(LOG_CAPTURED_ENV):
         path = RunPaths.of(cfg).log
-        path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run continues its log; a fresh one starts it anew.
-        fh = logging.FileHandler(path, mode="a" if cfg.checkpoint.resume == "auto" else "w")
+        fh = _LogFile(path, append=cfg.checkpoint.resume == "auto")
         fh.setFormatter(fmt)
         logger.addHandler(fh)

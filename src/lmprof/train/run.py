@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import os
+import sys
 import traceback
 
 import torch
@@ -17,9 +19,10 @@ import torch
 from lmprof import attention_kernels
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
-from lmprof.errors import EnvironmentMismatch, UserError
+from lmprof.errors import EnvironmentMismatch, OutputError, UserError
 from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
+from lmprof.preflight import check_outputs, predicted_oom
 from lmprof.results import append_row
 from lmprof.status import (
     DIVERGED,
@@ -31,8 +34,14 @@ from lmprof.status import (
     USER_ERROR,
     is_oom,
 )
-from lmprof.train.checkpoint import CheckpointManager, Preempted
-from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from lmprof.train.checkpoint import CheckpointError, CheckpointManager, Preempted
+from lmprof.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from lmprof.train.loop import Diverged, Trainer
 from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
 
@@ -163,17 +172,58 @@ def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> d
     }
 
 
+def _refuse_predicted_oom(cfg: RunConfig) -> int | None:
+    """The exit code of a run the memory model says cannot fit, its row written; None: start it.
+
+    Recorded as `oom`, not `skipped`: `skipped` says this machine lacks what the config needs
+    (fp16 on a CPU) and a rerun retries it; this run would have ended in `oom` minutes later,
+    the answer the analysis, find-max and the resume policy (a rerun skips `oom`) want. The
+    detail starts with "out of memory predicted" so it is never mistaken for a measured one.
+    """
+    if cfg.system.allow_predicted_oom:
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg, local_rank)
+    found = predicted_oom(cfg, device.type)
+    if found is None:
+        return None
+    need, line = found
+    if int(os.environ.get("RANK", "0")) == 0:
+        now = _now()
+        row = config_row(cfg) | environment_info(device)
+        row |= {
+            "predicted_peak_mem_gb": need / 1024**3,
+            "steps_done": 0,
+            "status": OOM,
+            "status_detail": line,
+            "started_at": now,
+            "finished_at": now,
+        }
+        append_row(RunPaths.of(cfg).results_csv, _finite(row))
+    print(f"lmprof: {cfg.logging.run_name}: {line}", file=sys.stderr)
+    return EXIT_CODES[OOM]
+
+
 def run(cfg: RunConfig) -> int:
     """Train one run and append its row; returns the process exit code."""
     reason = check_environment(cfg)
     if reason:
         raise EnvironmentMismatch(reason)
+    # Before any work: outputs that cannot be written, and memory that cannot suffice, cost
+    # one line here instead of a run (and, for a few million layers, a minute of model build).
+    check_outputs([RunPaths.of(cfg)])
+    refused = _refuse_predicted_oom(cfg)
+    if refused is not None:
+        return refused
     dist: DistInfo = init_distributed(cfg)
     setup_logging(cfg, dist.is_main)
     row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
     row["ddp_gpus"] = dist.world_size
     status, detail, trainer = FAILED, "", None
     ckpt: CheckpointManager | None = None
+    # A mistake found once the run started (an incompatible checkpoint, a full disk): the row
+    # says `failed` with it, and the console gets it as one line, not a traceback.
+    late_error: str | None = None
     try:
         log.info("run %s: %s", cfg.logging.run_name, cfg.hash())
         ckpt = CheckpointManager(cfg, dist)  # the resume point, the SIGTERM handler
@@ -201,6 +251,10 @@ def run(cfg: RunConfig) -> int:
         row |= _summary_row(trainer, eval_point)
         row |= _energy_row(trainer)
         status = OK
+    except (OutputError, CheckpointError) as exc:
+        status, detail = FAILED, str(exc)
+        late_error = detail
+        log.error("run failed: %s", detail)
     except UserError:
         status = USER_ERROR  # found during setup (a missing data path, ...): no row, exit 2
         raise
@@ -230,13 +284,20 @@ def run(cfg: RunConfig) -> int:
             row |= trainer.instruments.summary()
         row |= {"status": status, "status_detail": detail, "finished_at": _now()}
         if dist.is_main and status != USER_ERROR:
-            append_row(RunPaths.of(cfg).results_csv, _finite(row))
-            log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+            try:
+                append_row(RunPaths.of(cfg).results_csv, _finite(row))
+            except OutputError as exc:  # the disk filled up: earlier rows stay as they were
+                late_error = f"{detail}; the row was not written: {exc}" if late_error else str(exc)
+                status = FAILED
+            else:
+                log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
         if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
             ckpt.close()
         shutdown(clean=status == OK)
+    if late_error and dist.is_main:
+        print(f"lmprof: error: {late_error}", file=sys.stderr)
     return EXIT_CODES[status]
 
 

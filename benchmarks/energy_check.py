@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lmprof.io import atomic_write_text
+
 BASE = ["configs/gpt2_small.yaml", "data.source=synthetic", "logging.logging_steps=25"]
 MATRIX = {
     "seed_equiv_fp16": ["model_type=vanilla_transformer", "precision=fp16"],
@@ -53,7 +55,7 @@ def main() -> int:
         agree = f"{float(a) / float(b):.3f}" if a and b else ""
         lines.append("| " + " | ".join(r.get(c, "") for c in cols) + f" | {agree} |")
     table = "\n".join(lines)
-    (out / "energy_check.md").write_text(table + "\n")
+    atomic_write_text(out / "energy_check.md", table + "\n")
     print(table)
     return 0
 

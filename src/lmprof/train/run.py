@@ -184,7 +184,11 @@ def _refuse_predicted_oom(cfg: RunConfig) -> int | None:
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg, local_rank)
-    found = predicted_oom(cfg, device.type)
+    try:
+        found = predicted_oom(cfg, device.type)
+    except Exception as exc:  # noqa: BLE001 -- the prediction is advice: never a reason to fail
+        log.debug("no memory prediction: %s", exc)
+        return None
     if found is None:
         return None
     need, line = found

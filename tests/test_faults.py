@@ -412,6 +412,20 @@ def test_a_predicted_oom_is_refused_in_milliseconds_as_an_oom_row(tmp_path, monk
     assert _files(tmp_path) == {"results.csv", "results.csv.lock"}
 
 
+def test_on_a_gpu_the_prediction_is_held_against_its_free_memory(monkeypatch):
+    import torch
+
+    from lmprof.preflight import predicted_oom
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (100 * gib, 141 * gib))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    base = {"data": {"source": "synthetic", "vocab_size": 256}}
+    need, line = predicted_oom(build_config(base, {"training": {"batch_size": 10**6}}), "cuda")
+    assert need > 150 * gib and "NVIDIA H200 has 100.0 GiB free of 141.0 GiB" in line
+    assert predicted_oom(build_config(base), "cuda") is None  # fits: it runs
+
+
 def test_allow_predicted_oom_skips_the_prediction(tmp_path, monkeypatch, capsys):
     run_module = importlib.import_module("lmprof.train.run")  # the package exports run()
     monkeypatch.chdir(tmp_path)

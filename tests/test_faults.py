@@ -239,6 +239,36 @@ def test_an_unreadable_config_is_one_line(tmp_path):
         load_mapping(p)
 
 
+def test_a_file_that_cannot_be_read_is_one_line_even_for_root(tmp_path, monkeypatch):
+    from lmprof import yamlio
+
+    p = tmp_path / "c.yaml"
+    p.write_text("a: 1\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(yamlio, "open", denied, raising=False)
+    with pytest.raises(UserError, match="cannot be read: permission denied"):
+        yamlio.load_mapping(p)
+
+
+def test_every_yaml_read_goes_through_the_one_loader():
+    import re
+
+    reads = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all)\(")
+    offenders = [
+        str(f.relative_to(REPO))
+        for d in ("src", "benchmarks", "scripts")
+        for f in (REPO / d).rglob("*.py")
+        if f.name != "yamlio.py" and reads.search(f.read_text())
+    ]
+    offenders += [
+        f for f in ("run_experiments.py", "analysis.py") if reads.search((REPO / f).read_text())
+    ]
+    assert offenders == []
+
+
 def test_html_in_a_tag_is_data_and_never_a_path(tmp_path):
     from lmprof.sweep.plan import expand_sweep
 

@@ -521,6 +521,24 @@ def test_sigterm_during_a_run_keeps_earlier_rows_and_writes_one_interrupted_row(
     assert not [f for f in _files(tmp_path) if f.endswith(".tmp")]
 
 
+def test_sigterm_during_setup_stops_at_once_as_interrupted(tmp_path, monkeypatch, capsys):
+    from lmprof.train import loop
+
+    monkeypatch.chdir(tmp_path)
+    build = loop.Trainer.__init__
+
+    def build_then_term(self, *args, **kwargs):  # setup that would not reach a step soon
+        os.kill(os.getpid(), signal.SIGTERM)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", build_then_term)
+    code, _, err = _main(capsys, "run_name=setup")
+    assert code == 130 and err == ""
+    (row,) = _rows(tmp_path / "results.csv")
+    assert row["status"] == "interrupted" and "during setup" in row["status_detail"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+
+
 SLOW_CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -297,6 +297,13 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_a_missing_data_path_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(capsys, "data.source=text", "data.path=nowhere.txt", "run_name=r")
+    assert code == 2 and "nowhere.txt" in _one_error_line(err)
+    assert _files(tmp_path) == set()  # the log it opened is removed; no row
+
+
 def test_output_dir_under_a_file_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "blocker").write_text("x")

@@ -146,13 +146,13 @@ class TrainingConfig:
     batch_size: int = option(16, "sequences per micro-batch per process", **POSITIVE)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step", **POSITIVE)
     max_steps: int = option(200, "optimizer steps", **POSITIVE)
-    lr: float = option(3e-4, "peak learning rate", above=0, at_most=1e3)
+    lr: float = option(3e-4, "peak learning rate", above=0)
     schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
     warmup_steps: int = option(20, "steps of linear warm-up", **NON_NEGATIVE)
     min_lr_ratio: float = option(
         0.1, "the schedule's floor as a fraction of lr", at_least=0, at_most=1
     )
-    weight_decay: float = option(0.1, "AdamW weight decay on matrices", at_least=0, at_most=1e3)
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices", at_least=0)
     beta1: float = option(0.9, "AdamW beta1", at_least=0, below=1)
     beta2: float = option(0.95, "AdamW beta2", at_least=0, below=1)
     max_grad_norm: float = option(

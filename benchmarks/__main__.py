@@ -163,7 +163,7 @@ def _wait(proc: subprocess.Popen, timeout: int | None) -> int | None:
         return None
 
 
-def run_step(label: str, step: Step, out: Path) -> str:
+def run_step(label: str, step: Step, out: Path) -> tuple[str, float]:
     folder = out / step.folder
     folder.mkdir(parents=True, exist_ok=True)
     cmd, cwd = command(step, folder)
@@ -202,7 +202,7 @@ def run_step(label: str, step: Step, out: Path) -> str:
     for src, dest in step.keep.items():
         if (folder / src).is_file():
             shutil.copyfile(folder / src, out / dest)
-    return f"{status}, {seconds:.0f} s"
+    return status, seconds
 
 
 def _gzip_traces(out: Path) -> None:
@@ -271,23 +271,24 @@ def main(argv: Sequence[str] | None = None, suites: Mapping[str, Suite] = SUITES
     with open(out / "SUMMARY.md", "a") as f:
         f.write(
             f"## {env['date_utc']} UTC: `{env['command']}`\n\nGPU {env.get('gpu')}, torch "
-            f"{env.get('torch')}, commit {env['lmprof_commit']}\n\n| step | result | log |\n"
-            "| --- | --- | --- |\n"
+            f"{env.get('torch')}, commit {env['lmprof_commit']}\n\n| step | result | seconds | log |\n"
+            "| --- | --- | --- | --- |\n"
         )
     failed: list[str] = []
     for i, (label, step) in enumerate(zip(labels, steps, strict=True), 1):
         if step.name in missing:
-            result = f"skipped, {step.script} does not exist yet"
+            result, seconds, log = f"skipped, {step.script} does not exist yet", 0.0, "-"
         else:
             print(f"[{i}/{len(steps)}] {label} ...", flush=True)
-            result = run_step(label, step, out)
-            if not result.startswith("ok"):
+            result, seconds = run_step(label, step, out)
+            log = f"logs/{label}.log"
+            if result != "ok":
                 failed.append(label)
-                tail = (out / "logs" / f"{label}.log").read_text().splitlines()[-8:]
+                tail = (out / log).read_text().splitlines()[-8:]
                 print("\n".join(f"    {line}" for line in tail), file=sys.stderr)
-        print(f"[{i}/{len(steps)}] {label}: {result}", flush=True)
+        print(f"[{i}/{len(steps)}] {label}: {result} ({seconds:.0f} s)", flush=True)
         with open(out / "SUMMARY.md", "a") as f:  # row by row: a lost lease keeps what ran
-            f.write(f"| {label} | {result} | logs/{label}.log |\n")
+            f.write(f"| {label} | {result} | {seconds:.0f} | {log} |\n")
     with open(out / "SUMMARY.md", "a") as f:
         f.write("\n")
     _gzip_traces(out)

@@ -254,6 +254,7 @@ def main(argv: Sequence[str] | None = None, suites: Mapping[str, Suite] = SUITES
     labels = [f"{suite.name}.{s.name}" for s in steps]
     missing = {s.name for s in steps if s.optional and not (ROOT / (s.script or "")).is_file()}
     if a.dry_run:
+        print(f"# suite {suite.name}: {suite.meaning}; replaces {suite.replaces}")
         for label, step in zip(labels, steps, strict=True):
             if step.name in missing:
                 print(f"# {label}: skipped, {step.script} does not exist yet")

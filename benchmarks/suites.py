@@ -121,6 +121,8 @@ MEMORY = Suite(
             ("benchmarks/memory_calibration.py", "--out", "{dir}/memory_calibration.json"),
             "memory",
             170,
+            stdout="memory_calibration.log",  # one line per run: measured vs predicted
+            keep={"memory_calibration.log": "memory_calibration.log"},
         ),
     ),
 )
@@ -163,7 +165,13 @@ PROFILING = Suite(
     "FLOPs vs FlopCounterMode, profiler traces, measured peak, OOM snapshot, kernel tables",
     "flops_check.py and the trace run of gpu_session2.sh, gpu_next.sh, gpu_session5.sh",
     (
-        Step("flops_check", ("benchmarks/flops_check.py",), "profiling", stdout="flops_check.md"),
+        Step(
+            "flops_check",
+            ("benchmarks/flops_check.py",),
+            "profiling",
+            stdout="flops_check.md",
+            keep={"flops_check.md": "flops_check.md"},
+        ),
         _run(
             "trace_gpt2_small",
             "profiling",
@@ -316,14 +324,15 @@ DISTRIBUTED = Suite(
                 "--steps",
                 "25",
             ),
-            "distributed",
+            "distributed_throughput",  # each part rewrites distributed_check.md: own folders
             100,
+            keep={"distributed_check.md": "distributed_throughput.md"},
         ),
         Step(
             "resume",
             ("benchmarks/distributed_check.py", "--out", "{dir}", "--only", "resume"),
-            "distributed",
-            keep={"resume_check.md": "resume_check.md"},
+            "distributed_resume",
+            keep={"distributed_check.md": "resume_check.md"},
         ),
     ),
 )

@@ -191,13 +191,9 @@ def run_step(label: str, step: Step, out: Path) -> tuple[str, float]:
         seconds = time.monotonic() - start
         if step.stdout:  # the table goes to its file; the log keeps a copy after stderr
             log.write((folder / step.stdout).read_text())
-        status = (
-            "ok"
-            if rc == 0
-            else f"timed out after {step.timeout} s"
-            if rc is None
-            else f"failed (exit {rc})"
-        )
+        status = "ok" if rc == 0 else f"failed (exit {rc})"
+        if rc is None:
+            status = f"timed out after {step.timeout} s"
         log.write(f"# {status}, {seconds:.0f} s\n")
     for src, dest in step.keep.items():
         if (folder / src).is_file():

@@ -65,3 +65,11 @@ def test_a_row_for_a_child_that_never_started_uses_declared_columns(tmp_path):
     plan = RunPlan(index=1, name="r1", tags=(), group="g", cfg=cfg)
     row = parent_row(plan, "failed", "why", 1.0, "t0")
     assert [c for c in row if producer_of(c) is None] == []
+
+
+def test_architecture_says_where_every_column_group_is_computed():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
+    for g in groups():
+        assert f"| {g.name} |" in text, g.name

@@ -243,6 +243,7 @@ EXPECTED_PLOTS = [
     "perplexity_over_time.png",
     "loss_vs_tokens.png",
     "loss_vs_time.png",
+    "time_to_target_loss.png",
     "optimization_gradient_checkpointing_vanilla_opts_comparison.png",
     "optimization_gradient_checkpointing_opts_comparison.png",
     "optimization_flash_attention_vanilla_opts_comparison.png",
@@ -342,7 +343,8 @@ def test_full_sweep_writes_every_artifact(full: tuple[Path, Analysis]) -> None:
     assert "NVIDIA H200" in page and "abc1234" in page and "2.11.0+cu130" in page
     # Self-contained: nothing fetched from anywhere.
     assert not re.search(r"(src|href)=['\"](https?:)?//", page)
-    assert page.count("<tr>") == 1 + len({(r["tag"], r["run_name"]) for r in full_rows()})
+    runs_table = page.split("id='runs'>", 1)[1].split("</table>", 1)[0]
+    assert runs_table.count("<tr>") == 1 + len({(r["tag"], r["run_name"]) for r in full_rows()})
 
 
 def test_partial_input_writes_only_what_applies(

@@ -76,3 +76,14 @@ def flags(table: Table) -> list[str]:
             if m.noisy:
                 out.append(f"{m.name}: noisy timing ({m.get('noisy_reason') or 'see its log'})")
     return out
+
+
+def ratio_cell(rt: Ratio | None) -> str:
+    """A ratio for a table cell: value [low, high], and the verdict where the interval says
+    nothing."""
+    if rt is None:
+        return ""
+    if not rt.known:
+        return "unknown"
+    tail = " (no measurable difference)" if rt.includes_one else ""
+    return f"{rt.value:.3f} [{rt.low:.3f}, {rt.high:.3f}]{tail}"

@@ -25,6 +25,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="the per-run details CSVs (default: results/details beside --results, "
         "else <out>/details)",
     )
+    p.add_argument(
+        "--target-loss",
+        default=None,
+        metavar="LOSS",
+        help="the evaluation loss (nats/token) at which runs are compared for tokens, seconds, "
+        "joules and USD to reach it (default: per tag, the worst final evaluation loss)",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -43,7 +50,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis; a UserError (bad input, no matplotlib) propagates for one-line printing."""
     from lmprof.analysis import analyze
 
-    done = analyze(args.results, args.out, getattr(args, "details", None))
+    done = analyze(
+        args.results,
+        args.out,
+        getattr(args, "details", None),
+        target_loss=getattr(args, "target_loss", None),
+    )
     for plot in done.plots:
         print(f"wrote {plot.path}")
     for file, why in done.skipped:

@@ -178,3 +178,91 @@ def test_eval_column_names_match_their_producer() -> None:
     from lmprof.train.outputs import EVAL_COLUMNS
 
     assert {load.EVAL_LOSS, load.TOKENS_SEEN, load.ELAPSED_SEC} <= set(EVAL_COLUMNS)
+
+
+# ---- error bars, flagged points, failure markers and footnotes on the sweep plots ----------
+
+
+def _seq_sweep(root: Path, seeds: tuple[int, ...]) -> Path:
+    results = root / "results.csv"
+    for seq in (128, 256, 512):
+        for seed in seeds:
+            j = 1.0 + 0.04 * (seed - 1)
+            name = f"seq_len_{seq}_seed{seed}" if len(seeds) > 1 else f"seq_len_{seq}"
+            # MFU at 512 is planted above 100%: it must stay drawn, and be ringed.
+            mfu = (0.3 + seq / 1e4) * j * (4.0 if seq == 512 else 1.0)
+            append_row(
+                results,
+                _row(name, "seq_len", sequence_length=seq, steady_tokens_per_sec=1e5 * j / seq,
+                     peak_gpu_mem_gb=seq / 100 * j, mfu=mfu),
+            )  # fmt: skip
+    append_row(results, _row("seq_len_1024", "seq_len", "oom", sequence_length=1024))
+    append_row(results, _row("seq_len_2048", "seq_len", "timeout", sequence_length=2048))
+    for i in range(9):  # enough unplottable runs for a footnote of several lines
+        append_row(
+            results,
+            _row(f"seq_len_unplottable_with_a_long_name_{i}", "seq_len", "skipped",
+                 sequence_length=4096 * (i + 1)),
+        )  # fmt: skip
+    return results
+
+
+def _figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """The figures the sweep plots save, by file name, for inspection after the analysis."""
+    from lmprof.analysis import plots, style
+
+    saved: dict[str, object] = {}
+
+    def keep(fig: object, path: Path) -> None:
+        saved[path.name] = fig
+        style.save(fig, path)
+
+    monkeypatch.setattr(plots, "save", keep)
+    return saved
+
+
+def _errorbars(ax: object) -> int:
+    from matplotlib.container import ErrorbarContainer
+
+    return sum(isinstance(c, ErrorbarContainer) for c in ax.containers)  # type: ignore[attr-defined]
+
+
+def test_repeats_give_error_bars_and_flags_stay_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figs = _figures(monkeypatch)
+    analyze(_seq_sweep(tmp_path, seeds=(0, 1, 2)), tmp_path / "out")
+    mem_ax = figs["memory_vs_sequence_length.png"].axes[0]  # type: ignore[attr-defined]
+    mfu_ax = figs["mfu_vs_sequence_length.png"].axes[0]  # type: ignore[attr-defined]
+    assert _errorbars(mem_ax) == 1 and _errorbars(mfu_ax) == 1
+    (bars,) = [c for c in mfu_ax.containers]
+    # Three points, each with a whisker of non-zero length (the seeds differ by 4%).
+    segments = bars.lines[2][0].get_segments()
+    assert len(segments) == 3 and all(seg[1][1] > seg[0][1] for seg in segments)
+    labels = mfu_ax.get_legend_handles_labels()[1]
+    assert "impossible (MFU > 100%)" in labels
+    # The implausible point is still on the line, not dropped.
+    (line,) = [ln for ln in mfu_ax.lines if ln.get_label() == "bf16"]
+    assert max(line.get_ydata()) > 100
+    # Failure markers say which status each is.
+    assert "stopped early (OOM, timeout)" in labels
+    texts = {t.get_text() for t in mfu_ax.texts}
+    assert {"OOM", "timeout"} <= texts
+
+
+def test_single_runs_get_no_error_bars_and_footnotes_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figs = _figures(monkeypatch)
+    analyze(_seq_sweep(tmp_path, seeds=(0,)), tmp_path / "out")
+    fig = figs["memory_vs_sequence_length.png"]
+    assert _errorbars(fig.axes[0]) == 0  # type: ignore[attr-defined]
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    fig.draw(renderer)  # type: ignore[attr-defined]
+    (note,) = [t for t in fig.texts if t.get_text().startswith("Not drawn")]  # type: ignore[attr-defined]
+    box, page = note.get_window_extent(renderer), fig.bbox  # type: ignore[attr-defined]
+    assert note.get_text().count("\n") >= 1  # long enough to wrap
+    assert box.x0 >= page.x0 and box.x1 <= page.x1 and box.y0 >= page.y0 and box.y1 <= page.y1
+    # Nothing else drawn over it: the axes' labels end above the footnote.
+    ax_box = fig.axes[0].get_tightbbox(renderer)  # type: ignore[attr-defined]
+    assert ax_box.y0 >= box.y1 - 1

@@ -176,7 +176,16 @@ def full_rows() -> list[dict[str, object]]:
         ("bf16", 100e3, 7.0),
         ("fp16", 101e3, 7.0),
     ):
-        rows.append(_row(f"prec_{prec}", "precision", precision=prec, tps=tps, mem=mem))
+        rows.append(
+            _row(
+                f"prec_{prec}",
+                "precision",
+                precision=prec,
+                tps=tps,
+                mem=mem,
+                joules_per_token=700.0 / tps,  # 700 W whatever the precision
+            )
+        )
     rows.append(_row("lr_3e-4", "lr_sweep", tps=90e3, mem=6.0, lr=3e-4))
     rows.append(_row("lr_1e-3", "lr_sweep", "diverged", tps=90e3, mem=6.0, lr=1e-3))
     return rows
@@ -240,6 +249,7 @@ EXPECTED_PLOTS = [
     "mfu_vs_batch_size.png",
     "throughput_vs_model_size.png",
     "scaling_efficiency_vs_gpus.png",
+    "energy_per_token_vs_throughput.png",
     "perplexity_over_time.png",
     "loss_vs_tokens.png",
     "loss_vs_time.png",

@@ -266,3 +266,43 @@ def test_single_runs_get_no_error_bars_and_footnotes_fit(
     # Nothing else drawn over it: the axes' labels end above the footnote.
     ax_box = fig.axes[0].get_tightbbox(renderer)  # type: ignore[attr-defined]
     assert ax_box.y0 >= box.y1 - 1
+
+
+# ---- energy per token against throughput -----------------------------------------------------
+
+
+def test_energy_frontier_from_planted_columns(tmp_path: Path) -> None:
+    from lmprof.analysis.energy import FILE
+
+    results = tmp_path / "results.csv"
+    # (name, tokens/s, J/token): fast_frugal and frugal are the frontier; the rest dominated.
+    for name, tps, jpt in (
+        ("fast_frugal", 120e3, 0.008),
+        ("frugal", 60e3, 0.006),
+        ("slow_dear", 50e3, 0.02),
+        ("fast_dear", 110e3, 0.012),
+    ):
+        append_row(
+            results, _row(name, "precision", steady_tokens_per_sec=tps, joules_per_token=jpt)
+        )
+    append_row(results, _row("oom_run", "precision", "oom", steady_tokens_per_sec=""))
+    done = analyze(results, tmp_path / "out")
+    (plot,) = [p for p in done.plots if p.file == FILE]
+    assert plot.path.is_file() and plot.path.stat().st_size > 10_000
+    assert "2 of 4 run(s) are Pareto-optimal (fast_frugal, frugal)" in plot.reading
+    assert FILE not in dict(done.skipped)
+
+
+def test_energy_plot_skipped_without_energy_columns(tmp_path: Path) -> None:
+    from lmprof.analysis.energy import FILE
+
+    results = tmp_path / "results.csv"
+    append_row(results, _row("a", "precision", joules_per_token=""))
+    append_row(results, _row("b", "precision"))
+    done = analyze(results, tmp_path / "out")
+    assert "joules_per_token" in dict(done.skipped)[FILE]
+    assert not (tmp_path / "out" / FILE).exists()
+    assert (
+        "Not plotted: <code>energy_per_token_vs_throughput.png</code>"
+        in (tmp_path / "out" / "report.html").read_text()
+    )

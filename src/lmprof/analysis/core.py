@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lmprof.paths import details_dir
 
-from . import compare, curves, plots, quality
+from . import compare, curves, energy, plots, quality
 from .common import Context, Plot, Skip
 from .load import load_table
 from .report import write_report
@@ -25,6 +25,7 @@ PLOTTERS: list[tuple[str, Callable[[Context], list[Plot]]]] = [
     ("optimization_*_comparison.png", compare.optimization_comparisons),
     ("throughput_vs_model_size.png", plots.throughput_vs_model_size),
     ("scaling_efficiency_vs_gpus.png", plots.scaling_efficiency_vs_gpus),
+    (energy.FILE, energy.energy_vs_throughput),
     ("perplexity_over_time.png", curves.perplexity_over_time),
     ("loss_vs_tokens.png", curves.loss_vs_tokens),
     ("loss_vs_time.png", curves.loss_vs_time),

@@ -446,20 +446,25 @@ def test_analysis_script_prints_one_line_not_a_traceback(tmp_path: Path) -> None
     assert proc.stderr.strip().count("\n") == 0 and "missing column(s)" in proc.stderr
 
 
-def test_missing_matplotlib_is_one_line(
+def test_missing_matplotlib_still_writes_tables_and_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = make_sweep(tmp_path, [r for r in full_rows() if r["tag"] == "ddp"])
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert main(["--results", str(results), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    assert main(["--results", str(results), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
     assert (
-        err.strip()
-        == "error: plots need matplotlib, which is not installed: pip install 'lmprof[analysis]'"
+        "no plots: plots need matplotlib, which is not installed: pip install 'lmprof[analysis]'"
+        in out
     )
-    assert not (tmp_path / "o").exists()
+    assert "scaling_efficiency_vs_gpus.png" in out and "wrote 1 table(s)" in out
+    assert (tmp_path / "o" / "tables" / "ddp.csv").is_file()
+    assert not list((tmp_path / "o").glob("*.png"))
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "<b>No plots:</b> plots need matplotlib" in page and "ddp_8gpu" in page
+    assert "Not plotted: <code>scaling_efficiency_vs_gpus.png</code>" in page
 
 
 def _chromium() -> str | None:

@@ -306,3 +306,29 @@ def test_energy_plot_skipped_without_energy_columns(tmp_path: Path) -> None:
         "Not plotted: <code>energy_per_token_vs_throughput.png</code>"
         in (tmp_path / "out" / "report.html").read_text()
     )
+
+
+# ---- without matplotlib ----------------------------------------------------------------------
+
+
+def test_without_matplotlib_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """matplotlib made unimportable before lmprof loads: tables, the time-to-target section and
+    the report are written; every plot is named as skipped."""
+    results = _sweep(tmp_path, fast_speed=2.0)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from lmprof.cli.analyze import main\n"
+        f"raise SystemExit(main(['--results', {str(results)!r}, '--out', {str(tmp_path / 'o')!r}]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "no plots: plots need matplotlib" in proc.stdout
+    assert "time_to_target_loss.png" in proc.stdout and "energy_per_token" in proc.stdout
+    out = tmp_path / "o"
+    assert not list(out.glob("*.png"))
+    assert {r["run_name"] for r in _table(out)} == {"opts_baseline", "opts_compile"}
+    page = (out / "report.html").read_text()
+    assert "Speed at equal quality" in page and "fewer tokens" in page

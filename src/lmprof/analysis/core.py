@@ -12,7 +12,7 @@ from . import compare, curves, energy, plots, quality
 from .common import Context, Plot, Skip
 from .load import load_table
 from .report import write_report
-from .style import require_matplotlib
+from .style import matplotlib_missing
 from .tables import write_tables
 
 # In report order; the name is what a skip message calls the plot.
@@ -40,6 +40,7 @@ class Analysis:
     tables: list[Path] = field(default_factory=list)
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    no_plots: str | None = None  # why no plot at all could be drawn (matplotlib missing)
     quality: list[quality.Group] = field(default_factory=list)  # speed at equal quality, per tag
 
 
@@ -64,12 +65,16 @@ def analyze(
     results, out = Path(results), Path(out)
     target = quality.parse_target(target_loss)
     table = load_table(results)
-    require_matplotlib()
     ctx = Context(
         table, out, Path(details) if details else default_details(results, out), target_loss=target
     )
-    done = Analysis()
+    # Plots are optional: without matplotlib the tables and the report still answer the
+    # questions in words and numbers, and say which plots they lack.
+    done = Analysis(no_plots=matplotlib_missing())
     for name, plotter in PLOTTERS:
+        if done.no_plots:
+            done.skipped.append((name, done.no_plots))
+            continue
         try:
             done.plots += plotter(ctx)
         except Skip as why:
@@ -81,6 +86,6 @@ def analyze(
         for rep in table.repeats
     ]
     done.report = write_report(
-        table, done.plots, done.skipped, done.tables, results, out, done.quality
+        table, done.plots, done.skipped, done.tables, results, out, done.quality, done.no_plots
     )
     return done

@@ -245,7 +245,15 @@ def write_report(
     results: Path,
     out: Path,
     quality: Sequence[Group] = (),
+    no_plots: str | None = None,
 ) -> Path:
+    """The page; `no_plots` says why no plot could be drawn at all (then the plots section says
+    so, and the skip notes name each plot)."""
+    empty = (
+        f"<p><b>No plots:</b> {_e(no_plots)}. The tables and the sections below are complete.</p>"
+        if no_plots
+        else "<p>No plot applies to these runs.</p>"
+    )
     runs = table.runs
     # The same count the runs table shows; a CPU run's "GPU" is one process on the CPU.
     gpus = Counter(
@@ -283,7 +291,7 @@ def write_report(
 <h2>Notes</h2>
 <ul class="notes">{"".join(f"<li>{n}</li>" for n in _notes(table, skipped, results))}</ul>
 <h2>Plots</h2>
-{"".join(_figure(p) for p in plots) or "<p>No plot applies to these runs.</p>"}
+{"".join(_figure(p) for p in plots) or empty}
 {_quality(quality)}
 <h2>Tables</h2>
 <p>Per tag, as CSV and Markdown, in <code>tables/</code>: {table_links}.</p>

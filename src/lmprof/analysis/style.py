@@ -91,9 +91,13 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def require_matplotlib() -> None:
-    """Fail before anything is written when plots cannot be made."""
-    _matplotlib()
+def matplotlib_missing() -> str | None:
+    """Why no plot can be drawn here (matplotlib absent or broken), or None when they can."""
+    try:
+        _matplotlib()
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def figure(

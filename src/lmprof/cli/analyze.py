@@ -47,7 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Run the analysis; a UserError (bad input, no matplotlib) propagates for one-line printing."""
+    """Run the analysis; a UserError (bad input) propagates for one-line printing. Without
+    matplotlib the tables and report are still written, and the skipped plots named."""
     from lmprof.analysis import analyze
 
     done = analyze(
@@ -58,8 +59,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     for plot in done.plots:
         print(f"wrote {plot.path}")
-    for file, why in done.skipped:
-        print(f"skipped {file}: {why}")
+    if done.no_plots:
+        print(f"no plots: {done.no_plots}; skipped {', '.join(f for f, _ in done.skipped)}")
+    else:
+        for file, why in done.skipped:
+            print(f"skipped {file}: {why}")
     for note in done.notes:
         print(f"repeated: {note}")
     n_tables = len(done.tables) // 2

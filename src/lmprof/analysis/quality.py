@@ -205,7 +205,10 @@ def ratio_words(rt: Ratio | None, metric: str) -> str:
     if rt is None:
         return ""
     if not rt.known:
-        return f"{rt.value:.2f}x (interval unknown: one run per configuration; repeat with seeds)"
+        return (
+            f"{rt.value:.2f}x (interval unknown: a configuration with one run has no spread to "
+            "bound it; repeat with seeds)"
+        )
     return verdict(rt, *WORDS[metric])
 
 
@@ -222,7 +225,10 @@ def sentences(group: Group) -> list[str]:
         f"baseline {group.base.name}"
     )
     base_text = _config_text(group.base)
-    out = [f"{lead}, which needs {base_text}." if base_text else f"{lead}."]
+    if not group.base.reached:
+        out = [f"{lead}: {base_text}."]
+    else:
+        out = [f"{lead}, which needs {base_text}." if base_text else f"{lead}."]
     for cfg in group.configs:
         if cfg is group.base:
             continue

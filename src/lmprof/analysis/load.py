@@ -16,7 +16,27 @@ import numpy as np
 
 from lmprof.errors import UserError
 from lmprof.paths import eval_csv, metrics_csv
+from lmprof.profiling.energy import ENERGY_COLUMNS
 from lmprof.results import read_rows
+
+
+def _declared(name: str, columns: tuple[str, ...]) -> str:
+    """A column the analysis reads by name, checked against its producer's declaration so a
+    rename there fails here at import, not as a silently empty plot."""
+    if name not in columns:
+        raise AssertionError(f"{name!r} is not a declared column")
+    return name
+
+
+JOULES_PER_TOKEN = _declared("joules_per_token", ENERGY_COLUMNS)
+TOKENS_PER_KWH = _declared("tokens_per_kwh", ENERGY_COLUMNS)
+GPU_HOUR_USD = _declared("gpu_hour_usd", ENERGY_COLUMNS)
+USD_PER_MILLION_TOKENS = _declared("usd_per_million_tokens", ENERGY_COLUMNS)
+# The evaluation CSV's columns. Their producer (lmprof.train.outputs.EVAL_COLUMNS) imports torch
+# through lmprof.train, which the analysis must not; tests/test_quality.py checks they agree.
+EVAL_LOSS = "eval_loss"
+TOKENS_SEEN = "tokens_seen"
+ELAPSED_SEC = "elapsed_sec"
 
 # Without these a row cannot be placed on any plot or table.
 REQUIRED_COLUMNS = ("run_name", "sequence_length", "batch_size")
@@ -151,6 +171,9 @@ MEDIAN_COLUMNS = (
     "eval_loss",
     "eval_perplexity",
     "training_time_sec",
+    JOULES_PER_TOKEN,
+    TOKENS_PER_KWH,
+    USD_PER_MILLION_TOKENS,
 )
 
 

@@ -173,14 +173,6 @@ def test_lmprof_analyze_takes_target_loss(tmp_path: Path) -> None:
     assert {r["target_loss"] for r in rows} == {"4.5"}
 
 
-def test_eval_column_names_match_their_producer() -> None:
-    pytest.importorskip("torch")
-    from lmprof.analysis import load
-    from lmprof.train.outputs import EVAL_COLUMNS
-
-    assert {load.EVAL_LOSS, load.TOKENS_SEEN, load.ELAPSED_SEC} <= set(EVAL_COLUMNS)
-
-
 # ---- error bars, flagged points, failure markers and footnotes on the sweep plots ----------
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lmprof.cli import main
+from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
 from lmprof.results import SEED_COLUMNS, producer_of
-from lmprof.train.outputs import EVAL_COLUMNS, METRICS_COLUMNS
 
 TINY = [
     "data.source=synthetic",

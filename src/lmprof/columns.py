@@ -1,5 +1,6 @@
-"""The results columns the config and the outcome decide. Torch-free, so a sweep writes them
-for a child that never started, with the same names the run uses."""
+"""The results columns the config and the outcome decide, and the details CSVs' columns.
+Torch-free, so a sweep writes them for a child that never started and the analysis reads them,
+with the same names the run uses."""
 
 from __future__ import annotations
 
@@ -48,6 +49,29 @@ CONFIG_COLUMNS = ColumnGroup(
         "batching",
         "config_hash",
     ),
+)
+
+
+# The details CSVs' columns (train/outputs.py writes them, the analysis reads them).
+METRICS_COLUMNS = (
+    "step",
+    "loss",
+    "perplexity",
+    "accuracy",
+    "lr",
+    "tokens_seen",
+    "step_time_ms",
+    "tokens_per_sec",
+    "elapsed_sec",
+)
+EVAL_COLUMNS = (
+    "step",
+    "tokens_seen",
+    "elapsed_sec",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_accuracy",
+    "eval_tokens",
 )
 
 

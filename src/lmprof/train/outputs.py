@@ -11,29 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
 from lmprof.config import RunConfig, save_config
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
-
-METRICS_COLUMNS = (
-    "step",
-    "loss",
-    "perplexity",
-    "accuracy",
-    "lr",
-    "tokens_seen",
-    "step_time_ms",
-    "tokens_per_sec",
-    "elapsed_sec",
-)
-EVAL_COLUMNS = (
-    "step",
-    "tokens_seen",
-    "elapsed_sec",
-    "eval_loss",
-    "eval_perplexity",
-    "eval_accuracy",
-    "eval_tokens",
-)
 
 
 def _fmt(v) -> str:

@@ -34,6 +34,8 @@ class AttentionKernel:
     baseline: bool = False
     # What the results' `flash_attention` column (the seed's use_flash_attention) says.
     seed_flash: bool = False
+    # Attention dropout (model.dropout > 0 in training): FA4's kernels have none.
+    dropout: bool = True
     color: str = "#7f7f7f"  # fixed across figures
 
 
@@ -109,6 +111,21 @@ KERNELS: dict[str, AttentionKernel] = {
             runs_as="cudnn",
             seed_flash=True,
             color="#bcbd22",
+        ),
+        AttentionKernel(
+            "fa4",
+            "FlashAttention-4 (flash-attn-4's CuTe-DSL kernels, Hopper/Blackwell, fp16/bf16)",
+            sdpa_backend=None,  # not SDPA: model.py calls lmprof::fa4_attention (ops/flash_attn4.py)
+            cuda_only=True,
+            precisions=("fp16", "bf16"),
+            # is_causal only, exact under right padding like flash and cudnn: FA4 takes no mask.
+            mask="never",
+            materialises_scores=False,
+            # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
+            runs_as="flash",
+            seed_flash=True,
+            dropout=False,
+            color="#0b7a75",
         ),
     )
 }

@@ -32,7 +32,7 @@ fp32 and LayerNorm autocasts to fp32):
   softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, and a
   contiguous copy of the attention output for the out-projection (the causal mask is a bias of
   the baddbmm, not saved; a batch with padding saves its (B, 1, T, T) mask instead);
-- fused SDPA (flash, memory-efficient, cuDNN) saves the qkv projection's output (q, k, v are
+- fused SDPA (flash, memory-efficient, cuDNN) and FA4 save the qkv projection's output (q, k, v are
   views of it), its output (the out-projection's input: same storage) and an fp32 logsumexp;
   no T x T tensor and no dropout mask (the kernel replays its RNG);
 - the MLP saves the activation's input (GELU only) and output; each dropout with p > 0 saves a

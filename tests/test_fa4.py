@@ -201,3 +201,70 @@ def test_flop_counter_counts_fa4_as_torch_counts_sdpa(reference):
         flash_attn4.fa4_attention(q, k, v).sum().backward()
     B, T, H, D = q.shape
     assert fc.get_total_flops() == 4 * B * H * T * T * D * (1 + 2.5)
+
+
+# ---- attention=auto ------------------------------------------------------------------------
+
+
+def test_auto_resolves_by_device_precision_length_and_dropout():
+    from lmprof.attention_kernels import FA4_MIN_SEQ_LEN, resolve
+
+    long, short = FA4_MIN_SEQ_LEN, FA4_MIN_SEQ_LEN // 2
+
+    def pick(device="cuda", precision="bf16", seq_len=long, dropout=0.0, fa4=True):
+        return resolve(
+            "auto",
+            device=device,
+            precision=precision,
+            seq_len=seq_len,
+            dropout=dropout,
+            fa4_available=fa4,
+        )
+
+    assert pick() == "fa4" and pick(precision="fp16") == "fa4"
+    assert pick(fa4=False) == "cudnn"
+    assert pick(seq_len=short) == "cudnn"
+    assert pick(dropout=0.1) == "cudnn"  # FA4 has no dropout
+    assert pick(precision="fp32") == pick(precision="tf32") == "sdpa"
+    assert pick(device="cpu") == "sdpa"
+    assert resolve("flash", device="cpu", precision="fp32", seq_len=1, dropout=0) == "flash"
+
+    def never():
+        raise AssertionError("FA4's availability asked for a short sequence")
+
+    assert pick(seq_len=short, fa4=never) == "cudnn"  # no import of flash_attn for short T
+
+
+def test_auto_is_resolved_when_the_model_is_built(monkeypatch):
+    from lmprof.attention_kernels import FA4_MIN_SEQ_LEN
+    from lmprof.model import resolve_attention
+
+    model = _tiny("auto")
+    assert model.args.attention == "sdpa"  # built on the CPU
+    assert all(b.attn.attention == "sdpa" for b in model.blocks)
+    args = ModelArgs(vocab_size=97, dropout=0.0, max_seq_len=FA4_MIN_SEQ_LEN, precision="bf16")
+    args.attention = "auto"
+    monkeypatch.setattr(flash_attn4, "is_available", lambda device=None: True)
+    assert resolve_attention(args, "cuda") == "fa4"
+    monkeypatch.setattr(flash_attn4, "is_available", lambda device=None: False)
+    assert resolve_attention(args, "cuda") == "cudnn"
+
+
+def test_build_config_carries_the_precision_auto_needs():
+    cfg = build_config(overrides=["attention=auto", "precision=bf16"])
+    args = ModelArgs.from_config(cfg, 97)
+    assert args.attention == "auto" and args.precision == "bf16"
+
+
+@pytest.mark.parametrize("precision,like", [("bf16", "cudnn"), ("fp32", "sdpa")])
+def test_the_memory_model_counts_auto_as_the_kernel_it_becomes(precision, like):
+    from lmprof.profiling.memory_model import estimate_memory
+
+    def peak(attention, padded):
+        cfg = build_config(
+            overrides=["tokenizer=gpt2", f"attention={attention}", f"precision={precision}"]
+        )
+        return estimate_memory(cfg, 50258, padded=padded).predicted_peak_bytes
+
+    for padded in (False, True):
+        assert peak("auto", padded) == peak(like, padded)

@@ -25,6 +25,8 @@ class ModelArgs:
     vocab_multiple: int = 64
     loss_chunk_size: int = 0
     checkpointing: str = "none"  # none | full | selective
+    # The run's precision: attention=auto picks its kernel by it when the model is built.
+    precision: str = "fp32"
 
     @property
     def padded_vocab_size(self) -> int:
@@ -51,4 +53,5 @@ class ModelArgs:
             vocab_multiple=m.vocab_multiple,
             loss_chunk_size=m.loss_chunk_size,
             checkpointing=cfg.system.gradient_checkpointing,
+            precision=cfg.system.precision,
         )

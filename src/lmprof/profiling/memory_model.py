@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.attention_kernels import resolve as resolve_attention
 from lmprof.model_args import ModelArgs
 from lmprof.precision import PRECISIONS
 from lmprof.profiling.flops import (
@@ -177,7 +178,17 @@ def block_tensors(
     else:
         in_policy = cuda  # the CPU flash kernel is not in model.py's save list
         add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
-        kernel = attention_kernel(s.attention)
+        # auto as the kernel it becomes here (fa4 or cudnn count the same: FA4's availability,
+        # which this torch-free model cannot see, changes nothing).
+        kernel = attention_kernel(
+            resolve_attention(
+                s.attention,
+                device="cuda" if cuda else "cpu",
+                precision=precision,
+                seq_len=T,
+                dropout=p,
+            )
+        )
         # The memory-efficient kernel pads its logsumexp to 32 rows.
         efficient = kernel.runs_as == "mem_efficient"
         t_lse = math.ceil(T / 32) * 32 if efficient else T

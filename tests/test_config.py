@@ -150,3 +150,51 @@ def test_fp16_on_a_cpu_is_refused_before_work(capsys, tmp_path, monkeypatch):
     assert main(["run", "fp16=true"]) == 2
     assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["lr=nan", "lr=inf", "lr=1e400", "weight_decay=nan", "energy.interval_ms=inf", "beta2=1"],
+)
+def test_non_finite_or_out_of_range_floats_are_refused(override):
+    with pytest.raises(ConfigError) as info:
+        build_config(overrides=[override])
+    assert override.split("=")[0] in str(info.value)
+
+
+def test_integers_must_fit_what_they_are_passed_to():
+    with pytest.raises(ConfigError, match="at most"):
+        build_config(overrides=["batch_size=" + str(10**30)])
+    with pytest.raises(ConfigError, match="training.seed"):
+        build_config(overrides=["seed=" + str(2**40)])
+
+
+def test_every_field_documents_itself_and_help_config_prints_it():
+    from lmprof.config import DOTTED_KEYS, describe_keys, spec
+
+    text = describe_keys()
+    for dotted in DOTTED_KEYS:
+        s = spec(dotted)
+        assert s.help, dotted
+        assert dotted in text and s.help in text
+        if s.choices:
+            assert ", ".join(s.choices) in text
+    # The rules are the validation's: a choice the spec lists is accepted, others refused.
+    assert spec("system.precision").choices and "bf16" in spec("system.precision").choices
+    with pytest.raises(ConfigError, match="allowed: " + ", ".join(spec("data.batching").choices)):
+        build_config(overrides=["batching=zigzag"])
+
+
+def test_model_args_are_the_model_section_plus_what_the_run_adds():
+    import dataclasses
+
+    from lmprof.config import ModelConfig
+    from lmprof.model_args import ModelArgs
+
+    cfg = build_config(overrides=["d_model=96", "n_heads=3", "bias=false", "sequence_length=48"])
+    args = ModelArgs.from_config(cfg, vocab_size=300)
+    for f in dataclasses.fields(ModelConfig):
+        expected = cfg.max_seq_len if f.name == "max_seq_len" else getattr(cfg.model, f.name)
+        assert getattr(args, f.name) == expected, f.name
+    assert args.vocab_size == 300 and args.padded_vocab_size % cfg.model.vocab_multiple == 0
+    assert args.max_seq_len == 48

@@ -12,6 +12,23 @@ import torch
 
 from lmprof import __version__, attention_kernels, precision
 from lmprof.config import RunConfig
+from lmprof.results import ColumnGroup
+
+ENVIRONMENT_COLUMNS = ColumnGroup(
+    "environment",
+    "the machine and software the run saw: environment_info",
+    (
+        "device",
+        "device_name",
+        "gpu_count",
+        "torch_version",
+        "cuda_version",
+        "nccl_version",
+        "driver_version",
+        "lmprof_version",
+        "git_commit",
+    ),
+)
 
 
 def check_environment(cfg: RunConfig) -> str | None:

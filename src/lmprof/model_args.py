@@ -1,32 +1,29 @@
-"""The model's hyper-parameters, derived from the run config: no torch import, so the memory
+"""The model's hyper-parameters: the run config's `model` section plus what the run adds (the
+tokenizer's vocabulary, the checkpointing mode, the precision). No torch import, so the memory
 model and `lmprof estimate` can use them in a fraction of a second."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from lmprof.config import ModelConfig, option
 
-@dataclass
-class ModelArgs:
-    vocab_size: int  # the tokenizer's, PAD included; padded up to vocab_multiple for the matmuls
-    d_model: int = 256
-    n_heads: int = 4
-    n_layers: int = 4
-    d_ff: int = 1024
-    dropout: float = 0.1
-    max_seq_len: int = 256
-    norm: str = "pre"
-    pos_encoding: str = "learned"
-    tie_embeddings: bool = True
-    bias: bool = True
-    activation: str = "gelu"
-    attention: str = "sdpa"
-    vocab_multiple: int = 64
-    loss_chunk_size: int = 0
-    checkpointing: str = "none"  # none | full | selective
-    # The run's precision: attention=auto picks its kernel by it when the model is built.
-    precision: str = "fp32"
+
+@dataclass(kw_only=True)
+class ModelArgs(ModelConfig):
+    vocab_size: int = option(0, "the tokenizer's, PAD included; padded to vocab_multiple")
+    # The config's 0 means "the data's sequence length"; a model built on its own has no data,
+    # so it needs a length of its own.
+    max_seq_len: int = option(256, "rows of the position table")
+    checkpointing: str = option("none", "none | full | selective")
+    # attention=auto picks its kernel by the run's precision when the model is built.
+    precision: str = option("fp32", "the run's precision (system.precision)")
+
+    def __post_init__(self) -> None:
+        if self.vocab_size <= 0:
+            raise ValueError("ModelArgs needs vocab_size > 0")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -35,23 +32,11 @@ class ModelArgs:
 
     @classmethod
     def from_config(cls, cfg: Any, vocab_size: int) -> ModelArgs:
-        m = cfg.model
+        fields = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ModelConfig)}
+        fields["max_seq_len"] = cfg.max_seq_len
         return cls(
+            **fields,
             vocab_size=vocab_size,
-            d_model=m.d_model,
-            n_heads=m.n_heads,
-            n_layers=m.n_layers,
-            d_ff=m.d_ff,
-            dropout=m.dropout,
-            max_seq_len=cfg.max_seq_len,
-            norm=m.norm,
-            pos_encoding=m.pos_encoding,
-            tie_embeddings=m.tie_embeddings,
-            bias=m.bias,
-            activation=m.activation,
-            attention=m.attention,
-            vocab_multiple=m.vocab_multiple,
-            loss_chunk_size=m.loss_chunk_size,
             checkpointing=cfg.system.gradient_checkpointing,
             precision=cfg.system.precision,
         )

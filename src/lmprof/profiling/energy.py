@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmprof.results import ColumnGroup
+
 log = logging.getLogger("lmprof")
 
 # NVML's clock-event reason bits (nvml.h, nvmlClocksEventReason*; formerly ClocksThrottleReason*).
@@ -275,27 +277,29 @@ class EnergySampler:
 
 # ---- the summary -----------------------------------------------------------------------------
 
-# The results columns this module produces (declared next to the producer; results.COLUMNS
-# lists them in the lmprof part).
-ENERGY_COLUMNS = (
-    "energy_source",
-    "avg_power_w",
-    "avg_power_w_sampled",
-    "energy_steady_j",
-    "energy_steady_j_sampled",
-    "energy_run_j",
-    "energy_steady_j_total",
-    "energy_run_j_total",
-    "joules_per_token",
-    "tokens_per_kwh",
-    "sm_clock_mhz_avg",
-    "mem_clock_mhz_avg",
-    "gpu_temp_c_max",
-    "clock_throttled",
-    "clock_reasons",
-    "gpu_hour_usd",
-    "usd_per_million_tokens",
-    "usd_per_run",
+ENERGY_COLUMNS = ColumnGroup(
+    "energy",
+    "power, energy, clocks and cost over the steady window and the run: energy_row",
+    (
+        "energy_source",
+        "avg_power_w",
+        "avg_power_w_sampled",
+        "energy_steady_j",
+        "energy_steady_j_sampled",
+        "energy_run_j",
+        "energy_steady_j_total",
+        "energy_run_j_total",
+        "joules_per_token",
+        "tokens_per_kwh",
+        "sm_clock_mhz_avg",
+        "mem_clock_mhz_avg",
+        "gpu_temp_c_max",
+        "clock_throttled",
+        "clock_reasons",
+        "gpu_hour_usd",
+        "usd_per_million_tokens",
+        "usd_per_run",
+    ),
 )
 
 

@@ -68,6 +68,7 @@ from lmprof.profiling.flops import (
     count_params,
     flops_per_token,
 )
+from lmprof.results import ColumnGroup
 
 MiB = 1024**2
 GiB = 1024**3
@@ -91,6 +92,13 @@ ALLOCATOR_FACTOR = 1.06
 # 13.0, driver 580) as NVML's used bytes minus memory_reserved(): 1366 to 1390 MiB. It differs
 # by GPU, driver and CUDA version (typically 0.3 to 1.5 GiB).
 CUDA_CONTEXT_BYTES = 1370 * MiB
+
+
+PREDICTION_COLUMNS = ColumnGroup(
+    "prediction",
+    "the memory model's predicted peak and the phase it falls in, before the run starts",
+    ("predicted_peak_mem_gb", "predicted_peak_phase"),
+)
 
 
 def _bytes(precision: str) -> int:

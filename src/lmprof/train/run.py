@@ -7,20 +7,19 @@ the peak reached), `diverged`, `failed` (one-line summary; the log keeps the tra
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 import traceback
 
 import torch
 
-from lmprof import attention_kernels
+from lmprof.columns import config_row, now
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
 from lmprof.errors import EnvironmentMismatch, UserError
 from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
-from lmprof.results import append_row
+from lmprof.results import ColumnGroup, append_row
 from lmprof.status import (
     DIVERGED,
     EXIT_CODES,
@@ -39,41 +38,27 @@ from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
 log = logging.getLogger("lmprof")
 
 
-def config_row(cfg: RunConfig) -> dict:
-    """The columns that come from the config alone (so a failed run still has them)."""
-    m, s = cfg.model, cfg.system
-    return {
-        "run_name": cfg.logging.run_name,
-        "tag": cfg.logging.tag,
-        "sequence_length": cfg.seq_len,
-        "batch_size": cfg.training.batch_size,
-        "fp16": s.precision == "fp16",
-        "grad_checkpoint": s.gradient_checkpointing != "none",
-        "checkpointing": s.gradient_checkpointing,
-        "flash_attention": attention_kernels.kernel(m.attention).seed_flash,
-        "ddp_gpus": s.num_gpus,
-        "precision": s.precision,
-        "attention": m.attention,
-        "compile": s.compile,
-        "compile_mode": s.compile_mode if s.compile else "",
-        "parallelism": s.parallelism,
-        "grad_accum_steps": cfg.training.grad_accum_steps,
-        "max_steps": cfg.training.max_steps,
-        "n_layers": m.n_layers,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "d_ff": m.d_ff,
-        "norm": m.norm,
-        "pos_encoding": m.pos_encoding,
-        "data_source": cfg.data.source,
-        "tokenizer": cfg.data.tokenizer,
-        "batching": cfg.data.batching,
-        "config_hash": cfg.hash(),
-    }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+SUMMARY_COLUMNS = ColumnGroup(
+    "summary",
+    "what the run did and how well it learned: train/run.py, from the trainer's state",
+    (
+        "total_params_m",
+        "vocab_size",
+        "steps_done",
+        "tokens_seen",
+        "training_time_sec",
+        "throughput",
+        "final_train_loss",
+        "avg_perplexity",
+        "avg_accuracy",
+        "eval_loss",
+        "eval_perplexity",
+        "eval_accuracy",
+        "peak_gpu_mem_gb",
+        "peak_gpu_reserved_gb",
+        "peak_host_mem_gb",
+    ),
+)
 
 
 def _memory_row(device: torch.device) -> dict:
@@ -164,7 +149,7 @@ def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> d
 
 
 def _attention_label(asked: str, runs: str) -> str:
-    """ "fa4", or "auto -> fa4" when the model resolved attention=auto."""
+    """The attention for the log line: the kernel, or "auto -> fa4" when auto was resolved."""
     return runs if asked == runs else f"{asked} -> {runs}"
 
 
@@ -175,7 +160,7 @@ def run(cfg: RunConfig) -> int:
         raise EnvironmentMismatch(reason)
     dist: DistInfo = init_distributed(cfg)
     setup_logging(cfg, dist.is_main)
-    row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
+    row = config_row(cfg) | environment_info(dist.device) | {"started_at": now()}
     row["ddp_gpus"] = dist.world_size
     status, detail, trainer = FAILED, "", None
     ckpt: CheckpointManager | None = None
@@ -233,7 +218,7 @@ def run(cfg: RunConfig) -> int:
         if trainer is not None:
             trainer.instruments.close(oom=status == OOM)
             row |= trainer.instruments.summary()
-        row |= {"status": status, "status_detail": detail, "finished_at": _now()}
+        row |= {"status": status, "status_detail": detail, "finished_at": now()}
         if dist.is_main and status != USER_ERROR:
             append_row(RunPaths.of(cfg).results_csv, _finite(row))
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)

@@ -1,6 +1,6 @@
 """Where FlashAttention-4 overtakes cuDNN: attention alone across sequence lengths, then the model.
 
-    python benchmarks/attention_crossover.py --out DIR [--reps 30] [--warmup 5] [--skip-model]
+    python benchmarks/attention_crossover.py --out DIR [--reps 20] [--warmup 5] [--skip-model]
 
 Attention alone, bf16, causal, at a fixed B*T = 16384 tokens per batch (B = 1 from T = 16384 on,
 so T = 32768 runs with B = 1), T = 512..32768 in powers of 2, heads x head dim 12 x 64 (GPT-2
@@ -310,7 +310,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--skip-model", action="store_true", help="attention alone, no model")
     a = ap.parse_args()

@@ -253,6 +253,20 @@ def crossover(rows: list[dict]) -> int | None:
     return None
 
 
+def error_ratio(rows: list[dict]) -> dict[str, float]:
+    """For O, dQ, dK, dV: the largest FA4 error / cuDNN error over the points both measured."""
+    by = {(r["heads"], r["seq_len"], r["kernel"]): r for r in rows}
+    out: dict[str, float] = {}
+    for (H, T, kernel), r in by.items():
+        base = by.get((H, T, "cudnn"))
+        if kernel != "fa4" or base is None:
+            continue
+        for key in ("err_out", "err_dq", "err_dk", "err_dv"):
+            if key in r and base.get(key):
+                out[key] = max(out.get(key, 0.0), r[key] / base[key])
+    return out
+
+
 def _e(r: dict, key: str) -> str:
     return f"{r[key]:.1e}" if key in r else ""
 
@@ -275,6 +289,13 @@ def markdown(att: list[dict], model: list[dict], note: str) -> str:
             f"{_e(r, 'err_dq')} | {_e(r, 'err_dk')} | {_e(r, 'err_dv')} |"
         )
     cross = crossover(att)
+    ratio = error_ratio(att)
+    if ratio:
+        lines += [
+            "",
+            "FA4's error over cuDNN's, the largest ratio over shapes and T: "
+            + ", ".join(f"{k.removeprefix('err_')} {v:.2f}" for k, v in ratio.items()),
+        ]
     lines += [
         "",
         f"FA4 faster than cuDNN from T = {cross} on, for both shapes"
@@ -342,6 +363,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(sys.argv),
         "crossover_seq_len": crossover(att),
+        "fa4_over_cudnn_error": error_ratio(att),
         "note": note,
     }
     try:

@@ -354,18 +354,20 @@ ENERGY = Suite(
     ),
 )
 
-# benchmarks/attention_crossover.py is being written: until it lands the suite says so and
-# passes, so `all` keeps working. Its arguments are a guess to settle when it lands.
+# FA4 against cuDNN and FlashAttention across T (and the compiled model with fa4): its
+# crossover length is what lmprof.attention_kernels.FA4_MIN_SEQ_LEN should hold. The first FA4
+# calls JIT-compile its CuTe kernels, and the model part compiles four models.
 ATTENTION = Suite(
     "attention",
-    "where FlashAttention-4 overtakes the other kernels, by sequence length (optional script)",
+    "where FlashAttention-4 overtakes cuDNN by sequence length; the compiled model with fa4",
     "none (new)",
     (
         Step(
             "crossover",
             ("benchmarks/attention_crossover.py", "--out", "{dir}"),
             "attention",
-            optional=True,
+            570,
+            keep={"attention_crossover.md": "attention_crossover.md"},
         ),
     ),
 )

@@ -148,6 +148,11 @@ def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> d
     }
 
 
+def _attention_label(asked: str, runs: str) -> str:
+    """The attention for the log line: the kernel, or "auto -> fa4" when auto was resolved."""
+    return runs if asked == runs else f"{asked} -> {runs}"
+
+
 def run(cfg: RunConfig) -> int:
     """Train one run and append its row; returns the process exit code."""
     reason = check_environment(cfg)
@@ -175,7 +180,7 @@ def run(cfg: RunConfig) -> int:
             trainer.n_params / 1e6,
             dist.device,
             cfg.system.precision,
-            cfg.model.attention,
+            _attention_label(cfg.model.attention, trainer.raw_model.args.attention),
         )
         if cfg.logging.debug_flash:
             from lmprof.train.debug_flash import log_attention_table

@@ -188,3 +188,17 @@ def test_roofline_counts_the_fused_optimizers_tensor_lists():
     r = rl.analyze({"traceEvents": ev}, rl.Limits(matmul_flops=1e15, bandwidth=4e12))
     rows = {row["group"]: row for row in r.table()}
     assert rows["optimizer"]["gb_per_step"] == pytest.approx(7 * 4 * 1024 / 1e9, rel=1e-3)
+
+
+def test_power_prefers_nvmls_instantaneous_field_and_falls_back_to_the_average():
+    from types import SimpleNamespace
+
+    class Instant(FakeNvml):
+        def nvmlDeviceGetFieldValues(self, h, ids):
+            assert ids == [en.NVML_FI_DEV_POWER_INSTANT]
+            return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=640_000))]
+
+    clock = [0.0]
+    assert en.NvmlSource(Instant(clock), None).sample()["power_w"] == pytest.approx(640.0)
+    # A driver without the field (FakeNvml has no nvmlDeviceGetFieldValues): the average.
+    assert en.NvmlSource(FakeNvml(clock), None).sample()["power_w"] == pytest.approx(500.0)

@@ -94,7 +94,7 @@ class NvmlSource:
     def sample(self) -> dict[str, float]:
         n, h, out = self.nvml, self.handle, {}
         reads = (
-            ("power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1e3),
+            ("power_w", lambda: _power_w(n, h)),
             ("sm_mhz", lambda: n.nvmlDeviceGetClockInfo(h, getattr(n, "NVML_CLOCK_SM", 1))),
             ("mem_mhz", lambda: n.nvmlDeviceGetClockInfo(h, getattr(n, "NVML_CLOCK_MEM", 2))),
             (
@@ -108,6 +108,23 @@ class NvmlSource:
             with contextlib.suppress(Exception):
                 out[key] = read()
         return out
+
+
+# NVML's field for the instantaneous board power. nvmlDeviceGetPowerUsage is a one-second
+# average on Ampere and later: integrated, it lags every change of load and read 5-8% below the
+# energy counter over a steady window on the H200 (benchmarks/results/2026-12-03_h200_energy).
+NVML_FI_DEV_POWER_INSTANT = 186
+
+
+def _power_w(n: Any, h: Any) -> float:
+    """The board's power in watts: the instantaneous field where the driver has it, else the
+    averaged reading."""
+    with contextlib.suppress(Exception):
+        field = getattr(n, "NVML_FI_DEV_POWER_INSTANT", NVML_FI_DEV_POWER_INSTANT)
+        (v,) = n.nvmlDeviceGetFieldValues(h, [field])
+        if v.nvmlReturn == 0 and v.value.uiVal > 0:
+            return v.value.uiVal / 1e3
+    return n.nvmlDeviceGetPowerUsage(h) / 1e3
 
 
 def _reasons(n: Any, h: Any) -> int:

@@ -372,7 +372,54 @@ ATTENTION = Suite(
     ),
 )
 
-_ORDER = (OPS, STEP, MEMORY, PROFILING, E2E, SWEEP, CURVES, DISTRIBUTED, ENERGY, ATTENTION)
+# Comparisons with their noise (3 seeds each) and speed at equal quality, on real text with
+# named splits: WikiText-2's validation file trains, its test file validates. The files are not
+# in the repository: copy them to data/wikitext-2/ (an ignored folder) first.
+WIKITEXT = "{root}/data/wikitext-2"
+QUALITY = Suite(
+    "quality",
+    "GPT-2 small on WikiText-2: 3 seeds of a baseline and two optimisations, intervals, "
+    "speed to a target eval loss",
+    "none (new)",
+    (
+        Step(
+            "sweep",
+            (
+                "-m",
+                "lmprof",
+                "sweep",
+                "{root}/benchmarks/h200_quality.yaml",
+                f"data.path={WIKITEXT}/valid.txt",
+                f"data.val_path={WIKITEXT}/test.txt",
+            ),
+            "quality",
+            540,
+        ),
+        Step(
+            "analyze",
+            ("-m", "lmprof", "analyze", "--results", "results.csv", "--out", "analysis"),
+            "quality",
+            keep={
+                "analysis/tables/time_to_target_loss.md": "time_to_target_loss.md",
+                "analysis/report.html": "report.html",
+            },
+        ),
+    ),
+)
+
+_ORDER = (
+    OPS,
+    STEP,
+    MEMORY,
+    PROFILING,
+    E2E,
+    SWEEP,
+    CURVES,
+    DISTRIBUTED,
+    ENERGY,
+    ATTENTION,
+    QUALITY,
+)
 ALL = Suite(
     "all",
     "every suite above, in this order (longer than one 10-minute lease: use --only)",

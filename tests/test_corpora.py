@@ -19,6 +19,7 @@ from lmprof.data import build_data
 from lmprof.data import tokenizers as tokenizers_mod
 from lmprof.data.sources import wikitext_articles
 from lmprof.errors import ConfigError, UserError
+from lmprof.profiling.vocab import infer_vocab_size
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 
@@ -247,6 +248,7 @@ def test_tokenizer_file_and_vocab_merges_folder(tmp_path):
     sample = "alpha beta gamma ."
     assert dm.tokenizer.encode(sample) == tok.encode(sample).ids
     assert dm.tokenizer.decode(dm.tokenizer.encode(sample)) == sample
+    assert infer_vocab_size(cfg)[0] == dm.vocab_size  # `lmprof estimate` knows it beforehand
     # GPT-2's format: a folder of vocab.json + merges.txt (no end-of-text: EOS is a new id).
     folder = tmp_path / "vocab"
     folder.mkdir()
@@ -262,6 +264,7 @@ def test_tokenizer_file_and_vocab_merges_folder(tmp_path):
     dm2 = build_data(cfg2, log=log)
     n = plain.get_vocab_size()
     assert (dm2.eos_id, dm2.pad_id, dm2.vocab_size) == (n, n + 1, n + 2)
+    assert infer_vocab_size(cfg2)[0] == dm2.vocab_size
     assert dm2.tokenizer.decode(dm2.tokenizer.encode(sample)) == sample
     # An edited tokenizer file is another cache.
     tok2 = train_tokenizer_json(tmp_path, [text_of(rng, 80)], vocab=280)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lmprof.errors import UserError
+from lmprof.profiling.vocab import EOS_NAMES
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -209,8 +210,6 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(keep, skip_special_tokens=False)
 
 
-# Names a tokenizer file may give its end-of-text token, in order of preference.
-EOS_NAMES = (EOT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 TOKENIZER_JSON = "tokenizer.json"
 VOCAB_FILES = ("vocab.json", "merges.txt")
 

@@ -121,6 +121,19 @@ def test_a_folder_of_split_files_gives_the_splits(tmp_path):
     # documents=file: one document per file instead.
     dm2 = build_data(cfg_for(tmp_path, source="text", path=str(root), documents="file"), log=Log())
     assert [manifest_of(dm2)[s]["documents"] for s in ("train", "val", "test")] == [1, 1, 1]
+    # A named validation file replaces the folder's; the folder's valid file is not trained on.
+    (tmp_path / "other.txt").write_text(wikitext(rng, 3, 300))
+    dm4 = build_data(
+        cfg_for(
+            tmp_path,
+            source="text",
+            path=str(root),
+            val_path=str(tmp_path / "other.txt"),
+            documents="wikitext",  # other.txt is not named like WikiText's files
+        ),
+        log=Log(),
+    )
+    assert [manifest_of(dm4)[s]["documents"] for s in ("train", "val", "test")] == [20, 3, 4]
     # A folder with train.txt + test.txt only: validation from val_fraction, test kept.
     other = tmp_path / "plain"
     other.mkdir()
@@ -564,3 +577,26 @@ def test_mlflow_file_store(tmp_path, monkeypatch):
     (run,) = mlflow.search_runs(experiment_names=["lmprof"], output_format="list")
     assert run.data.params["model.d_model"] == "32" and "summary/eval_loss" in run.data.metrics
     assert run.info.status == "FINISHED"
+
+
+def test_hub_name_config_and_revision_reach_load_dataset(tmp_path, monkeypatch):
+    calls = []
+    rng = random.Random(11)
+
+    class Split(list):
+        column_names = ["text"]
+
+        def __getitem__(self, col):
+            return (
+                [r["text"] for r in self] if isinstance(col, str) else list.__getitem__(self, col)
+            )
+
+    data = {"train": Split(rows(rng, 60)), "validation": Split(rows(rng, 10))}
+    module = type(sys)("datasets")
+    module.load_dataset = lambda name, config, **kw: calls.append((name, config, kw)) or data
+    monkeypatch.setitem(sys.modules, "datasets", module)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = cfg_for(tmp_path, source="hf", hf_dataset="someone/corpus", hf_revision="v1.2")
+    build_data(cfg, log=Log())
+    # No config name unless one is given (WikiText's is the one default).
+    assert calls == [("someone/corpus", None, {"revision": "v1.2"})]

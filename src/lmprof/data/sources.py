@@ -306,17 +306,20 @@ class TextSource(FileSource):
             raise UserError("data.source=text needs data.path (comma-separated files or folders)")
         self.resolved = {s: [_resolve(p, s) for p in ps] for s, ps in given.items()}
         self.given = given
-        # A folder holding train/valid/test files: those are the splits (unless named).
+        # A folder holding train/valid/test files: those are the splits (val_path and test_path,
+        # when given, replace the folder's), and its other files are not training text.
         self.folder_splits: dict[str, list[Path]] = {}
         roots = self.resolved["train"]
-        if len(roots) == 1 and roots[0].is_dir() and not given["val"]:
+        if len(roots) == 1 and roots[0].is_dir():
             found: dict[str, list[Path]] = {}
             for p in sorted(roots[0].iterdir()):
                 split = _split_of(p.name) if p.is_file() else None
                 if split:
                     found.setdefault(split, []).append(p)
             if "train" in found:
-                self.folder_splits = found
+                self.folder_splits = {
+                    k: v for k, v in found.items() if k == "train" or not given[k]
+                }
         self.explicit_val = bool(given["val"] or "val" in self.folder_splits)
         self._files: dict[str, list[tuple[str, Path]]] | None = None
 

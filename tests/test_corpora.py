@@ -420,6 +420,15 @@ def test_json_and_parquet_data_files(tmp_path, hf):
         log=log,
     )
     assert manifest_of(dm)["val"]["from"].startswith("val_fraction")
+    # Globs, as datasets takes them; a pattern matching nothing is one line.
+    globbed = f"train={tmp_path / 'tr*.jsonl'},validation={tmp_path / 'va.jsonl'}"
+    dm = build_data(cfg_for(tmp_path, source="hf", hf_dataset="json", data_files=globbed), log=log)
+    assert manifest_of(dm)["train"]["documents"] == 100
+    with pytest.raises(UserError) as exc:
+        build_data(
+            cfg_for(tmp_path, source="hf", hf_dataset="json", data_files="x*.jsonl"), log=log
+        )
+    assert "matches no file" in one_line(exc)
     # An edited data file rebuilds.
     (tmp_path / "va.jsonl").write_text("".join(json.dumps(r) + "\n" for r in va[:10]))
     dm = build_data(cfg_for(tmp_path, source="hf", hf_dataset="json", data_files=files), log=log)

@@ -17,6 +17,7 @@ tokens and perplexity is per token over whole articles.
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import json
 import os
@@ -470,10 +471,15 @@ class HFSource(Source):
         self.files_resolved: list[tuple[str, Path]] = []
         for split, paths in spec.data_files:
             for p in paths:
-                rp = Path(p).expanduser()
-                if not rp.exists():
-                    raise UserError(f"data.data_files: '{p}' does not exist")
-                self.files_resolved.append((f"{split}/{rp.name}", rp.resolve()))
+                # Globs are datasets' too (data/*.jsonl): expanded here for the fingerprint.
+                found = sorted(glob.glob(os.path.expanduser(p))) if glob.has_magic(p) else [p]
+                for q in found:
+                    rp = Path(q).expanduser()
+                    if not rp.exists():
+                        raise UserError(f"data.data_files: '{p}' does not exist")
+                    self.files_resolved.append((f"{split}/{rp.name}", rp.resolve()))
+                if not found:
+                    raise UserError(f"data.data_files: '{p}' matches no file")
         self.explicit_val = False  # known once loaded; the key then holds val_fraction anyway
 
     def identity(self) -> dict[str, Any]:
@@ -634,7 +640,12 @@ def _column(split: Any, col: str) -> Iterator[str]:
     ds_mod = sys.modules.get("datasets")
     iterable = getattr(ds_mod, "IterableDataset", None) if ds_mod else None
     if iterable is not None and isinstance(split, iterable):
-        for row in split:
+        for i, row in enumerate(split):
+            if i == 0 and col not in row:  # a stream may not know its columns before a row
+                raise UserError(
+                    f"the dataset's rows have no column '{col}' ({sorted(row)}): set "
+                    "data.text_column"
+                )
             yield _text_cell(row.get(col), col)
         return
     for v in split[col]:

@@ -526,7 +526,7 @@ def test_a_run_with_a_test_split_reports_it_and_tensorboard_reads_back(tmp_path,
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     from lmprof.cli import main
-    from lmprof.results import read_rows
+    from lmprof.results import producer_of, read_rows
 
     rng = random.Random(10)
     for name, n in (("train.txt", 200), ("valid.txt", 30), ("test.txt", 30)):
@@ -536,6 +536,7 @@ def test_a_run_with_a_test_split_reports_it_and_tensorboard_reads_back(tmp_path,
     assert main([*args, "run_name=tb"]) == 0
     (row,) = read_rows(tmp_path / "results.csv")
     assert float(row["test_loss"]) > 0 and float(row["test_ppl"]) > 1
+    assert producer_of("test_ppl").name == "summary"  # declared with the other results columns
     acc = EventAccumulator(str(tmp_path / "results/tensorboard/tb"))
     acc.Reload()
     scalars = acc.Tags()["scalars"]

@@ -610,3 +610,75 @@ def test_hub_name_config_and_revision_reach_load_dataset(tmp_path, monkeypatch):
     build_data(cfg, log=Log())
     # No config name unless one is given (WikiText's is the one default).
     assert calls == [("someone/corpus", None, {"revision": "v1.2"})]
+
+
+def fake_module(name, **attrs):
+    import importlib.machinery
+
+    mod = type(sys)(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec sees it installed
+    for k, v in attrs.items():
+        setattr(mod, k, v)
+    return mod
+
+
+def test_trackers_get_the_config_steps_and_the_summary_row(tmp_path, monkeypatch):
+    """W&B and MLflow through stand-ins (the real ones are tested above when installed): what
+    the run hands each of them."""
+    from lmprof.cli import main
+
+    calls = []
+
+    class Run:
+        summary = {}
+
+        def log(self, values, step):
+            calls.append(("wandb.log", step, dict(values)))
+
+        def finish(self, exit_code):
+            calls.append(("wandb.finish", exit_code))
+
+    run = Run()
+    wandb = fake_module("wandb", init=lambda **kw: calls.append(("wandb.init", kw)) or run)
+    record = lambda what: lambda *a, **k: calls.append((what, a, k))  # noqa: E731
+    mlflow = fake_module(
+        "mlflow",
+        **{
+            f: record(f"mlflow.{f}")
+            for f in (
+                "set_tracking_uri",
+                "set_experiment",
+                "start_run",
+                "log_params",
+                "set_tag",
+                "log_metrics",
+                "set_tags",
+                "end_run",
+            )
+        },
+    )
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", *TINY, "data.source=synthetic", "vocab_size=64", "run_name=tr"]
+    assert main([*args, "wandb=true", "mlflow=true", "mlflow_uri=file:///x"]) == 0
+    (init,) = [c[1] for c in calls if c[0] == "wandb.init"]
+    assert init["name"] == "tr" and init["config"]["model"]["d_model"] == 32
+    steps = [c[1] for c in calls if c[0] == "wandb.log"]
+    assert steps[:2] == [2, 4] and any(
+        "eval/eval_loss" in c[2] for c in calls if c[0] == "wandb.log"
+    )
+    assert run.summary["status"] == "ok" and "eval_loss" in run.summary
+    assert ("wandb.finish", 0) in calls
+    names = [c[0] for c in calls if c[0].startswith("mlflow")]
+    assert names[:4] == [
+        "mlflow.set_tracking_uri",
+        "mlflow.set_experiment",
+        "mlflow.start_run",
+        "mlflow.log_params",
+    ]
+    params = next(c[1][0] for c in calls if c[0] == "mlflow.log_params")
+    assert params["model.d_model"] == "32"
+    summary = [c[1][0] for c in calls if c[0] == "mlflow.log_metrics"][-1]
+    assert "summary/eval_loss" in summary
+    assert calls[-1][0] == "mlflow.end_run" and calls[-1][2] == {"status": "FINISHED"}

@@ -97,6 +97,10 @@ class Trainer:
         set_precision_flags(cfg.system.precision)
 
         self.data = build_data(cfg, log=log.info)
+        if (
+            self.data.has_test
+        ):  # a test split too small for the ranks: one line now, not after training
+            self.data.eval_batches("test", 1, rank=dist.rank, world_size=dist.world_size)
         self.args = ModelArgs.from_config(cfg, self.data.vocab_size)
         with torch.device(self.device):
             torch.manual_seed(cfg.training.seed)  # same initial weights on every rank

@@ -550,13 +550,15 @@ class HFSource(Source):
         except UserError:
             raise
         except Exception as exc:  # hub unreachable, unknown name, bad files: one line
-            offline = _offline()
-            hint = (
-                " (offline: HF_HUB_OFFLINE is set or the hub is unreachable, and it is not in "
-                "the local cache)"
-                if offline
-                else " (offline or not on the hub?)"
-            )
+            if self.local is not None or s.data_files:
+                hint = ""  # local files: the error itself says what is wrong with them
+            elif _offline():
+                hint = (
+                    " (offline: HF_HUB_OFFLINE is set or the hub is unreachable, and it is not "
+                    "in the local cache)"
+                )
+            else:
+                hint = " (offline or not on the hub?)"
             raise UserError(f"could not load {what}: {_first_line(exc)}{hint}") from None
 
     def load(self, val_fraction: float) -> Corpus:

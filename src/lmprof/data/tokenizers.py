@@ -251,7 +251,9 @@ def file_tokenizer(files: Sequence[Path]) -> HFTokenizer:
     """A tokenizer read from files: its ids as they are; EOS its end-of-text token when it has
     one (else a new id); PAD always a new id, which no text encodes to."""
     tok = _read_tokenizer(files)
-    n = tok.get_vocab_size(with_added_tokens=True)
+    # One past the largest id (a file's ids need not be contiguous): lmprof/profiling/vocab.py
+    # reads the same number from the JSON for `lmprof estimate`.
+    n = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     eos = next((i for i in (tok.token_to_id(t) for t in EOS_NAMES) if i is not None), None)
     if eos is None:
         eos, n = n, n + 1

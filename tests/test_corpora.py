@@ -394,6 +394,18 @@ def test_save_to_disk_dataset_dict_and_dataset(tmp_path, hf):
             log=log,
         )
     assert "data.text_column" in one_line(exc)
+    # Streamed from the folder too (Dataset.to_iterable_dataset), cut at max_tokens.
+    streamed = cfg_for(
+        tmp_path,
+        source="hf",
+        hf_dataset=str(tmp_path / "dd"),
+        text_column="body",
+        hf_split="train,dev",
+        streaming=True,
+        max_tokens=2000,
+    )
+    dm = build_data(streamed, log=log)
+    assert 2000 <= manifest_of(dm)["train"]["tokens"] < 2400 and dm.n_train_tokens == 2000
     # One Dataset (no splits): validation from val_fraction.
     hf.Dataset.from_list(rows(rng, 200)).save_to_disk(str(tmp_path / "one"))
     dm = build_data(cfg_for(tmp_path, source="hf", hf_dataset=str(tmp_path / "one")), log=log)

@@ -163,6 +163,14 @@ def test_wikitext_articles_split_on_titles_not_sections():
     # Copies that joined a heading with the article's first sentence: still a title.
     joined = ["= A b = First sentence .\n", "x .\n", "= = S = = y .\n", "= C = z .\n"]
     assert len(list(wikitext_articles("k", joined))) == 2
+    # ... and one that put a title right after a section heading: `= =` closes the section,
+    # the third `=` opens the title; five in a row are a level-3 heading after a level-2 one.
+    midline = ["= A = a .\n", "= = S = = = B = b .\n", "= = T = = = = = U = = = c .\n"]
+    docs = list(wikitext_articles("k", midline))
+    assert [d.text for d in docs] == [
+        "= A = a .\n= = S = =\n",
+        "= B = b .\n= = T = = = = = U = = = c .\n",
+    ]
 
 
 def test_validation_path_needs_source_text():

@@ -59,6 +59,8 @@ WIKITEXT_FILE = re.compile(r"^wiki\.(train|valid|test)\.(tokens|raw)$")
 # it; copies that joined lines put the article's first sentence after it). Section headings are
 # `= = Section = =`, so the title must not start with `=`.
 WIKITEXT_TITLE = re.compile(r"^[ \t]*= (?!=)[^=\n]+? =(?=[ \t]|$)")
+# A run of `=` tokens (`= = =`): WikiText's heading marks.
+EQUALS_RUN = re.compile(r"(?:(?<= )|^)=(?: =)*(?= |$)")
 WIKITEXT_DEFAULT_CONFIG = "wikitext-103-raw-v1"
 HUB_PROBE_TIMEOUT_S = 3.0
 
@@ -152,13 +154,44 @@ def wikitext_articles(key: str, lines: Iterable[str]) -> Iterator[Document]:
     text before the first heading is an article of its own. Lines keep their line ends."""
     buf: list[str] = []
     n = 0
-    for line in lines:
-        if WIKITEXT_TITLE.match(line) and any(s.strip() for s in buf):
-            yield Document(f"{key}:{n}", "".join(buf))
-            buf, n = [], n + 1
-        buf.append(line)
+    for joined in lines:
+        for line in _unjoin_titles(joined):
+            if WIKITEXT_TITLE.match(line) and any(s.strip() for s in buf):
+                yield Document(f"{key}:{n}", "".join(buf))
+                buf, n = [], n + 1
+            buf.append(line)
     if any(s.strip() for s in buf):
         yield Document(f"{key}:{n}", "".join(buf))
+
+
+def _unjoin_titles(line: str) -> list[str]:
+    """The line, cut before every article title that follows a heading on it. Copies that
+    joined lines write `= = Section = = = Title = text`: a run of `=` after a level-k heading's
+    text closes it with k of them and opens the next heading with the rest, so a rest of one is
+    a title (`= = A = = = = = B = = =` is a level-3 heading after a level-2 one, no title)."""
+    stripped = line.lstrip(" \t")
+    if not stripped.startswith("= ") or "= = " not in line:
+        return [line]
+    runs = list(EQUALS_RUN.finditer(line))
+    if not runs or runs[0].start() != len(line) - len(stripped):
+        return [line]
+    level = runs[0].group().count("=")
+    cuts = []
+    for run in runs[1:]:
+        rest = run.group().count("=") - level
+        if rest <= 0:  # the heading closed and text follows: no more headings on this line
+            break
+        if rest == 1:
+            cuts.append(run.end() - 1)  # the title's own `=`
+        level = rest
+    if not cuts:
+        return [line]
+    pieces, start = [], 0
+    for c in cuts:
+        pieces.append(line[start:c].rstrip(" ") + "\n")
+        start = c
+    pieces.append(line[start:])
+    return pieces
 
 
 def _is_wikitext_mode(mode: str, looks_like_wikitext: bool) -> bool:

@@ -54,6 +54,11 @@ SUMMARY_COLUMNS = ColumnGroup(
         "eval_loss",
         "eval_perplexity",
         "eval_accuracy",
+        # The test split, evaluated once at the end when the source has one (Trainer.test_row).
+        "test_loss",
+        "test_ppl",
+        "test_accuracy",
+        "test_tokens",
         "peak_gpu_mem_gb",
         "peak_gpu_reserved_gb",
         "peak_host_mem_gb",
@@ -162,7 +167,7 @@ def run(cfg: RunConfig) -> int:
     setup_logging(cfg, dist.is_main)
     row = config_row(cfg) | environment_info(dist.device) | {"started_at": now()}
     row["ddp_gpus"] = dist.world_size
-    status, detail, trainer = FAILED, "", None
+    status, detail, trainer, outputs = FAILED, "", None, None
     ckpt: CheckpointManager | None = None
     try:
         log.info("run %s: %s", cfg.logging.run_name, cfg.hash())
@@ -188,7 +193,7 @@ def run(cfg: RunConfig) -> int:
             log_attention_table(trainer)
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
-        row |= _summary_row(trainer, eval_point)
+        row |= _summary_row(trainer, eval_point) | trainer.test_row()
         row |= _energy_row(trainer)
         status = OK
     except UserError:
@@ -222,6 +227,8 @@ def run(cfg: RunConfig) -> int:
         if dist.is_main and status != USER_ERROR:
             append_row(RunPaths.of(cfg).results_csv, _finite(row))
             log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+        if outputs is not None:
+            outputs.finish(row)
         if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits

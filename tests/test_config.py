@@ -198,3 +198,11 @@ def test_model_args_are_the_model_section_plus_what_the_run_adds():
         assert getattr(args, f.name) == expected, f.name
     assert args.vocab_size == 300 and args.padded_vocab_size % cfg.model.vocab_multiple == 0
     assert args.max_seq_len == 48
+
+
+def test_where_results_are_tracked_is_not_part_of_the_experiments_identity():
+    base = build_config().hash()
+    tracked = build_config(
+        overrides=["logging.wandb=true", "logging.mlflow=true", "logging.mlflow_uri=file:/x"]
+    )
+    assert tracked.hash() == base

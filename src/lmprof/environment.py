@@ -12,6 +12,23 @@ import torch
 
 from lmprof import __version__, attention_kernels, precision
 from lmprof.config import RunConfig
+from lmprof.results import ColumnGroup
+
+ENVIRONMENT_COLUMNS = ColumnGroup(
+    "environment",
+    "the machine and software the run saw: environment_info",
+    (
+        "device",
+        "device_name",
+        "gpu_count",
+        "torch_version",
+        "cuda_version",
+        "nccl_version",
+        "driver_version",
+        "lmprof_version",
+        "git_commit",
+    ),
+)
 
 
 def check_environment(cfg: RunConfig) -> str | None:
@@ -33,6 +50,21 @@ def check_environment(cfg: RunConfig) -> str | None:
             f"attention '{cfg.model.attention}' needs a CUDA GPU "
             f"(use {attention_kernels.or_list(cpu)} on a CPU)"
         )
+    kernel = attention_kernels.kernel(cfg.model.attention)
+    if not kernel.dropout and cfg.model.dropout > 0:
+        # A rule of the config, checked here until config validation reads the table's column.
+        return (
+            f"attention '{kernel.name}' has no attention dropout: set model.dropout=0 "
+            f"(it is {cfg.model.dropout})"
+        )
+    if kernel.name == "fa4":
+        # The optional package and an sm90+ GPU. The one check that reads the compute
+        # capability (CUDA's runtime initialises; no context is made), and only for fa4 runs.
+        from lmprof.ops.flash_attn4 import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            return reason
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "

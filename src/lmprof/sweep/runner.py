@@ -19,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from lmprof.columns import now
 from lmprof.config import save_config
 from lmprof.io import open_stream, try_lock
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 from lmprof.preflight import check_outputs
 from lmprof.results import append_row, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
-from lmprof.sweep.classify import classify, last_line, now, parent_row, read_log_tail
+from lmprof.sweep.classify import classify, last_line, parent_row, read_log_tail
 from lmprof.sweep.console import format_plan, format_summary, outcome_line
 from lmprof.sweep.outcome import Outcome, SweepReport
 from lmprof.sweep.plan import RunPlan

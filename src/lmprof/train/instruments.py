@@ -20,6 +20,7 @@ import torch
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
 from lmprof.paths import RunPaths
+from lmprof.results import ColumnGroup
 
 log = logging.getLogger("lmprof")
 GIB = 1024**3
@@ -34,6 +35,20 @@ CATEGORIES = (
     # The cross-entropy's log-softmax, and the vanilla attention's softmax: one kernel family.
     ("softmax", ("softmax", "nll_loss", "cross_entropy")),
     ("norm", ("layer_norm", "layernorm", "gammabeta")),
+)
+
+
+# Names built from PHASES and CATEGORIES, so a new phase or category needs no edit here.
+INSTRUMENT_COLUMNS = ColumnGroup(
+    "instruments",
+    "per-phase times and memory (profile.breakdown), allocator counters and the trace's time "
+    "shares by kernel category: Instruments.summary",
+    ("alloc_retries", "alloc_ooms", "nvml_used_gb"),
+    patterns=(
+        "(" + "|".join(PHASES) + ")_ms_p50",
+        "mem_after_(" + "|".join(PHASES) + ")_gb",
+        "profile_share_(" + "|".join([c for c, _ in CATEGORIES] + ["other"]) + ")",
+    ),
 )
 
 

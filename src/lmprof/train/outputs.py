@@ -12,30 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
 from lmprof.config import RunConfig, save_config
 from lmprof.io import append_text, atomic_write_text, open_stream
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
-
-METRICS_COLUMNS = (
-    "step",
-    "loss",
-    "perplexity",
-    "accuracy",
-    "lr",
-    "tokens_seen",
-    "step_time_ms",
-    "tokens_per_sec",
-    "elapsed_sec",
-)
-EVAL_COLUMNS = (
-    "step",
-    "tokens_seen",
-    "elapsed_sec",
-    "eval_loss",
-    "eval_perplexity",
-    "eval_accuracy",
-    "eval_tokens",
-)
+from lmprof.train.tracking import Tracking
 
 
 def _fmt(v) -> str:
@@ -64,9 +45,9 @@ class RunOutputs:
         self.details_dir = self.paths.details_dir
         self.log_path = self.paths.log
         self.resuming = resuming
-        self.metrics = self.evals = self.tensorboard = None
-        if is_main and cfg.logging.tensorboard:
-            self.tensorboard = _tensorboard_writer(self.paths.tensorboard_dir)
+        self.metrics = self.evals = None
+        # Built now, so a missing tracker package is one line before any data is read.
+        self.tracking = Tracking.from_config(cfg, self.paths, is_main)
 
     def open(self) -> None:
         """Create the run's files; called once setup has succeeded, so a run stopped by a user's
@@ -77,24 +58,24 @@ class RunOutputs:
         self.metrics = _CsvLog(self.paths.metrics_csv, METRICS_COLUMNS, fresh)
         self.evals = _CsvLog(self.paths.eval_csv, EVAL_COLUMNS, fresh)
         save_config(self.cfg, self.paths.config_yaml)
+        self.tracking.start()
 
     def log_metrics(self, point: dict) -> None:
         if self.metrics:
             self.metrics.append(point)
-        self._to_tensorboard("train", point)
+        self.tracking.log("train", point["step"], point)
 
     def log_eval(self, point: dict) -> None:
         if self.evals:
             self.evals.append(point)
-        self._to_tensorboard("eval", point)
+        self.tracking.log("eval", point["step"], point)
 
-    def _to_tensorboard(self, prefix: str, point: dict) -> None:
-        if self.tensorboard is None:
-            return
-        for key, value in point.items():
-            if key != "step" and isinstance(value, int | float):
-                self.tensorboard.add_scalar(f"{prefix}/{key}", value, point["step"])
-        self.tensorboard.flush()
+    def log_test(self, step: int, values: dict) -> None:
+        self.tracking.log("test", step, values)
+
+    def finish(self, row: dict) -> None:
+        """The run's summary row to the trackers (after it is in results.csv)."""
+        self.tracking.finish(row)
 
     def progress_bar(self, total: int, initial: int = 0):
         """A tqdm bar on an interactive terminal; log lines otherwise (files, sweeps)."""
@@ -109,18 +90,6 @@ class RunOutputs:
             unit="step",
             dynamic_ncols=True,
         )
-
-
-def _tensorboard_writer(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from lmprof.errors import UserError
-
-        raise UserError(
-            "logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]"
-        ) from None
-    return SummaryWriter(log_dir=str(path))
 
 
 def discard_log(cfg: RunConfig) -> None:

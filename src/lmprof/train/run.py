@@ -7,7 +7,6 @@ the peak reached), `diverged`, `failed` (one-line summary; the log keeps the tra
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 import os
@@ -16,14 +15,14 @@ import traceback
 
 import torch
 
-from lmprof import attention_kernels
+from lmprof.columns import config_row, now
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
 from lmprof.errors import EnvironmentMismatch, OutputError, UserError
 from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
 from lmprof.preflight import check_outputs, predicted_oom
-from lmprof.results import append_row
+from lmprof.results import ColumnGroup, append_row
 from lmprof.status import (
     DIVERGED,
     EXIT_CODES,
@@ -48,41 +47,32 @@ from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
 log = logging.getLogger("lmprof")
 
 
-def config_row(cfg: RunConfig) -> dict:
-    """The columns that come from the config alone (so a failed run still has them)."""
-    m, s = cfg.model, cfg.system
-    return {
-        "run_name": cfg.logging.run_name,
-        "tag": cfg.logging.tag,
-        "sequence_length": cfg.seq_len,
-        "batch_size": cfg.training.batch_size,
-        "fp16": s.precision == "fp16",
-        "grad_checkpoint": s.gradient_checkpointing != "none",
-        "checkpointing": s.gradient_checkpointing,
-        "flash_attention": attention_kernels.kernel(m.attention).seed_flash,
-        "ddp_gpus": s.num_gpus,
-        "precision": s.precision,
-        "attention": m.attention,
-        "compile": s.compile,
-        "compile_mode": s.compile_mode if s.compile else "",
-        "parallelism": s.parallelism,
-        "grad_accum_steps": cfg.training.grad_accum_steps,
-        "max_steps": cfg.training.max_steps,
-        "n_layers": m.n_layers,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "d_ff": m.d_ff,
-        "norm": m.norm,
-        "pos_encoding": m.pos_encoding,
-        "data_source": cfg.data.source,
-        "tokenizer": cfg.data.tokenizer,
-        "batching": cfg.data.batching,
-        "config_hash": cfg.hash(),
-    }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+SUMMARY_COLUMNS = ColumnGroup(
+    "summary",
+    "what the run did and how well it learned: train/run.py, from the trainer's state",
+    (
+        "total_params_m",
+        "vocab_size",
+        "steps_done",
+        "tokens_seen",
+        "training_time_sec",
+        "throughput",
+        "final_train_loss",
+        "avg_perplexity",
+        "avg_accuracy",
+        "eval_loss",
+        "eval_perplexity",
+        "eval_accuracy",
+        # The test split, evaluated once at the end when the source has one (Trainer.test_row).
+        "test_loss",
+        "test_ppl",
+        "test_accuracy",
+        "test_tokens",
+        "peak_gpu_mem_gb",
+        "peak_gpu_reserved_gb",
+        "peak_host_mem_gb",
+    ),
+)
 
 
 def _memory_row(device: torch.device) -> dict:
@@ -193,19 +183,24 @@ def _refuse_predicted_oom(cfg: RunConfig) -> int | None:
         return None
     need, line = found
     if int(os.environ.get("RANK", "0")) == 0:
-        now = _now()
+        at = now()
         row = config_row(cfg) | environment_info(device)
         row |= {
             "predicted_peak_mem_gb": need / 1024**3,
             "steps_done": 0,
             "status": OOM,
             "status_detail": line,
-            "started_at": now,
-            "finished_at": now,
+            "started_at": at,
+            "finished_at": at,
         }
         append_row(RunPaths.of(cfg).results_csv, _finite(row))
     print(f"lmprof: {cfg.logging.run_name}: {line}", file=sys.stderr)
     return EXIT_CODES[OOM]
+
+
+def _attention_label(asked: str, runs: str) -> str:
+    """The attention for the log line: the kernel, or "auto -> fa4" when auto was resolved."""
+    return runs if asked == runs else f"{asked} -> {runs}"
 
 
 def run(cfg: RunConfig) -> int:
@@ -221,9 +216,9 @@ def run(cfg: RunConfig) -> int:
         return refused
     dist: DistInfo = init_distributed(cfg)
     setup_logging(cfg, dist.is_main)
-    row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
+    row = config_row(cfg) | environment_info(dist.device) | {"started_at": now()}
     row["ddp_gpus"] = dist.world_size
-    status, detail, trainer = FAILED, "", None
+    status, detail, trainer, outputs = FAILED, "", None, None
     ckpt: CheckpointManager | None = None
     # A mistake found once the run started (an incompatible checkpoint, a full disk): the row
     # says `failed` with it, and the console gets it as one line, not a traceback.
@@ -244,7 +239,7 @@ def run(cfg: RunConfig) -> int:
             trainer.n_params / 1e6,
             dist.device,
             cfg.system.precision,
-            cfg.model.attention,
+            _attention_label(cfg.model.attention, trainer.raw_model.args.attention),
         )
         if cfg.logging.debug_flash:
             from lmprof.train.debug_flash import log_attention_table
@@ -252,7 +247,7 @@ def run(cfg: RunConfig) -> int:
             log_attention_table(trainer)
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
-        row |= _summary_row(trainer, eval_point)
+        row |= _summary_row(trainer, eval_point) | trainer.test_row()
         row |= _energy_row(trainer)
         status = OK
     except (OutputError, CheckpointError) as exc:
@@ -286,7 +281,7 @@ def run(cfg: RunConfig) -> int:
         if trainer is not None:
             trainer.instruments.close(oom=status == OOM)
             row |= trainer.instruments.summary()
-        row |= {"status": status, "status_detail": detail, "finished_at": _now()}
+        row |= {"status": status, "status_detail": detail, "finished_at": now()}
         if dist.is_main and status != USER_ERROR:
             try:
                 append_row(RunPaths.of(cfg).results_csv, _finite(row))
@@ -295,6 +290,8 @@ def run(cfg: RunConfig) -> int:
                 status = FAILED
             else:
                 log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+        if outputs is not None:
+            outputs.finish(row)
         if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits

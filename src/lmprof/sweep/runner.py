@@ -200,7 +200,9 @@ class SweepRunner:
                 self.grace_s,
                 self._say,
             )
-        except OSError as exc:  # the child could not start (disk full, no interpreter, ...)
+        # An OutputError (the disk filled up, the folder turned read-only) is not caught: every
+        # later run would fail the same way, so the sweep stops with that one line.
+        except OSError as exc:  # the child could not start (no interpreter, too many processes)
             detail = f"could not start the run: {exc}"
             append_row(results, parent_row(plan, FAILED, detail, None, started_at))
             return Outcome(plan, FAILED, detail, elapsed=time.monotonic() - t0)

@@ -94,12 +94,6 @@ CLI_CASES = {
     "config is a scalar": ({"c.yaml": "hello\n"}, ["run", "c.yaml"], 2, "not a str"),
     "not UTF-8": ({"c.yaml": b"model:\n  d_model: \xff\xfe\n"}, ["run", "c.yaml"], 2, "offset 18"),
     "too large": ({"c.yaml": "# x\n" * 300_000}, ["run", "c.yaml"], 2, "larger than"),
-    "duplicate key": (
-        {"c.yaml": "model:\n  d_model: 64\n  d_model: 128\n"},
-        ["run", "c.yaml"],
-        2,
-        "lines 2 and 3",
-    ),
     "duplicate section": (
         {"c.yaml": "model:\n  d_model: 64\ntraining:\n  lr: 0.1\nmodel:\n  n_layers: 2\n"},
         ["run", "c.yaml"],
@@ -143,8 +137,8 @@ CLI_CASES = {
         2,
         "unknown top-level key",
     ),
-    "sweep with a duplicated group key": (
-        {"s.yaml": SWEEP_HEAD + "experiments:\n- name: a\n  name: b\n  tag: t\n"},
+    "sweep with a duplicated group": (
+        {"s.yaml": SWEEP_HEAD + "experiments:\n- name: a\n  tag: t\n  runs: {}\n  runs: {}\n"},
         ["sweep", "s.yaml"],
         2,
         "given twice",
@@ -597,3 +591,13 @@ def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch,
     out, err = capsys.readouterr()
     assert "is a file, not a folder" in _one_error_line(err)
     assert _files(tmp_path) == {"blocker", "s.yaml"}
+
+
+def test_a_plain_key_given_twice_keeps_the_later_value_and_says_so(capsys):
+    # The seed's config.yaml overrides its own defaults this way and must load unchanged.
+    from lmprof import yamlio
+
+    text = "training:\n  lr: 0.1\n  warmup_steps: 400\n  warmup_steps: 500\n"
+    assert yamlio.parse(text, "c.yaml") == {"training": {"lr": 0.1, "warmup_steps": 500}}
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lines 3 and 4" in err[0] and "'500'" in err[0]

@@ -6,8 +6,10 @@ work starts, never a traceback and never a process that hangs or eats the host's
 - not a readable regular file (missing, a directory, no permission);
 - larger than `MAX_BYTES` (a config is a few KiB; a huge file is a mistake, e.g. a data file);
 - not UTF-8 (the line names the byte offset of the first bad byte);
-- a key given twice in one mapping, a whole section included (YAML keeps the last silently,
-  so the first value would vanish): the line names both lines;
+- a section (a mapping) given twice in one mapping: YAML keeps the last silently, so the first
+  section's keys would vanish; the line names both lines. A plain key given twice keeps YAML's
+  rule, the later value wins, since the seed's own config.yaml overrides its defaults that way
+  (and must load unchanged); it is said in one warning line naming both lines and the value used;
 - an alias bomb ("billion laughs": a few lines of anchors that expand to 10**9 nodes when the
   config is flattened, hashed or dumped): at most `MAX_ALIASES` aliases and `MAX_NODES` nodes
   once aliases are expanded;
@@ -19,6 +21,7 @@ Only PyYAML's safe constructors are used (no Python objects from tags).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ class _SafeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
         self._aliases = 0
+        self.duplicates: list[tuple[Any, int, int, Node]] = []  # key, first line, line, value
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
@@ -62,8 +66,8 @@ class _SafeLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        seen: dict[Any, tuple[int, Node]] = {}
+        for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # merge keys (`<<: *base`) may be overridden: that is their point
             key = self.construct_object(key_node)
@@ -73,9 +77,22 @@ class _SafeLoader(yaml.SafeLoader):
             except TypeError:
                 continue
             if first is not None:
-                raise _Refused(f"key '{key}' is given twice (lines {first} and {line})")
-            seen[key] = line
+                first_line, first_value = first
+                if isinstance(first_value, MappingNode) or isinstance(value_node, MappingNode):
+                    raise _Refused(f"'{key}' is given twice (lines {first_line} and {line})")
+                self.duplicates.append((key, first_line, line, value_node))
+            seen[key] = (line, value_node)
         return super().construct_mapping(node, deep=deep)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    # A sweep file is read by the sweep and again by each run's process: say it once per process.
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(f"lmprof: warning: {line}", file=sys.stderr)
 
 
 def _expanded_nodes(root: Node) -> int:
@@ -138,7 +155,13 @@ def parse(text: str, source: str = "YAML text") -> Any:
             return None
         if _expanded_nodes(node) > MAX_NODES:
             raise _Refused(f"expands to more than {MAX_NODES} nodes (an alias bomb?): refused")
-        return loader.construct_document(node)
+        value = loader.construct_document(node)
+        for key, first, line, value_node in loader.duplicates:
+            _warn_once(
+                f"{source}: '{key}' is given twice (lines {first} and {line}); the later value, "
+                f"{getattr(value_node, 'value', '')!r}, is used"
+            )
+        return value
     except _Refused as exc:
         raise UserError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -648,3 +648,17 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     again = run_sweep(plan_sweep(path))
     assert [o.note for o in again.outcomes][:2] == ["done earlier", "done earlier"]
     assert len(read_rows(out / "results.csv")) == 3
+
+
+def test_an_override_is_checked_only_against_the_selected_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = str(REPO / "configs" / "quick.yaml")
+    # precision=fp32 is invalid for opts_flash_attention (FlashAttention needs half precision),
+    # a run --tags seq_len leaves out.
+    argv = ["sweep", quick, "--tags", "seq_len", "precision=fp32", "--dry-run"]
+    assert lmprof_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seq_len_sequencelength32" in out and "opts_flash_attention" not in out
+    # Selected, the same run still refuses it, naming itself.
+    assert lmprof_main(["sweep", quick, "--tags", "opts", "precision=fp32", "--dry-run"]) == 2
+    assert "opts_flash_attention" in capsys.readouterr().err

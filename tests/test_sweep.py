@@ -461,14 +461,17 @@ def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsy
     assert "[1/7] first" in printed and "Summary" in printed and "1.2k tok/s" in printed
 
     plan_text = format_plan(plan_sweep(path))
-    assert "skip: done (ok)" in plan_text and "skip: failed earlier" in plan_text
+    assert "skip: done (ok)" in plan_text and "failed earlier" not in plan_text
     assert "skip: done (oom)" in plan_text and "skip: timeout earlier" in plan_text
 
     before = calls(fake)
-    again = run_sweep(plan_sweep(path))  # done (ok, oom) and failed runs are not rerun
-    assert calls(fake) == before and again.exit_code == 1
-    assert len(read_rows(fake / "results.csv")) == 7  # the same `skipped` row is not repeated
+    again = run_sweep(plan_sweep(path))  # done (ok, oom) and timed-out runs are not rerun
+    assert sorted(calls(fake)[len(before) :]) == ["boom", "usererr"]  # failed ones are
+    assert again.exit_code == 1
+    # the same `skipped` row is not repeated; the two retries add theirs
+    assert len(read_rows(fake / "results.csv")) == 9
 
+    before = calls(fake)
     retried = run_sweep(plan_sweep(path), retry_failed=True)
     assert sorted(calls(fake)[len(before) :]) == ["boom", "slow", "usererr"]
     assert retried.exit_code == 1
@@ -572,7 +575,9 @@ def test_decide_resume_rules(tmp_path):
     assert decide(plan, [row("failed"), row("ok")])[0] == "done"
     assert decide(plan, [row("oom")])[0] == "done"
     assert decide(plan, [row("ok")], force=True)[0] == "run"
-    assert decide(plan, [row("failed")])[0] == "kept"
+    assert decide(plan, [row("failed")])[0] == "run"
+    assert decide(plan, [row("diverged")])[0] == "kept"
+    assert decide(plan, [row("timeout")])[0] == "kept"
     assert decide(plan, [row("timeout")], retry_failed=True)[0] == "run"
     assert decide(plan, [row("interrupted")])[0] == "run"
     plan.unrunnable = "no GPU"
@@ -662,3 +667,19 @@ def test_an_override_is_checked_only_against_the_selected_runs(tmp_path, monkeyp
     # Selected, the same run still refuses it, naming itself.
     assert lmprof_main(["sweep", quick, "--tags", "opts", "precision=fp32", "--dry-run"]) == 2
     assert "opts_flash_attention" in capsys.readouterr().err
+
+
+def test_a_failed_run_reruns_by_itself_and_the_summary_gives_its_whole_reason(
+    tmp_path, fake, capsys
+):
+    reason = "data.path '" + "x" * 120 + ".txt' does not exist"
+    child = Path(os.environ["LMPROF_SWEEP_CHILD"])
+    child.write_text(
+        child.read_text().replace("'nowhere.txt' does not exist", reason.replace("'", "\\'"))
+    )
+    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "usererr"}, {"name": "fine"}]}])
+    assert run_sweep(plan_sweep(path)).exit_code == 1
+    summary = capsys.readouterr().out.split("Summary", 1)[1]
+    assert reason in summary
+    run_sweep(plan_sweep(path))
+    assert calls(fake) == ["usererr", "fine", "usererr"]

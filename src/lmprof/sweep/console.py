@@ -51,9 +51,8 @@ def duration(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
 
 
-def clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -70,7 +69,7 @@ def outcome_line(i: int, n: int, o: Outcome, name_width: int) -> str:
     if o.status == OK and o.row:
         metrics = "  ".join(x for x in (_tps(o.row), _peak(o.row), _ppl(o.row)) if x)
     else:
-        metrics = clip(o.detail, 90)
+        metrics = one_line(o.detail)
     if o.note:
         metrics = f"{metrics}  ({o.note})" if metrics else f"({o.note})"
     took = duration(o.elapsed) if o.elapsed is not None else ""
@@ -81,8 +80,9 @@ def format_summary(report: SweepReport) -> str:
     rows = []
     for o in report.outcomes:
         time_s = duration(o.elapsed) if o.elapsed is not None else ""
+        # Whole: a reason cut at a column width is a reason the user cannot act on.
         note = (
-            o.note if o.status == OK else clip(f"{o.detail} ({o.note})" if o.note else o.detail, 60)
+            o.note if o.status == OK else one_line(f"{o.detail} ({o.note})" if o.note else o.detail)
         )
         rows.append(
             [
@@ -110,7 +110,10 @@ def format_summary(report: SweepReport) -> str:
         left = report.total - len(report.outcomes)
         lines.append(f"interrupted: {left} run(s) not started; rerun the same command to resume")
     if any(o.note.startswith("earlier;") for o in report.outcomes):
-        lines.append("runs that failed in an earlier sweep were kept; --retry-failed reruns them")
+        lines.append(
+            "runs that diverged or timed out in an earlier sweep were kept; --retry-failed "
+            "reruns them"
+        )
     return "\n".join(lines)
 
 
@@ -149,7 +152,7 @@ def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: boo
             out.append(f"      -> {notes[p.name]}")
     summary = (
         f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
-        f"{counts['kept']} failed earlier (kept; --retry-failed reruns them), "
+        f"{counts['kept']} diverged or timed out earlier (kept; --retry-failed reruns them), "
         f"{counts['skip']} not runnable on this machine (recorded as skipped)"
     )
     return "\n".join([*lines[:2], *out, summary])

@@ -40,7 +40,7 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive lock on `path`.lock, held by one process (or thread) at a time.
+    """An exclusive lock on `path` (its file: paths.lock_path), one process or thread at a time.
 
     `filelock` rather than fcntl: it works on every platform and every file system that
     supports any locking (it falls back to lock files where flock is absent).
@@ -49,6 +49,10 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
     lock = lock_path(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
+    ignore = lock.parent / ".gitignore"
+    if not ignore.exists():  # `git status` of the user's project stays clean
+        with contextlib.suppress(OSError):
+            ignore.write_text("*\n")
     # thread_local=False and a fresh object per call: two threads of one process exclude each
     # other exactly as two processes do.
     with FileLock(str(lock), thread_local=False):

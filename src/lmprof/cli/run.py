@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from lmprof.cli.words import add_config_arguments, split_args
@@ -37,13 +38,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmprof.config import describe_keys, load_config
+    from lmprof.config import describe_keys, load_config, warmup_warning
 
     if args.help_config:
         print(describe_keys())
         return 0
     words = split_args(args)
     cfg = load_config(words.config, words.overrides)
+    warning = warmup_warning(cfg)
+    if warning:
+        print(f"lmprof: warning: {warning}", file=sys.stderr)
     from lmprof.train import run
 
     return run(cfg)

@@ -105,6 +105,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"lmprof sweep: error: {exc}", file=sys.stderr)
         return 2
+    from lmprof.sweep.console import format_warnings
+
+    warning = format_warnings(plans)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if args.dry_run:
         applied = f"; overrides for every run: {' '.join(overrides)}" if overrides else ""
         print(f"{args.sweep_file}: plan (nothing is started){applied}")

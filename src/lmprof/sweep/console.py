@@ -117,6 +117,22 @@ def format_summary(report: SweepReport) -> str:
     return "\n".join(lines)
 
 
+def format_warnings(plans: Sequence[RunPlan]) -> str | None:
+    """One line for the runs whose warm-up outlasts them (config.warmup_warning)."""
+    from lmprof.config import warmup_warning
+
+    hit = [p for p in plans if warmup_warning(p.cfg)]
+    if not hit:
+        return None
+    runs = ", ".join(
+        f"{p.name} ({p.cfg.training.warmup_steps} >= {p.cfg.training.max_steps})" for p in hit
+    )
+    return (
+        f"warning: training.warmup_steps >= training.max_steps in {len(hit)} run(s), so their "
+        f"learning rate never reaches its peak: {runs}"
+    )
+
+
 def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False) -> str:
     """The --dry-run listing: what each run changes, its GPUs and what the sweep would do."""
     history = load_history(plans)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -683,3 +684,108 @@ def test_a_failed_run_reruns_by_itself_and_the_summary_gives_its_whole_reason(
     assert reason in summary
     run_sweep(plan_sweep(path))
     assert calls(fake) == ["usererr", "fine", "usererr"]
+
+
+def test_what_cannot_start_here_is_skipped_with_its_reason_before_the_first_run(
+    tmp_path, fake, capsys, monkeypatch
+):
+    import io
+
+    import torch
+
+    from lmprof import environment
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU host's limits")
+    real = environment.has_package
+    monkeypatch.setattr(
+        environment, "has_package", lambda n: n not in ("tiktoken", "transformers") and real(n)
+    )
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "g",
+                "runs": [
+                    {"name": "first"},
+                    {"name": "many", "num_gpus": 1000},
+                    {"name": "gpt2", "params": {"data.source": "stdlib", "tokenizer": "gpt2"}},
+                    {"name": "nofile", "params": {"data.source": "text", "data.path": "nowhere"}},
+                ],
+            }
+        ],
+    )
+    assert lmprof_main(["sweep", str(path), "--dry-run"]) == 0
+    plan_text = capsys.readouterr().out
+    assert plan_text.count("not runnable here") == 3
+    assert "CPU" in plan_text and "tiktoken" in plan_text and "nowhere" in plan_text
+
+    out = io.StringIO()
+    report = run_sweep(plan_sweep(path), out=out)
+    printed = out.getvalue()
+    assert {o.plan.name: o.status for o in report.outcomes} == {
+        "first": "ok",
+        "many": "skipped",
+        "gpt2": "skipped",
+        "nofile": "skipped",
+    }
+    assert report.exit_code == 0 and calls(fake) == ["first"]
+    # All three said before the first run starts, each with its reason.
+    before_first = printed.split("[1/4] first started", 1)[0]
+    for name, why in (("many", "1000"), ("gpt2", "tiktoken"), ("nofile", "nowhere")):
+        line = next(ln for ln in before_first.splitlines() if f" {name} " in ln)
+        assert "skipped" in line and why in line
+    rows = rows_by_name(fake)
+    assert "tiktoken" in rows["gpt2"][0]["status_detail"]
+
+
+PROGRESS_CHILD = textwrap.dedent("""
+    import sys, time
+    from lmprof.config import load_config
+    from lmprof.paths import RunPaths
+    from lmprof.results import append_row
+
+    cfg = load_config(sys.argv[1])
+    paths = RunPaths.of(cfg)
+    paths.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.metrics_csv, "w") as f:
+        f.write("step,loss,perplexity,accuracy,lr,tokens_seen,step_time_ms,tokens_per_sec\\n")
+        f.write("2,3.5,33,0.1,0.001,64,10,6400\\n")
+        f.flush()
+        time.sleep(1.2)
+    append_row(paths.results_csv, {"run_name": cfg.logging.run_name, "status": "ok",
+                                   "config_hash": cfg.hash(), "throughput": 10.0})
+""")
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_shows_the_running_step_and_the_sweeps_eta(tmp_path, monkeypatch, tty):
+    import io
+
+    script = tmp_path / "progress_child.py"
+    script.write_text(PROGRESS_CHILD)
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(script))
+    monkeypatch.setenv("COLUMNS", "200")  # the status line is cut at the terminal's width
+    (tmp_path / "out").mkdir()
+    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "a"}, {"name": "b"}]}])
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    out = Terminal()
+    report = run_sweep(plan_sweep(path), out=out, progress_every_s=0.3)
+    assert [o.status for o in report.outcomes] == ["ok", "ok"]
+    text = out.getvalue()
+    shown = [ln for ln in text.replace("\r", "\n").splitlines() if "step 2/" in ln]
+    assert shown and all("loss 3.500" in ln and "6.4k tok/s" in ln for ln in shown)
+    first = [ln for ln in shown if "[1/2]" in ln]
+    second = [ln for ln in shown if "[2/2]" in ln]
+    assert first and "0/2 runs done" in first[0]
+    # While b runs, a's time is the ETA's basis: a duration, not a guess from b's own steps.
+    assert second and "1/2 runs done" in second[-1] and re.search(r"ETA \d+:\d\d", second[-1])
+    if tty:
+        assert "\r\033[K" in text
+    else:
+        assert "\033" not in text and "\r" not in text
+        assert "[1/2] a started" in text and "[2/2] b started" in text

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from lmprof.status import OK
 from lmprof.sweep.outcome import Outcome, SweepReport
@@ -74,6 +77,52 @@ def outcome_line(i: int, n: int, o: Outcome, name_width: int) -> str:
         metrics = f"{metrics}  ({o.note})" if metrics else f"({o.note})"
     took = duration(o.elapsed) if o.elapsed is not None else ""
     return f"{head} {metrics}  {took}".rstrip()
+
+
+def latest_point(metrics_csv: Path, since: float) -> dict[str, str] | None:
+    """The last whole row of a running run's metrics CSV, if written after `since` (a time.time
+    value): the file of an earlier attempt is not this run's progress."""
+    try:
+        if os.path.getmtime(metrics_csv) < since:
+            return None
+        with open(metrics_csv, "rb") as f:
+            header = f.readline().decode(errors="replace")
+            f.seek(0, os.SEEK_END)
+            f.seek(max(len(header), f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # Only lines ended by a newline: the child may be halfway through writing the last one.
+    lines = [ln for ln in tail.split("\n")[:-1] if ln.strip()]
+    if not lines or not header.strip():
+        return None
+    cols = next(csv.reader([header]))
+    values = next(csv.reader([lines[-1]]))
+    return dict(zip(cols, values, strict=False)) if len(values) == len(cols) else None
+
+
+def progress_line(
+    i: int,
+    n: int,
+    name: str,
+    max_steps: int,
+    point: Mapping[str, str] | None,
+    run_elapsed: float,
+    sweep_elapsed: float,
+    eta: float | None,
+) -> str:
+    """The running run (its latest logged step, loss and tokens/s) and the sweep as a whole."""
+    run = f"[{i}/{n}] {name} {duration(run_elapsed)}"
+    if point:
+        loss = _float(point, "loss")
+        tps = _tps({"throughput": point.get("tokens_per_sec", "")})
+        run += f"  step {point.get('step', '?')}/{max_steps}"
+        run += f" loss {loss:.3f}" if loss is not None else ""
+        run += f" {tps}" if tps else ""
+    else:
+        run += "  starting"
+    left = f"ETA {duration(eta)}" if eta is not None else "ETA after the first run"
+    return f"{run}  |  {i - 1}/{n} runs done, {duration(sweep_elapsed)} elapsed, {left}"
 
 
 def format_summary(report: SweepReport) -> str:

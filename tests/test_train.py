@@ -147,3 +147,33 @@ def test_a_mistake_found_during_setup_is_one_line_and_leaves_nothing(tmp_path, m
     assert not (tmp_path / "results.csv").exists()
     assert not (tmp_path / "logs" / "oops.log").exists()
     assert not list(tmp_path.glob("results/details/oops*"))
+
+
+def test_on_a_terminal_the_log_still_has_every_step_line_and_the_run_ends_with_a_summary(
+    tmp_path, monkeypatch, capsys
+):
+    import io
+    import re
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.chdir(tmp_path)
+    bar = Terminal()
+    monkeypatch.setattr(sys, "stderr", bar)
+    args = [a for a in TINY if a != "progress=false"]
+    assert main(["run", *args, "run_name=tty"]) == 0
+    console = capsys.readouterr().out
+    log = (tmp_path / "logs/tty.log").read_text()
+    step = re.compile(r"step (\d+)/6 loss")
+    assert [int(m) for m in step.findall(log)] == [2, 4, 6]
+    assert not step.findall(console)  # the bar shows them on the console
+    assert "6/6" in bar.getvalue()  # the bar ran
+    for text in (log, console):
+        summary = text[text.index("ended: ok") :]
+        (row,) = _read(tmp_path / "results.csv")
+        assert f"{float(row['eval_loss']):.4f}" in summary  # eval loss
+        assert "tokens/s" in summary and "MFU" in summary and "peak memory" in summary
+        assert "results.csv" in summary and "logs/tty.log" in summary

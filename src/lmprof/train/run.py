@@ -34,7 +34,7 @@ from lmprof.status import (
 from lmprof.train.checkpoint import CheckpointManager, Preempted
 from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from lmprof.train.loop import Diverged, Trainer
-from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
+from lmprof.train.outputs import RunOutputs, discard_log, format_run_summary, setup_logging
 
 log = logging.getLogger("lmprof")
 
@@ -231,7 +231,7 @@ def run(cfg: RunConfig) -> int:
         row |= {"status": status, "status_detail": detail, "finished_at": _now()}
         if dist.is_main and status != USER_ERROR:
             append_row(RunPaths.of(cfg).results_csv, _finite(row))
-            log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+            log.info("%s", format_run_summary(row, RunPaths.of(cfg)))
         if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits

@@ -177,3 +177,26 @@ def test_on_a_terminal_the_log_still_has_every_step_line_and_the_run_ends_with_a
         assert f"{float(row['eval_loss']):.4f}" in summary  # eval loss
         assert "tokens/s" in summary and "MFU" in summary and "peak memory" in summary
         assert "results.csv" in summary and "logs/tty.log" in summary
+
+
+def test_run_with_several_gpus_outside_torchrun_starts_the_ranks(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    # The sweep's launcher runs this script in place of `-m lmprof run` (as in the sweep tests).
+    rank = tmp_path / "rank.py"
+    rank.write_text(
+        "import os, sys\n"
+        "from lmprof.config import load_config\n"
+        "cfg = load_config(sys.argv[1])\n"
+        "open(f'rank{os.environ[\"RANK\"]}', 'w').write("
+        "os.environ['WORLD_SIZE'] + ' ' + cfg.logging.run_name)\n"
+    )
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(rank))
+    assert main(["run", *TINY, "num_gpus=2", "run_name=two"]) == 0
+    assert {(tmp_path / f"rank{r}").read_text() for r in (0, 1)} == {"2 two"}
+
+    capsys.readouterr()
+    if not torch.cuda.is_available():  # more ranks than cores: refused, nothing started
+        assert main(["run", *TINY, "num_gpus=1000", "run_name=many"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "1000" in err[0] and not (tmp_path / "rank2").exists()

@@ -92,3 +92,18 @@ def test_an_unknown_flag_is_one_line(capsys):
     assert main(["run", "--max-stepz=10"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--max_steps" in err
+
+
+def test_run_experiments_takes_the_same_words(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "run_experiments", Path(__file__).resolve().parents[1] / "run_experiments.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep = _sweep(tmp_path)
+    assert module.main(["--config", sweep, "--tags", "seq", "--batch_size=4", "--dry-run"]) == 0
+    assert module.main(["--config", sweep, "--tags", "seq", "--n_heads", "3", "--dry-run"]) == 2
+    assert "n_heads" in capsys.readouterr().err

@@ -204,18 +204,17 @@ class SweepRunner:
         self, left: int, run_s: float, point: Mapping[str, str] | None, max_steps: int
     ) -> float | None:
         """Seconds until the sweep ends: the mean of its finished runs for each run still to
-        come; before any has finished, the running run's own pace."""
-        if self._durations:
-            per_run = sum(self._durations) / len(self._durations)
-        else:
-            try:
-                step = float((point or {}).get("step") or 0)
-            except ValueError:
-                step = 0
-            if step <= 0:
-                return None
-            per_run = run_s * max_steps / step
-        return max(per_run - run_s, 0.0) + per_run * left
+        come; for the running one its own pace once it has logged a step, else that mean too."""
+        try:
+            step = float((point or {}).get("step") or 0)
+        except ValueError:
+            step = 0
+        pace = run_s * max_steps / step if step > 0 else None
+        per_run = sum(self._durations) / len(self._durations) if self._durations else pace
+        if per_run is None:
+            return None
+        this = pace if pace is not None else per_run
+        return max(this - run_s, 0.0) + per_run * left
 
     def _execute(self, plan: RunPlan, on_poll: Callable[[], None] | None = None) -> Outcome:
         paths = _paths(plan)

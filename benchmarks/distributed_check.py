@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmprof.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 GPT2_SMALL = [
@@ -299,8 +301,8 @@ def main() -> int:
             ),
             "",
         ]
-    (out / "distributed_check.json").write_text(json.dumps(report, indent=1))
-    (out / "distributed_check.md").write_text("\n".join(md))
+    atomic_write_text(out / "distributed_check.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "distributed_check.md", "\n".join(md))
     print("\n".join(md))
     ok = all(r["pass"] for r in report.get("resume", [])) and all(
         r["status"] == "ok" for r in report.get("throughput", [])

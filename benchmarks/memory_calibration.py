@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from lmprof.config import build_config
+from lmprof.io import atomic_write_text
 from lmprof.profiling.memory_model import estimate_memory
 
 GPT2_SMALL = [
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     within = sum(abs(r["ratio"] - 1) <= 0.10 for r in ok)
     print(f"# within 10%: {within}/{len(ok)} ok runs; {len(rows) - len(ok)} out of memory")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        atomic_write_text(args.out, json.dumps(rows, indent=1))
     return 0
 
 

@@ -14,8 +14,6 @@ import csv
 import sys
 from pathlib import Path
 
-import yaml
-
 from lmprof.config import from_dict
 
 
@@ -26,13 +24,14 @@ def main(folder: str) -> int:
             r for r in csv.DictReader(f) if r.get("status") == "ok" and r.get("peak_gpu_mem_gb")
         ]
     from lmprof.profiling.memory_model import estimate_memory
+    from lmprof.yamlio import load_mapping
 
     print("| run | measured GiB | predicted GiB (now) | error | predicted at run time |")
     print("| --- | --- | --- | --- | --- |")
     within = 0
     for r in rows:
         cfg_path = root / "results" / "details" / f"{r['run_name']}_config.yaml"
-        cfg = from_dict(yaml.safe_load(cfg_path.read_text()))
+        cfg = from_dict(load_mapping(cfg_path))
         vocab = int(r["vocab_size"]) if r.get("vocab_size") else 50258
         # results.csv records the padded vocabulary; the model pads again to the same size.
         pred = estimate_memory(cfg, vocab).predicted_peak_bytes / 1024**3

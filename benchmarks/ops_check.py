@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lmprof.io import atomic_write_text
 from lmprof.ops import IGNORE_INDEX
 from lmprof.ops import cross_entropy as ce
 
@@ -148,7 +149,8 @@ def main() -> int:
     text = "\n".join(lines)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ops_check.json").write_text(
+    atomic_write_text(
+        out / "ops_check.json",
         json.dumps(
             {
                 "gpu": torch.cuda.get_device_name(),
@@ -157,9 +159,9 @@ def main() -> int:
                 "timings_ms_gib": timings,
             },
             indent=1,
-        )
+        ),
     )
-    (out / "ops_check.md").write_text(text + "\n")
+    atomic_write_text(out / "ops_check.md", text + "\n")
     print(text)
     tol = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 1e-2}
     ok = all(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 
+from lmprof.io import atomic_write_text
 from lmprof.profiling.peaks import gpu_key, peak_flops
 from lmprof.profiling.roofline import HBM_BYTES_PER_S, Limits, analyze, load_trace, markdown
 
@@ -38,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rl, a.trace))
     if a.csv:
         rows = rl.table()
-        with open(a.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["group"])
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["group"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(a.csv, buf.getvalue())
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lmprof.config import build_config
+from lmprof.io import atomic_write_text
 from lmprof.train.distributed import DistInfo
 from lmprof.train.loop import Trainer
 
@@ -313,12 +314,13 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(sys.argv),
         }
-        (out / "step_throughput.json").write_text(
-            json.dumps({"meta": meta, "rows": rows}, indent=1)
+        atomic_write_text(
+            out / "step_throughput.json", json.dumps({"meta": meta, "rows": rows}, indent=1)
         )
-        (out / "step_throughput.md").write_text(
+        atomic_write_text(
+            out / "step_throughput.md",
             f"GPU {meta['gpu']}, torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}\n\n"
-            f"`{meta['command']}`\n\n" + markdown(rows)
+            f"`{meta['command']}`\n\n" + markdown(rows),
         )
     print(markdown(rows))
     return 0 if all(math.isfinite(r.get("tokens_per_sec", 0)) for r in rows) else 1

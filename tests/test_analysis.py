@@ -176,7 +176,16 @@ def full_rows() -> list[dict[str, object]]:
         ("bf16", 100e3, 7.0),
         ("fp16", 101e3, 7.0),
     ):
-        rows.append(_row(f"prec_{prec}", "precision", precision=prec, tps=tps, mem=mem))
+        rows.append(
+            _row(
+                f"prec_{prec}",
+                "precision",
+                precision=prec,
+                tps=tps,
+                mem=mem,
+                joules_per_token=700.0 / tps,  # 700 W whatever the precision
+            )
+        )
     rows.append(_row("lr_3e-4", "lr_sweep", tps=90e3, mem=6.0, lr=3e-4))
     rows.append(_row("lr_1e-3", "lr_sweep", "diverged", tps=90e3, mem=6.0, lr=1e-3))
     return rows
@@ -240,9 +249,11 @@ EXPECTED_PLOTS = [
     "mfu_vs_batch_size.png",
     "throughput_vs_model_size.png",
     "scaling_efficiency_vs_gpus.png",
+    "energy_per_token_vs_throughput.png",
     "perplexity_over_time.png",
     "loss_vs_tokens.png",
     "loss_vs_time.png",
+    "time_to_target_loss.png",
     "optimization_gradient_checkpointing_vanilla_opts_comparison.png",
     "optimization_gradient_checkpointing_opts_comparison.png",
     "optimization_flash_attention_vanilla_opts_comparison.png",
@@ -342,7 +353,8 @@ def test_full_sweep_writes_every_artifact(full: tuple[Path, Analysis]) -> None:
     assert "NVIDIA H200" in page and "abc1234" in page and "2.11.0+cu130" in page
     # Self-contained: nothing fetched from anywhere.
     assert not re.search(r"(src|href)=['\"](https?:)?//", page)
-    assert page.count("<tr>") == 1 + len({(r["tag"], r["run_name"]) for r in full_rows()})
+    runs_table = page.split("id='runs'>", 1)[1].split("</table>", 1)[0]
+    assert runs_table.count("<tr>") == 1 + len({(r["tag"], r["run_name"]) for r in full_rows()})
 
 
 def test_partial_input_writes_only_what_applies(
@@ -434,20 +446,25 @@ def test_analysis_script_prints_one_line_not_a_traceback(tmp_path: Path) -> None
     assert proc.stderr.strip().count("\n") == 0 and "missing column(s)" in proc.stderr
 
 
-def test_missing_matplotlib_is_one_line(
+def test_missing_matplotlib_still_writes_tables_and_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = make_sweep(tmp_path, [r for r in full_rows() if r["tag"] == "ddp"])
     for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    assert main(["--results", str(results), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    assert main(["--results", str(results), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
     assert (
-        err.strip()
-        == "error: plots need matplotlib, which is not installed: pip install 'lmprof[analysis]'"
+        "no plots: plots need matplotlib, which is not installed: pip install 'lmprof[analysis]'"
+        in out
     )
-    assert not (tmp_path / "o").exists()
+    assert "scaling_efficiency_vs_gpus.png" in out and "wrote 1 table(s)" in out
+    assert (tmp_path / "o" / "tables" / "ddp.csv").is_file()
+    assert not list((tmp_path / "o").glob("*.png"))
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "<b>No plots:</b> plots need matplotlib" in page and "ddp_8gpu" in page
+    assert "Not plotted: <code>scaling_efficiency_vs_gpus.png</code>" in page
 
 
 def _chromium() -> str | None:

@@ -216,3 +216,11 @@ def test_a_warmup_as_long_as_the_run_is_one_warning_line_not_an_error(tmp_path, 
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bs_batchsize4" in err[0] and "long" not in err[0]
+
+
+def test_where_results_are_tracked_is_not_part_of_the_experiments_identity():
+    base = build_config().hash()
+    tracked = build_config(
+        overrides=["logging.wandb=true", "logging.mlflow=true", "logging.mlflow_uri=file:/x"]
+    )
+    assert tracked.hash() == base

@@ -549,30 +549,40 @@ class FakeSplit:
 def test_hf_maps_wikitext_splits_and_reuses_cache_offline(tmp_path, monkeypatch):
     rng = random.Random(6)
 
-    def lines(n):  # wikitext: one row per line, blank rows between paragraphs
-        return [{"text": ""}] + [{"text": f" {text_of(rng, 1)}"} for _ in range(n)]
+    def articles(n):  # wikitext: one row per line, blank rows; an article per `= Title =`
+        rows = []
+        for k in range(n):
+            rows += [{"text": ""}, {"text": f" = Title {k} = \n"}, {"text": ""}]
+            for j in range(8):
+                rows.append({"text": f" {text_of(rng, 1)}"})
+                if j == 3:
+                    rows += [{"text": ""}, {"text": " = = Section = = \n"}, {"text": ""}]
+        return rows
 
     splits = {
-        "train": FakeSplit(lines(400)),
-        "validation": FakeSplit(lines(60)),
-        "test": FakeSplit(lines(5)),
+        "train": FakeSplit(articles(50)),
+        "validation": FakeSplit(articles(8)),
+        "test": FakeSplit(articles(3)),
     }
     calls = []
     module = type(sys)("datasets")
-    module.load_dataset = lambda name, config: calls.append((name, config)) or splits
+    module.load_dataset = lambda name, config, **kw: calls.append((name, config, kw)) or splits
     monkeypatch.setitem(sys.modules, "datasets", module)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no probe of the hub from a test
     cfg = cfg_for(tmp_path, source="hf", sequence_length=16)
     log = Log()
     dm = build_data(cfg, log=log)
-    assert calls == [("wikitext", "wikitext-103-raw-v1")] and "built" in log[0]
+    assert calls == [("wikitext", "wikitext-103-raw-v1", {})] and "built" in log[0]
     manifest = manifest_of(dm)
-    assert manifest["train"]["documents"] == 400 and manifest["val"]["documents"] == 60
+    # Documents are articles (section headings stay inside them); the test split is kept.
+    assert manifest["train"]["documents"] == 50 and manifest["val"]["documents"] == 8
+    assert manifest["test"]["documents"] == 3 and dm.has_test
     # Offline, without datasets: the cache is still reused.
     monkeypatch.setitem(sys.modules, "datasets", None)
     again = build_data(cfg, log=log)
     assert "reused" in log[1] and again.n_train_tokens == dm.n_train_tokens
 
-    def unreachable(name, config):
+    def unreachable(name, config, **kw):
         raise ConnectionError("Couldn't reach 'x' on the Hub (LocalEntryNotFoundError)\nmore")
 
     module.load_dataset = unreachable  # the hub unreachable: one line

@@ -157,3 +157,48 @@ def test_roofline_work_idle_and_headroom():
     # idle goes to zero.
     assert r.step_at_limit_ms() == pytest.approx((4.832 + 20) / 1e3, rel=1e-3)
     assert r.most_to_gain()[0] == "matmul"
+
+
+def test_roofline_counts_the_fused_optimizers_tensor_lists():
+    # AdamW over two fp32 tensors of 1000 and 24 elements: reads params, grads, exp_avg,
+    # exp_avg_sq (4 lists), writes params, exp_avg, exp_avg_sq (3): 7 x 4 B x 1024.
+    lists = [[[1000], [24]]] * 4 + [[]] + [[[], []]]
+    ev = [
+        {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": "aten::_fused_adamw_",
+            "ts": 1,
+            "dur": 5,
+            "args": {
+                "External id": 9,
+                "Input Dims": lists + [[], []],
+                "Input type": ["TensorList"] * 6 + ["Scalar", "Scalar"],
+            },
+        },
+        {
+            "ph": "X",
+            "cat": "kernel",
+            "name": "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<adam>",
+            "ts": 10,
+            "dur": 7,
+            "args": {"External id": 9, "stream": 7, "device": 0},
+        },
+    ]
+    r = rl.analyze({"traceEvents": ev}, rl.Limits(matmul_flops=1e15, bandwidth=4e12))
+    rows = {row["group"]: row for row in r.table()}
+    assert rows["optimizer"]["gb_per_step"] == pytest.approx(7 * 4 * 1024 / 1e9, rel=1e-3)
+
+
+def test_power_prefers_nvmls_instantaneous_field_and_falls_back_to_the_average():
+    from types import SimpleNamespace
+
+    class Instant(FakeNvml):
+        def nvmlDeviceGetFieldValues(self, h, ids):
+            assert ids == [en.NVML_FI_DEV_POWER_INSTANT]
+            return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=640_000))]
+
+    clock = [0.0]
+    assert en.NvmlSource(Instant(clock), None).sample()["power_w"] == pytest.approx(640.0)
+    # A driver without the field (FakeNvml has no nvmlDeviceGetFieldValues): the average.
+    assert en.NvmlSource(FakeNvml(clock), None).sample()["power_w"] == pytest.approx(500.0)

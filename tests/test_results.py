@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from lmprof.results import COLUMNS, SEED_COLUMNS, append_row, read_rows
+from lmprof.results import SEED_COLUMNS, append_row, columns, groups, producer_of, read_rows
 
 
 def test_rows_keep_the_seed_columns_first_and_new_columns_widen_the_table(tmp_path):
@@ -17,7 +17,7 @@ def test_rows_keep_the_seed_columns_first_and_new_columns_widen_the_table(tmp_pa
     header = path.read_text().splitlines()[0].split(",")
     assert header[: len(SEED_COLUMNS)] == list(SEED_COLUMNS)  # always all of them, in order
     assert header.index("status") < header.index("my_new_metric")
-    assert COLUMNS[0] == "run_name"
+    assert columns()[0] == "run_name"
 
 
 def _writer(path, who: int, n: int) -> None:
@@ -59,3 +59,36 @@ def test_the_lock_leaves_no_file_in_the_users_folder_and_git_ignores_it(tmp_path
             check=True,
         ).stdout
         assert status.split() == ["??", "results.csv"]
+
+
+def test_each_column_has_one_producer_and_the_seed_columns_are_produced():
+    seen: dict[str, str] = {}
+    for g in groups():
+        assert g.meaning, g.name
+        for c in g.columns:
+            assert c not in seen, f"{c} declared by {seen[c]} and {g.name}"
+            seen[c] = g.name
+    assert [c for c in SEED_COLUMNS if c not in seen] == []
+    # Families named at run time are declared by pattern, and only those names match.
+    assert producer_of("forward_ms_p50").name == "instruments"
+    assert producer_of("profile_share_matmul").name == "instruments"
+    assert producer_of("forward_ms_p51") is None
+
+
+def test_a_row_for_a_child_that_never_started_uses_declared_columns(tmp_path):
+    from lmprof.config import build_config
+    from lmprof.sweep.classify import parent_row
+    from lmprof.sweep.plan import RunPlan
+
+    cfg = build_config(overrides=["run_name=r1"])
+    plan = RunPlan(index=1, name="r1", tags=(), group="g", cfg=cfg)
+    row = parent_row(plan, "failed", "why", 1.0, "t0")
+    assert [c for c in row if producer_of(c) is None] == []
+
+
+def test_architecture_says_where_every_column_group_is_computed():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
+    for g in groups():
+        assert f"| {g.name} |" in text, g.name

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lmprof.cli import main
-from lmprof.results import SEED_COLUMNS
-from lmprof.train.outputs import EVAL_COLUMNS, METRICS_COLUMNS
+from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
+from lmprof.results import SEED_COLUMNS, producer_of
 
 TINY = [
     "data.source=synthetic",
@@ -43,6 +43,8 @@ def test_a_tiny_run_writes_both_csvs_the_log_and_the_config(tmp_path, monkeypatc
     assert row["status"] == "ok" and row["run_name"] == "tiny" and row["ddp_gpus"] == "1"
     assert int(row["tokens_seen"]) == 6 * 4 * 16
     assert float(row["throughput"]) > 0 and float(row["steady_tokens_per_sec"]) > 0
+    # The schema is written down once: every cell a run writes belongs to a declared group.
+    assert [c for c in row if producer_of(c) is None] == []
     assert float(row["eval_perplexity"]) > 1
     metrics = _read(tmp_path / "results/details/tiny_metrics.csv")
     assert list(metrics[0].keys()) == list(METRICS_COLUMNS)

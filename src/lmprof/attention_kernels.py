@@ -7,6 +7,7 @@ test. model.py keeps the code that runs each kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -34,6 +35,8 @@ class AttentionKernel:
     baseline: bool = False
     # What the results' `flash_attention` column (the seed's use_flash_attention) says.
     seed_flash: bool = False
+    # Attention dropout (model.dropout > 0 in training): FA4's kernels have none.
+    dropout: bool = True
     color: str = "#7f7f7f"  # fixed across figures
 
 
@@ -110,8 +113,42 @@ KERNELS: dict[str, AttentionKernel] = {
             seed_flash=True,
             color="#bcbd22",
         ),
+        AttentionKernel(
+            "fa4",
+            "FlashAttention-4 (flash-attn-4's CuTe-DSL kernels, Hopper/Blackwell, fp16/bf16)",
+            sdpa_backend=None,  # not SDPA: model.py calls lmprof::fa4_attention (ops/flash_attn4.py)
+            cuda_only=True,
+            precisions=("fp16", "bf16"),
+            # is_causal only, exact under right padding like flash and cudnn: FA4 takes no mask.
+            mask="never",
+            materialises_scores=False,
+            # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
+            runs_as="flash",
+            seed_flash=True,
+            dropout=False,
+            color="#0b7a75",
+        ),
+        AttentionKernel(
+            "auto",
+            "fa4 from FA4_MIN_SEQ_LEN tokens where it runs, else cudnn on CUDA fp16/bf16, else "
+            "sdpa: chosen when the model is built (resolve())",
+            # sdpa's facts, its last resort; every consumer that branches on them resolves first.
+            sdpa_backend=None,
+            cuda_only=False,
+            precisions=None,
+            mask="padding",
+            materialises_scores=False,
+            runs_as="flash",
+            color="#6a3d9a",
+        ),
     )
 }
+
+AUTO = "auto"
+# From this sequence length on, attention=auto takes FA4 over cuDNN (where FA4 runs). A guess
+# for now: benchmarks/attention_crossover.py measures it (its meta.crossover_seq_len), and the
+# value it prints for an H200 belongs here.
+FA4_MIN_SEQ_LEN = 4096
 
 NAMES: tuple[str, ...] = tuple(KERNELS)
 
@@ -136,3 +173,33 @@ def runs_in(k: AttentionKernel, precision: str) -> bool:
 def or_list(items: tuple[str, ...]) -> str:
     """'a, b or c': how the error messages list alternatives."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def resolve(
+    name: str,
+    *,
+    device: str,
+    precision: str,
+    seq_len: int,
+    dropout: float,
+    fa4_available: Callable[[], bool] | bool = False,
+) -> str:
+    """The kernel that `name` stands for: itself, or for "auto" the first of fa4 (from
+    FA4_MIN_SEQ_LEN tokens on, when `fa4_available`), cudnn and sdpa that this device, precision
+    and dropout allow. `fa4_available` may be a callable, asked only when fa4 is in question;
+    torch-free callers (the memory model) leave it False: fa4 and cudnn count the same."""
+    if name != AUTO:
+        return name
+
+    def fits(k: AttentionKernel) -> bool:
+        return (
+            runs_in(k, precision)
+            and (device == "cuda" or not k.cuda_only)
+            and (dropout == 0 or k.dropout)
+        )
+
+    if seq_len >= FA4_MIN_SEQ_LEN and fits(KERNELS["fa4"]):
+        ok = fa4_available() if callable(fa4_available) else fa4_available
+        if ok:
+            return "fa4"
+    return "cudnn" if fits(KERNELS["cudnn"]) else "sdpa"

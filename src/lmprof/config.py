@@ -30,7 +30,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
 SCHEDULES = ("cosine", "linear", "constant")
 SOURCES = ("stdlib", "text", "hf", "synthetic")
-TOKENIZERS = ("byte", "char", "bpe", "gpt2")
+TOKENIZERS = ("byte", "char", "bpe", "gpt2", "file")
+DOCUMENTS = ("auto", "file", "wikitext")  # see lmprof/data/sources.py
 BATCHINGS = ("packed", "padded")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
@@ -121,10 +122,35 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = option("stdlib", "where the text comes from", choices=SOURCES)
-    path: str = option("", "files or folders of text for source=text")
-    hf_dataset: str = option("wikitext", "Hugging Face dataset name for source=hf")
-    hf_config: str = option("wikitext-103-raw-v1", "the dataset's config name")
+    path: str = option(
+        "", "source=text: training files or folders (a folder of train/valid/test files: all)"
+    )
+    val_path: str = option("", "source=text: validation files; empty: data.val_fraction of path")
+    test_path: str = option("", "source=text: test files, evaluated once at the end")
+    encoding: str = option("", "text files' encoding; empty: UTF-8, and other bytes are refused")
+    documents: str = option(
+        "auto",
+        "what a document is: file (a JSONL line, a row); wikitext: an article; auto: wikitext "
+        "for WikiText's files and dataset",
+        choices=DOCUMENTS,
+    )
+    hf_dataset: str = option(
+        "wikitext", "source=hf: a hub name, a save_to_disk folder, or json/parquet/text/csv"
+    )
+    hf_config: str = option("", "the dataset's config name; empty: none (wikitext-103-raw-v1)")
+    hf_revision: str = option("", "the dataset's revision on the hub (a tag, branch or commit)")
+    hf_split: str = option("", "split names train[,validation[,test]]; empty: the usual names")
+    data_files: str = option(
+        "", "files for json/parquet/text/csv: a,b (training) or train=a,validation=b,test=c"
+    )
+    text_column: str = option("text", "the dataset column that holds the text")
+    streaming: bool = option(
+        False, "source=hf: stream the dataset into the cache, stopping at data.max_tokens"
+    )
     tokenizer: str = option("byte", "how text becomes token ids", choices=TOKENIZERS)
+    tokenizer_path: str = option(
+        "", "tokenizer=file (or gpt2): a tokenizer.json, or a folder of vocab.json + merges.txt"
+    )
     vocab_size: int = option(
         4096, "bpe: the size to train; synthetic: the ids drawn from", above=0, at_most=2**31 - 1
     )
@@ -146,13 +172,13 @@ class TrainingConfig:
     batch_size: int = option(16, "sequences per micro-batch per process", **POSITIVE)
     grad_accum_steps: int = option(1, "micro-batches per optimizer step", **POSITIVE)
     max_steps: int = option(200, "optimizer steps", **POSITIVE)
-    lr: float = option(3e-4, "peak learning rate", above=0, at_most=1e3)
+    lr: float = option(3e-4, "peak learning rate", above=0)
     schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
     warmup_steps: int = option(20, "steps of linear warm-up", **NON_NEGATIVE)
     min_lr_ratio: float = option(
         0.1, "the schedule's floor as a fraction of lr", at_least=0, at_most=1
     )
-    weight_decay: float = option(0.1, "AdamW weight decay on matrices", at_least=0, at_most=1e3)
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices", at_least=0)
     beta1: float = option(0.9, "AdamW beta1", at_least=0, below=1)
     beta2: float = option(0.95, "AdamW beta2", at_least=0, below=1)
     max_grad_norm: float = option(
@@ -186,6 +212,9 @@ class SystemConfig:
     memory_limit_gb: float = option(
         0.0, "sweeps: cap the child's host address space (RLIMIT_AS); 0: none", **NON_NEGATIVE
     )
+    allow_predicted_oom: bool = option(
+        False, "start a run the memory model says cannot fit (to see the real out-of-memory)"
+    )
 
 
 @dataclass
@@ -203,7 +232,12 @@ class LoggingConfig:
     )
     progress: bool = option(True, "a progress bar on a terminal")
     debug_flash: bool = option(False, "time one step with each SDPA backend first, as the seed did")
-    tensorboard: bool = option(False, "write TensorBoard event files")
+    tensorboard: bool = option(False, "write TensorBoard event files (with hparams)")
+    wandb: bool = option(False, "log to Weights & Biases (pip install lmprof[wandb])")
+    wandb_project: str = option("lmprof", "the Weights & Biases project")
+    mlflow: bool = option(False, "log to MLflow (pip install lmprof[mlflow])")
+    mlflow_uri: str = option("", "MLflow tracking URI; empty: MLflow's default (./mlruns)")
+    mlflow_experiment: str = option("lmprof", "the MLflow experiment")
 
 
 @dataclass
@@ -279,6 +313,11 @@ IDENTITY_EXCLUDED = (
     ("logging", "output_dir"),
     ("logging", "progress"),
     ("logging", "tensorboard"),
+    ("logging", "wandb"),
+    ("logging", "wandb_project"),
+    ("logging", "mlflow"),
+    ("logging", "mlflow_uri"),
+    ("logging", "mlflow_experiment"),
     ("data", "cache_dir"),
     ("system", "timeout_s"),
     ("system", "memory_limit_gb"),
@@ -520,29 +559,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise UserError(f"override '{text}' has an empty key")
+    from lmprof.yamlio import parse
+
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse(raw, f"override '{key}'") if raw.strip() else ""
+    except UserError:  # not YAML: the text itself (a run name, a path)
         value = raw
     return key, value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, or one clear error."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"config file '{path}' is not valid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
-    return data
+    """A YAML mapping from a file, or one clear error (the checks: lmprof.yamlio)."""
+    from lmprof.yamlio import load_mapping
+
+    return load_mapping(path, "config file")
 
 
 def build_config(
@@ -658,6 +688,27 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.data.source == "text" and not cfg.data.path:
         raise ConfigError("data.path", "", "data.source=text needs data.path (files or folders)")
+    d = cfg.data
+    if d.tokenizer == "file" and not d.tokenizer_path:
+        raise ConfigError(
+            "data.tokenizer_path", "", "tokenizer=file needs a tokenizer.json or a vocab folder"
+        )
+    if d.tokenizer_path and d.tokenizer not in ("file", "gpt2"):
+        raise ConfigError(
+            "data.tokenizer_path",
+            d.tokenizer_path,
+            f"is read by tokenizer=file or gpt2, not {d.tokenizer}",
+        )
+    if (d.val_path or d.test_path) and d.source != "text":
+        raise ConfigError("data.val_path", d.val_path or d.test_path, "is for data.source=text")
+    if d.streaming and d.source != "hf":
+        raise ConfigError("data.streaming", True, "streams a Hugging Face dataset (source=hf)")
+    if d.streaming and d.tokenizer in ("char", "bpe"):
+        raise ConfigError(
+            "data.streaming",
+            True,
+            f"a stream cannot train tokenizer={d.tokenizer}: use byte, gpt2 or file",
+        )
     if cfg.data.tokenizer == "bpe" and cfg.data.vocab_size < 257:
         raise ConfigError("data.vocab_size", cfg.data.vocab_size, "bpe needs at least 257")
     if cfg.system.compile_mode in CUDAGRAPH_MODES and cfg.training.grad_accum_steps > 1:

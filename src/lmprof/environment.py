@@ -12,6 +12,23 @@ import torch
 
 from lmprof import __version__, attention_kernels, precision
 from lmprof.config import RunConfig
+from lmprof.results import ColumnGroup
+
+ENVIRONMENT_COLUMNS = ColumnGroup(
+    "environment",
+    "the machine and software the run saw: environment_info",
+    (
+        "device",
+        "device_name",
+        "gpu_count",
+        "torch_version",
+        "cuda_version",
+        "nccl_version",
+        "driver_version",
+        "lmprof_version",
+        "git_commit",
+    ),
+)
 
 
 def check_environment(cfg: RunConfig) -> str | None:
@@ -33,6 +50,21 @@ def check_environment(cfg: RunConfig) -> str | None:
             f"attention '{cfg.model.attention}' needs a CUDA GPU "
             f"(use {attention_kernels.or_list(cpu)} on a CPU)"
         )
+    kernel = attention_kernels.kernel(cfg.model.attention)
+    if not kernel.dropout and cfg.model.dropout > 0:
+        # A rule of the config, checked here until config validation reads the table's column.
+        return (
+            f"attention '{kernel.name}' has no attention dropout: set model.dropout=0 "
+            f"(it is {cfg.model.dropout})"
+        )
+    if kernel.name == "fa4":
+        # The optional package and an sm90+ GPU. The one check that reads the compute
+        # capability (CUDA's runtime initialises; no context is made), and only for fa4 runs.
+        from lmprof.ops.flash_attn4 import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            return reason
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "
@@ -72,26 +104,32 @@ def has_package(name: str) -> bool:
 
 
 def check_prerequisites(cfg: RunConfig) -> str | None:
-    """Why `cfg` cannot start here for want of something other than a device: a package its
-    data or tokenizer needs, or a data path that does not exist. Reads no data."""
+    """Why `cfg` cannot start here for want of something other than a device: a data path or
+    tokenizer file that does not exist, or a package its data or tokenizer needs while no
+    token cache of them exists (a built cache needs neither). Reads no data."""
     from lmprof.errors import UserError
 
     data = cfg.data
     if data.source == "synthetic":
         return None  # ids are the text: no source and no tokenizer to load
-    if data.tokenizer == "gpt2" and not (has_package("tiktoken") or has_package("transformers")):
-        return (
-            "data.tokenizer=gpt2 needs tiktoken (pip install 'lmprof[gpt2]') or transformers "
-            "with GPT-2's files in its cache; neither is installed (byte, char and bpe need "
-            "nothing)"
-        )
     try:
         from lmprof.data.sources import make_source
+        from lmprof.data.tokenizers import tokenizer_spec
 
-        source = make_source(data)  # a text source checks that its paths exist
+        source = make_source(data)  # a source checks that its paths exist
+        spec = tokenizer_spec(data.tokenizer, data.vocab_size, data.tokenizer_path)
     except UserError as exc:
         return str(exc)
-    if data.source == "hf" and not has_package("datasets") and not _token_cache_exists(cfg, source):
+    if _token_cache_exists(cfg, source, spec):
+        return None
+    gpt2_tools = has_package("tiktoken") or has_package("transformers")
+    if data.tokenizer == "gpt2" and not data.tokenizer_path and not gpt2_tools:
+        return (
+            "data.tokenizer=gpt2 needs tiktoken (pip install 'lmprof[gpt2]'), transformers with "
+            "GPT-2's files in its cache, or data.tokenizer_path; none is here, nor a token cache "
+            f"of this corpus in {data.cache_dir}/ (byte, char and bpe need nothing)"
+        )
+    if data.source == "hf" and not has_package("datasets"):
         return (
             f"data.source=hf needs the datasets package (pip install 'lmprof[hf]') to read "
             f"'{data.hf_dataset}', and no token cache of it is in {data.cache_dir}/"
@@ -99,13 +137,12 @@ def check_prerequisites(cfg: RunConfig) -> str | None:
     return None
 
 
-def _token_cache_exists(cfg: RunConfig, source: object) -> bool:
-    """A complete token cache of this source and tokenizer: the run reads no source text."""
+def _token_cache_exists(cfg: RunConfig, source: object, spec: dict) -> bool:
+    """A complete token cache of this source and tokenizer: the run reads no source text and
+    loads no tokenizer."""
     from lmprof.data.cache import MANIFEST, cache_path
-    from lmprof.data.tokenizers import tokenizer_spec
 
     try:
-        spec = tokenizer_spec(cfg.data.tokenizer, cfg.data.vocab_size)
         path = cache_path(cfg.data.cache_dir, source, spec, cfg.data.val_fraction)  # type: ignore[arg-type]
     except Exception:  # a cache layout this check does not know: let the run find out
         return False

@@ -21,3 +21,8 @@ class EnvironmentMismatch(UserError):
 
     Sweeps record such runs as `skipped` with this message instead of stopping.
     """
+
+
+class OutputError(UserError):
+    """A file lmprof must write cannot be: a read-only folder, a full disk, a file where a
+    folder belongs, a planted symbolic link. One line naming the path and the reason."""

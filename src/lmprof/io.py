@@ -1,41 +1,164 @@
-"""Writes that never leave a half-written file: a temp file beside the target, then rename."""
+"""The one place lmprof writes files: whole files atomically (a temp file beside the target,
+then rename), streams (logs, per-step CSVs) opened without following a symbolic link.
+
+Every failure to write (read-only folder, full disk, a file where a folder belongs, a planted
+link) is an `OutputError`: one line naming the path, never a traceback, and never a half-written
+file (the temp file is removed). A rename replaces a link planted at the target instead of
+writing through it; a stream refuses one (O_NOFOLLOW).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+from lmprof.errors import OutputError
 from lmprof.paths import lock_path
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """The one line for a failed write of `path`."""
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a file stands where a folder belongs",
+        errno.EISDIR: "it is a directory",
+        errno.ELOOP: "it is a symbolic link (lmprof does not write through links)",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return OutputError(f"cannot write '{path}': {reason}")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte to `fd` (one seam, so tests can make the disk full)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` in one rename: readers see the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.replace(tmp, path)  # replaces a link planted at `path`; never writes through it
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
+
+
+class _NoFollowFile:
+    """A text stream on an fd opened with O_NOFOLLOW; write errors become OutputError."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._f: IO[str] = os.fdopen(fd, "w", newline="", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        try:
+            n = self._f.write(text)
+            self._f.flush()
+            return n
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def flush(self) -> None:
+        self.write("")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+
+    def __enter__(self) -> _NoFollowFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stream(path: str | Path, append: bool = False) -> _NoFollowFile:
+    """A file written as it goes (a log, a per-step CSV): truncated or appended, never through a
+    symbolic link planted at `path`, each write flushed."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    return _NoFollowFile(path, fd)
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append `text` to a stream file (one flushed write: a kill cuts at most its last line)."""
+    with open_stream(path, append=True) as f:
+        f.write(text)
+
+
+def probe_writable(folder: str | Path) -> None:
+    """Create and remove a file in `folder`: the one test that a folder takes writes (the mode
+    bits do not say it for root, a read-only mount or a full disk)."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lmprof-probe.", suffix=".tmp", dir=folder)
+        try:
+            _write_all(fd, b"lmprof")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise output_error(folder, exc) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _lock_file(path: str | Path) -> Path:
+    """The lock file of `path`, its hidden folder made, and told to git to ignore itself (so
+    `git status` of the user's project stays clean)."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    ignore = lock.parent / ".gitignore"
+    if not ignore.exists():
+        with contextlib.suppress(OSError):
+            ignore.write_text("*\n")
+    return lock
 
 
 @contextlib.contextmanager
@@ -47,13 +170,28 @@ def file_lock(path: str | Path) -> Iterator[None]:
     """
     from filelock import FileLock
 
-    lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    ignore = lock.parent / ".gitignore"
-    if not ignore.exists():  # `git status` of the user's project stays clean
-        with contextlib.suppress(OSError):
-            ignore.write_text("*\n")
+    lock = _lock_file(path)
     # thread_local=False and a fresh object per call: two threads of one process exclude each
     # other exactly as two processes do.
     with FileLock(str(lock), thread_local=False):
         yield
+
+
+@contextlib.contextmanager
+def try_lock(path: str | Path) -> Iterator[bool]:
+    """Hold the lock on `path` (paths.lock_path) if no one else does: yields True (held until the block ends)
+    or False at once (another process holds it). The OS drops the lock when its holder dies, so
+    a killed sweep leaves no stale claim."""
+    from filelock import FileLock, Timeout
+
+    lock = _lock_file(path)
+    fl = FileLock(str(lock), thread_local=False)
+    try:
+        fl.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        fl.release()

@@ -7,17 +7,19 @@ ignores PAD targets. Names follow "Attention Is All You Need" and GPT-2.
 Attention: `vanilla` materialises the T x T scores (the textbook formula); `sdpa_mask` hands an
 explicit causal mask to PyTorch's scaled_dot_product_attention, as nn.MultiheadAttention does in
 the course assignment's model; `sdpa` lets PyTorch choose a kernel for `is_causal`; `flash`,
-`mem_efficient` and `cudnn` force one.
+`mem_efficient` and `cudnn` force one; `fa4` calls FlashAttention-4 (ops/flash_attn4.py);
+`auto` becomes one of fa4, cudnn and sdpa when the model is built (`resolve_attention`).
 
 Padding convention: PAD only ever follows a row's real tokens (right padding). With a causal mask
-a real query then never sees a PAD key, so the kernels that cannot take a mask (`flash`, `cudnn`)
-are exact for every real token; `vanilla`, `sdpa_mask`, `sdpa` and `mem_efficient` still apply
+a real query then never sees a PAD key, so the kernels that cannot take a mask (`flash`, `cudnn`,
+`fa4`) are exact for every real token; `vanilla`, `sdpa_mask`, `sdpa` and `mem_efficient` still apply
 the key-padding mask when a batch has padding. A batch with no padding takes the `is_causal` fast
 path everywhere except in `vanilla` and `sdpa_mask`, whose point is the explicit mask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 
@@ -26,11 +28,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmprof import attention_kernels
 from lmprof.attention_kernels import kernel as attention_kernel
 from lmprof.model_args import ModelArgs
+from lmprof.ops import flash_attn4
 from lmprof.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
-__all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer"]
+__all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer", "resolve_attention"]
+
+
+def resolve_attention(args: ModelArgs, device: torch.device | str | None = None) -> str:
+    """The kernel args.attention runs as on `device` (default: torch's default device, which
+    the Trainer sets around the build): "auto" becomes fa4 from FA4_MIN_SEQ_LEN tokens where FA4
+    runs, else cudnn on CUDA fp16/bf16, else sdpa; any other name stays itself."""
+    dev = torch.device(device) if device is not None else torch.get_default_device()
+    return attention_kernels.resolve(
+        args.attention,
+        device=dev.type,
+        precision=args.precision,
+        seq_len=args.max_seq_len,
+        dropout=args.dropout,
+        fa4_available=lambda: flash_attn4.is_available(dev.index),
+    )
 
 
 def _sdpa_backend(attention: str):
@@ -48,6 +67,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads, self.d_head = args.n_heads, args.d_model // args.n_heads
         self.attention, self.dropout = args.attention, args.dropout
+        if not attention_kernel(args.attention).dropout and args.dropout > 0:
+            raise ValueError(f"attention {args.attention!r} has no dropout; set dropout=0")
         self.backend = _sdpa_backend(args.attention)
         self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=args.bias)
         self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
@@ -55,7 +76,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head)
+        if self.attention == "fa4":
+            # FA4 takes (B, T, H, D) with any 16-byte-aligned strides: q, k and v stay views of
+            # the qkv projection (no copy), and its O, (B, T, H, D) contiguous, is already the
+            # out-projection's (B, T, C) (no transpose copy). The SDPA kernels want (B, H, T, D).
+            q, k, v = qkv.unbind(2)
+            y = flash_attn4.fa4_attention(q, k, v, 1.0 / math.sqrt(self.d_head), causal=True)
+            return self.proj(y.reshape(B, T, C))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if self.attention == "vanilla":
             y = self._vanilla(q, k, v, key_padding)
         else:
@@ -162,6 +191,8 @@ def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
 class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
+        # Once, here: every block then runs the same concrete kernel, and self.args says which.
+        args = dataclasses.replace(args, attention=resolve_attention(args))
         self.args = args
         V = args.padded_vocab_size
         self.tok_emb = nn.Embedding(V, args.d_model)
@@ -254,6 +285,7 @@ def _selective_policy_context():
         torch.ops.aten._scaled_dot_product_flash_attention.default,
         torch.ops.aten._scaled_dot_product_efficient_attention.default,
         torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+        torch.ops.lmprof.fa4_attention.default,
     }
 
     def policy(ctx, op, *args, **kwargs):

@@ -1,6 +1,6 @@
 """The model's hyper-parameters: the run config's `model` section plus what the run adds (the
-tokenizer's vocabulary, the checkpointing mode). No torch import, so the memory model and
-`lmprof estimate` can use them in a fraction of a second."""
+tokenizer's vocabulary, the checkpointing mode, the precision). No torch import, so the memory
+model and `lmprof estimate` can use them in a fraction of a second."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class ModelArgs(ModelConfig):
     # so it needs a length of its own.
     max_seq_len: int = option(256, "rows of the position table")
     checkpointing: str = option("none", "none | full | selective")
+    # attention=auto picks its kernel by the run's precision when the model is built.
+    precision: str = option("fp32", "the run's precision (system.precision)")
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0:
@@ -32,4 +34,9 @@ class ModelArgs(ModelConfig):
     def from_config(cls, cfg: Any, vocab_size: int) -> ModelArgs:
         fields = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ModelConfig)}
         fields["max_seq_len"] = cfg.max_seq_len
-        return cls(**fields, vocab_size=vocab_size, checkpointing=cfg.system.gradient_checkpointing)
+        return cls(
+            **fields,
+            vocab_size=vocab_size,
+            checkpointing=cfg.system.gradient_checkpointing,
+            precision=cfg.system.precision,
+        )

@@ -107,6 +107,12 @@ class RunPaths:
         return self.output_dir / "logs" / f"{self.run_name}.log"
 
     @property
+    def claim(self) -> Path:
+        """What a sweep locks (`lock_path(claim)`, non-blocking) while this run is its: a second
+        sweep of the same runs skips the run instead of running it twice."""
+        return self.output_dir / "logs" / f"{self.run_name}.claim"
+
+    @property
     def metrics_csv(self) -> Path:
         return metrics_csv(self.details_dir, self.run_name)
 

@@ -8,16 +8,50 @@ new columns widens the table without corrupting earlier rows (their new cells st
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmprof.errors import UserError
 from lmprof.io import atomic_write_text, file_lock
-from lmprof.profiling.energy import ENERGY_COLUMNS
 
-# The seed's columns, in the seed's order, then lmprof's. Unknown keys are appended after these.
+
+@dataclass(frozen=True)
+class ColumnGroup:
+    """Columns one module produces, declared in that module: the CSV schema is the union of the
+    groups listed in PRODUCERS, and a test checks that every cell a run writes is declared."""
+
+    name: str
+    meaning: str
+    columns: tuple[str, ...]
+    # Families named at run time (one column per phase, per kernel group): regexes.
+    patterns: tuple[str, ...] = ()
+
+    def declares(self, column: str) -> bool:
+        return column in self.columns or any(re.fullmatch(p, column) for p in self.patterns)
+
+
+# The modules whose `*_COLUMNS` groups make up the table, in the order their columns appear
+# after the seed's. Imported lazily: most of them need torch, the analysis does not.
+PRODUCERS = (
+    "lmprof.columns",
+    "lmprof.train.run",
+    "lmprof.train.timing",
+    "lmprof.profiling.flops",
+    "lmprof.profiling.memory_model",
+    "lmprof.train.instruments",
+    "lmprof.profiling.energy",
+    "lmprof.environment",
+)
+
+# The seed's columns, in the seed's order, first: tools written for the seed's results.csv read
+# ours. They are produced by the groups like any other column.
 SEED_COLUMNS = (
     "run_name",
     "total_params_m",
@@ -36,65 +70,30 @@ SEED_COLUMNS = (
     "eval_perplexity",
     "eval_accuracy",
 )
-LMPROF_COLUMNS = (
-    "status",
-    "status_detail",
-    "tag",
-    "precision",
-    "attention",
-    "compile",
-    "compile_mode",
-    "checkpointing",
-    "parallelism",
-    "grad_accum_steps",
-    "max_steps",
-    "steps_done",
-    "tokens_seen",
-    "steady_tokens_per_sec",
-    "steady_tokens_per_sec_per_gpu",
-    "processed_tokens_per_sec",
-    "step_time_p50_ms",
-    "step_time_p90_ms",
-    # The steady window's noise (lmprof.stats.noise, produced in train/timing.py).
-    "step_time_p10_ms",
-    "step_time_cv",
-    "step_time_p50_ci_low_ms",
-    "step_time_p50_ci_high_ms",
-    "noisy",
-    "noisy_reason",
-    "compile_time_sec",
-    "final_train_loss",
-    "peak_gpu_reserved_gb",
-    "peak_host_mem_gb",
-    "mfu",
-    "hfu",
-    "achieved_tflops",
-    "model_flops_per_token",
-    "predicted_peak_mem_gb",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "d_ff",
-    "vocab_size",
-    "norm",
-    "pos_encoding",
-    "data_source",
-    "tokenizer",
-    "batching",
-    "device",
-    "device_name",
-    "gpu_count",
-    "torch_version",
-    "cuda_version",
-    "nccl_version",
-    "driver_version",
-    "lmprof_version",
-    "git_commit",
-    "config_hash",
-    "started_at",
-    "finished_at",
-)
-COLUMNS = SEED_COLUMNS + LMPROF_COLUMNS + ENERGY_COLUMNS  # groups: declared by their producer
+
+
+@functools.cache
+def groups() -> tuple[ColumnGroup, ...]:
+    """Every declared column group, in table order."""
+    found: list[ColumnGroup] = []
+    for module in PRODUCERS:
+        mod = importlib.import_module(module)
+        found += [
+            v for k, v in vars(mod).items() if k.endswith("_COLUMNS") and isinstance(v, ColumnGroup)
+        ]
+    return tuple(found)
+
+
+def columns() -> tuple[str, ...]:
+    """The table's declared columns in order: the seed's, then each group's."""
+    cols = list(SEED_COLUMNS)
+    for g in groups():
+        cols += [c for c in g.columns if c not in cols]
+    return tuple(cols)
+
+
+def producer_of(column: str) -> ColumnGroup | None:
+    return next((g for g in groups() if g.declares(column)), None)
 
 
 def _cell(value: Any) -> str:
@@ -118,14 +117,22 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     p = Path(path)
     if not p.exists():
         return []
-    with open(p, newline="") as f:
-        return list(csv.DictReader(f))
+    # A damaged table (a NUL byte, another encoding, a folder) is the user's to fix: one line,
+    # and it is never rewritten (append_row reads it first, so it stops there too). A torn
+    # last line or foreign columns read fine: their cells are kept as they are.
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not a readable CSV table ({exc}); move it away") from None
+    except OSError as exc:
+        raise UserError(f"'{p}' cannot be read: {exc.strerror or exc}") from None
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
     # The seed's columns are always there (empty where a run has no value, e.g. GPU memory on
     # a CPU), so tools written for the seed's results.csv read ours.
-    cols = [c for c in COLUMNS if c in SEED_COLUMNS or c in existing or c in new]
+    cols = [c for c in columns() if c in SEED_COLUMNS or c in existing or c in new]
     cols += [c for c in existing if c not in cols]
     cols += [c for c in new if c not in cols]
     return cols

@@ -28,6 +28,7 @@ class Context:
     out: Path
     details: Path | None
     palette: Palette = field(default_factory=Palette)
+    target_loss: float | None = None  # --target-loss; None: each tag's worst final eval loss
     _curves: dict[str, Curve | None] = field(default_factory=dict)
 
     def curve(self, run: Run) -> Curve | None:

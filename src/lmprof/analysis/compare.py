@@ -121,7 +121,12 @@ def _bars(ax: Any, pair: Pair, value: Any, ylabel: str, fmt: Any, ctx: Context) 
     runs = (pair.base, pair.run)
     vals = [value(r) if r.measured else None for r in runs]
     colors = [ctx.palette("baseline"), ctx.palette(pair.color_key)]
-    top = max((v for v in vals if v is not None), default=1.0) * 1.25
+    cis = [
+        uncertainty.spread(r, value) if v is not None else None
+        for r, v in zip(runs, vals, strict=True)
+    ]
+    top = max([*(v for v in vals if v is not None), *(ci[1] for ci in cis if ci)], default=1.0)
+    top *= 1.25
     for i, (r, v, c) in enumerate(zip(runs, vals, colors, strict=True)):
         if v is None:
             # A run without a value still gets a bar: hatched, to the top of the axis (the limit
@@ -144,7 +149,9 @@ def _bars(ax: Any, pair: Pair, value: Any, ylabel: str, fmt: Any, ctx: Context) 
                 bbox={"facecolor": "white", "edgecolor": "none"},
             )
             continue
-        ax.bar(i, v, color=c, edgecolor="black", linewidth=0.6)
+        ci = uncertainty.spread(r, value)
+        err = None if ci is None else [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
+        ax.bar(i, v, color=c, edgecolor="black", linewidth=0.6, yerr=err, capsize=6)
         text = fmt(v)
         if i == 1 and vals[0] is not None:
             text += f"\n{pct_change(v, vals[0]):+.1f}%"

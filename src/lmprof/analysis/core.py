@@ -8,11 +8,11 @@ from pathlib import Path
 
 from lmprof.paths import details_dir
 
-from . import compare, curves, plots
+from . import compare, curves, energy, plots, quality
 from .common import Context, Plot, Skip
 from .load import load_table
 from .report import write_report
-from .style import require_matplotlib
+from .style import matplotlib_missing
 from .tables import write_tables
 
 # In report order; the name is what a skip message calls the plot.
@@ -25,9 +25,11 @@ PLOTTERS: list[tuple[str, Callable[[Context], list[Plot]]]] = [
     ("optimization_*_comparison.png", compare.optimization_comparisons),
     ("throughput_vs_model_size.png", plots.throughput_vs_model_size),
     ("scaling_efficiency_vs_gpus.png", plots.scaling_efficiency_vs_gpus),
+    (energy.FILE, energy.energy_vs_throughput),
     ("perplexity_over_time.png", curves.perplexity_over_time),
     ("loss_vs_tokens.png", curves.loss_vs_tokens),
     ("loss_vs_time.png", curves.loss_vs_time),
+    ("time_to_target_loss.png", quality.time_to_target_loss),
 ]
 
 
@@ -38,6 +40,8 @@ class Analysis:
     tables: list[Path] = field(default_factory=list)
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
+    no_plots: str | None = None  # why no plot at all could be drawn (matplotlib missing)
+    quality: list[quality.Group] = field(default_factory=list)  # speed at equal quality, per tag
 
 
 def default_details(results: Path, out: Path) -> Path | None:
@@ -52,22 +56,36 @@ def analyze(
     results: str | Path = "results.csv",
     out: str | Path = "results",
     details: str | Path | None = None,
+    target_loss: float | str | None = None,
 ) -> Analysis:
-    """Write every plot that applies, the per-tag tables and report.html under `out`."""
+    """Write every plot that applies, the per-tag tables and report.html under `out`.
+
+    `target_loss`: the evaluation loss the speed-at-equal-quality comparison measures the way
+    to; None takes, per tag, the worst final evaluation loss of its runs."""
     results, out = Path(results), Path(out)
+    target = quality.parse_target(target_loss)
     table = load_table(results)
-    require_matplotlib()
-    ctx = Context(table, out, Path(details) if details else default_details(results, out))
-    done = Analysis()
+    ctx = Context(
+        table, out, Path(details) if details else default_details(results, out), target_loss=target
+    )
+    # Plots are optional: without matplotlib the tables and the report still answer the
+    # questions in words and numbers, and say which plots they lack.
+    done = Analysis(no_plots=matplotlib_missing())
     for name, plotter in PLOTTERS:
+        if done.no_plots:
+            done.skipped.append((name, done.no_plots))
+            continue
         try:
             done.plots += plotter(ctx)
         except Skip as why:
             done.skipped.append((name, str(why)))
-    done.tables = write_tables(table, out)
+    done.quality = quality.groups(ctx)
+    done.tables = write_tables(table, out, done.quality)
     done.notes = [
         f"{rep.name}: {len(rep.lines)} rows in {results.name}, using line {rep.used}"
         for rep in table.repeats
     ]
-    done.report = write_report(table, done.plots, done.skipped, done.tables, results, out)
+    done.report = write_report(
+        table, done.plots, done.skipped, done.tables, results, out, done.quality, done.no_plots
+    )
     return done

@@ -22,7 +22,8 @@ def _with_curves(ctx: Context) -> list[tuple[Run, Curve]]:
         raise Skip(
             f"no details directory ({ctx.details or 'results/details'}) with per-step metrics"
         )
-    found = [(r, c) for r in ctx.table.runs if (c := ctx.curve(r)) is not None]
+    # Each replicate has its own details (seeds learn differently); the merged row has none.
+    found = [(r, c) for r in ctx.table.all_runs if (c := ctx.curve(r)) is not None]
     if not found:
         raise Skip(f"no run has a non-empty {ctx.details}/<run>_metrics.csv")
     return found

@@ -14,9 +14,30 @@ from pathlib import Path
 
 import numpy as np
 
+from lmprof.columns import EVAL_COLUMNS
 from lmprof.errors import UserError
 from lmprof.paths import eval_csv, metrics_csv
-from lmprof.results import read_rows
+from lmprof.profiling.energy import ENERGY_COLUMNS
+from lmprof.results import ColumnGroup, read_rows
+
+
+def _declared(name: str, columns: ColumnGroup | tuple[str, ...]) -> str:
+    """A column the analysis reads by name, checked against its producer's declaration so a
+    rename there fails here at import, not as a silently empty plot."""
+    declared = columns.declares(name) if isinstance(columns, ColumnGroup) else name in columns
+    if not declared:
+        raise AssertionError(f"{name!r} is not a declared column")
+    return name
+
+
+JOULES_PER_TOKEN = _declared("joules_per_token", ENERGY_COLUMNS)
+TOKENS_PER_KWH = _declared("tokens_per_kwh", ENERGY_COLUMNS)
+GPU_HOUR_USD = _declared("gpu_hour_usd", ENERGY_COLUMNS)
+USD_PER_MILLION_TOKENS = _declared("usd_per_million_tokens", ENERGY_COLUMNS)
+# The evaluation CSV's columns, as lmprof.columns declares them.
+EVAL_LOSS = _declared("eval_loss", EVAL_COLUMNS)
+TOKENS_SEEN = _declared("tokens_seen", EVAL_COLUMNS)
+ELAPSED_SEC = _declared("elapsed_sec", EVAL_COLUMNS)
 
 # Without these a row cannot be placed on any plot or table.
 REQUIRED_COLUMNS = ("run_name", "sequence_length", "batch_size")
@@ -151,6 +172,9 @@ MEDIAN_COLUMNS = (
     "eval_loss",
     "eval_perplexity",
     "training_time_sec",
+    JOULES_PER_TOKEN,
+    TOKENS_PER_KWH,
+    USD_PER_MILLION_TOKENS,
 )
 
 

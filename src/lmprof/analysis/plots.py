@@ -50,31 +50,64 @@ def _mfu_pct(r: Run) -> float | None:
     return None if r.mfu is None else r.mfu * 100.0
 
 
-def _draw(ax: Any, series: Sequence[Series], ylabel: str) -> None:
+def _ring(ax: Any, points: Sequence[tuple[float, float]], label: str) -> None:
+    """A red ring round points that stay on the chart but are flagged as implausible."""
+    if points:
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            linestyle="none",
+            marker="o",
+            markersize=15,
+            markerfacecolor="none",
+            markeredgecolor=FAIL_COLOR,
+            markeredgewidth=2,
+            label=label,
+            zorder=6,
+        )
+
+
+def _draw(
+    ax: Any,
+    series: Sequence[Series],
+    ylabel: str,
+    metric: Callable[[Run], float | None] | None = None,
+) -> None:
+    """Lines per series, 95% whiskers where repeats give them, flagged points ringed, failures
+    marked along the top."""
+    top = max((p[1] for s in series for p in s.points), default=1.0)
     for s in series:
         if s.points:
             xs, ys = [p[0] for p in s.points], [p[1] for p in s.points]
             ax.plot(xs, ys, marker="o", color=s.color, label=s.label, linewidth=2)
+            cis = [uncertainty.spread(r, metric) if metric else None for _, _, r in s.points]
+            if any(cis):
+                low = [y - ci[0] if ci else 0.0 for y, ci in zip(ys, cis, strict=True)]
+                high = [ci[1] - y if ci else 0.0 for y, ci in zip(ys, cis, strict=True)]
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[[max(v, 0.0) for v in low], [max(v, 0.0) for v in high]],
+                    fmt="none",
+                    ecolor=s.color,
+                    elinewidth=1.2,
+                    capsize=4,
+                )
+                top = max([top, *(ci[1] for ci in cis if ci)])
             if ylabel == MFU_LABEL:
-                bad = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 100]
-                if bad:
-                    ax.plot(
-                        [b[0] for b in bad],
-                        [b[1] for b in bad],
-                        linestyle="none",
-                        marker="o",
-                        markersize=15,
-                        markerfacecolor="none",
-                        markeredgecolor=FAIL_COLOR,
-                        markeredgewidth=2,
-                        label="impossible (MFU > 100%)",
-                    )
+                _ring(ax, [(x, y) for x, y in zip(xs, ys, strict=True) if y > 100],
+                      "impossible (MFU > 100%)")  # fmt: skip
+            if ylabel == TOKENS_LABEL:
+                _ring(
+                    ax,
+                    [(x, y) for x, y, r in s.points if uncertainty.disagreements(r)],
+                    "flagged: repeats disagree beyond their intervals",
+                )
         mark_failures(ax, [(x, r.status, s.color) for x, r in s.failed])
     ax.set_ylabel(ylabel)
     if ylabel == TOKENS_LABEL:
         tokens_axis(ax)
     ax.set_ylim(bottom=0)
-    top = max((p[1] for s in series for p in s.points), default=1.0)
     # Headroom above the data for the failure markers at the top of the axis.
     ax.set_ylim(top=top * (1.25 if any(s.failed for s in series) else 1.08))
 
@@ -114,10 +147,10 @@ def _sweep(
         raise Skip(f"no run has both a {xlabel.split(' (')[0]} and a {panels[0][1].split(' (')[0]}")
     fig, axes = figure(ncols=len(panels))
     out, undrawn_all = [], {}
-    for ax, (series, undrawn), (_, ylabel) in zip(axes[0], found, panels, strict=True):
+    for ax, (series, undrawn), (metric, ylabel) in zip(axes[0], found, panels, strict=True):
         out.append(series)
         undrawn_all.update({r.line: r for r in undrawn})
-        _draw(ax, series, ylabel)
+        _draw(ax, series, ylabel, metric)
         if extra is not None and ax is axes[0][0]:
             extra(ax, series)
         set_x(
@@ -429,7 +462,7 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
     file = "scaling_efficiency_vs_gpus.png"
     fig, axes = figure(ncols=2)
     tps_ax, eff_ax = axes[0]
-    _draw(tps_ax, series, TOKENS_LABEL)
+    _draw(tps_ax, series, TOKENS_LABEL, lambda r: r.tokens_per_sec)
     xs_all = [x for q in series for x, _, _ in q.points] + [x for q in series for x, _ in q.failed]
     top = tps_ax.get_ylim()[1]
     for q in series:

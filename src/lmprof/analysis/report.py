@@ -15,6 +15,7 @@ from lmprof.stats import sig
 from . import uncertainty
 from .common import Plot
 from .load import Run, Table
+from .quality import Group, sentences, table_rows
 
 ENV_COLUMNS = (
     ("device", "device_name"),
@@ -213,6 +214,29 @@ def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> l
     return notes
 
 
+def _quality(found: Sequence[Group]) -> str:
+    """The speed-at-equal-quality section: stated in words and a table, so it does not depend on
+    the plot (which needs matplotlib)."""
+    if not found:
+        return ""
+    parts = [
+        "<h2>Speed at equal quality</h2>",
+        "<p class='sub'>Tokens, seconds (and joules, USD where recorded) each configuration needed "
+        "to reach one evaluation loss, interpolated linearly between evaluations; ratios are to "
+        "the tag's baseline with 95% intervals.</p>",
+    ]
+    for g in found:
+        items = "".join(f"<li>{_e(s)}</li>" for s in sentences(g))
+        header, rows = table_rows([g])
+        head = "".join(f"<th>{_e(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+        parts.append(
+            f"<ul class='notes quality'>{items}</ul><div class='scroll'><table class='runs'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+        )
+    return "\n".join(parts)
+
+
 def write_report(
     table: Table,
     plots: Sequence[Plot],
@@ -220,7 +244,16 @@ def write_report(
     tables: Sequence[Path],
     results: Path,
     out: Path,
+    quality: Sequence[Group] = (),
+    no_plots: str | None = None,
 ) -> Path:
+    """The page; `no_plots` says why no plot could be drawn at all (then the plots section says
+    so, and the skip notes name each plot)."""
+    empty = (
+        f"<p><b>No plots:</b> {_e(no_plots)}. The tables and the sections below are complete.</p>"
+        if no_plots
+        else "<p>No plot applies to these runs.</p>"
+    )
     runs = table.runs
     # The same count the runs table shows; a CPU run's "GPU" is one process on the CPU.
     gpus = Counter(
@@ -258,7 +291,8 @@ def write_report(
 <h2>Notes</h2>
 <ul class="notes">{"".join(f"<li>{n}</li>" for n in _notes(table, skipped, results))}</ul>
 <h2>Plots</h2>
-{"".join(_figure(p) for p in plots) or "<p>No plot applies to these runs.</p>"}
+{"".join(_figure(p) for p in plots) or empty}
+{_quality(quality)}
 <h2>Tables</h2>
 <p>Per tag, as CSV and Markdown, in <code>tables/</code>: {table_links}.</p>
 <script>{SORT_JS}</script>

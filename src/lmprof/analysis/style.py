@@ -91,9 +91,13 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
-def require_matplotlib() -> None:
-    """Fail before anything is written when plots cannot be made."""
-    _matplotlib()
+def matplotlib_missing() -> str | None:
+    """Why no plot can be drawn here (matplotlib absent or broken), or None when they can."""
+    try:
+        _matplotlib()
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def figure(
@@ -111,7 +115,8 @@ def figure(
 
 def save(fig: Any, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    # Tight: a footnote or a legend below the axes is kept whole, never cut at the edge.
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -199,6 +204,8 @@ def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> None:
             color=FAIL_COLOR,
             fontweight="bold",
         )
+    # The legend names the statuses drawn, not a fixed pair that may be neither.
+    seen = ", ".join(dict.fromkeys(s.upper() if s == "oom" else s for _, s, _ in failures))
     ax.plot(
         [],
         [],
@@ -208,7 +215,7 @@ def mark_failures(ax: Any, failures: Sequence[tuple[float, str, str]]) -> None:
         markeredgewidth=1.5,
         linestyle="none",
         markersize=9,
-        label="stopped early (OOM/failed)",
+        label=f"stopped early ({seen})",
     )
 
 

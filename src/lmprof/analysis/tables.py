@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lmprof.io import atomic_write_text
@@ -13,6 +13,7 @@ from lmprof.io import atomic_write_text
 from . import uncertainty
 from .compare import baselines, is_comparison, pairs
 from .load import Run, Table
+from .quality import Group, table_rows
 
 Column = tuple[str, Callable[[Run], str]]
 
@@ -65,13 +66,7 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
 
     def ci(r: Run) -> str:
         p = by_run.get(id(r))
-        rt = None if p is None else uncertainty.compare(p.run, p.base)
-        if rt is None:
-            return ""
-        if not rt.known:
-            return "unknown"
-        tail = " (no measurable difference)" if rt.includes_one else ""
-        return f"{rt.value:.3f} [{rt.low:.3f}, {rt.high:.3f}]{tail}"
+        return uncertainty.ratio_cell(None if p is None else uncertainty.compare(p.run, p.base))
 
     return [
         RUN,
@@ -204,18 +199,41 @@ def table_name(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", tag) or "untagged"
 
 
-def write_tables(table: Table, out: Path) -> list[Path]:
+def _write(
+    out: Path, name: str, title: str, header: list[str], rows: list[list[str]]
+) -> list[Path]:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    csv_path, md_path = out / "tables" / f"{name}.csv", out / "tables" / f"{name}.md"
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(md_path, f"# {title}\n\n" + _markdown(header, rows))
+    return [csv_path, md_path]
+
+
+# Beside the per-tag tables; a tag named like it would be overwritten, so it gets a prefix.
+TIME_TO_TARGET = "time_to_target_loss"
+
+
+def write_tables(table: Table, out: Path, quality: Sequence[Group] = ()) -> list[Path]:
+    """A table per tag and, where runs have evaluation curves, the time-to-target table."""
     written = []
     for tag in table.tags:
         header, rows = _rows(table, tag)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
         name = table_name(tag)
-        csv_path, md_path = out / "tables" / f"{name}.csv", out / "tables" / f"{name}.md"
-        atomic_write_text(csv_path, buf.getvalue())
-        title = f"# Runs tagged `{tag}`\n\n" if tag else "# Untagged runs\n\n"
-        atomic_write_text(md_path, title + _markdown(header, rows))
-        written += [csv_path, md_path]
+        if name == TIME_TO_TARGET:
+            name = f"tag_{name}"
+        written += _write(
+            out, name, f"Runs tagged `{tag}`" if tag else "Untagged runs", header, rows
+        )
+    if quality:
+        header, rows = table_rows(quality)
+        written += _write(
+            out,
+            TIME_TO_TARGET,
+            "Speed at equal quality: cost to a target evaluation loss",
+            header,
+            rows,
+        )
     return written

@@ -36,6 +36,27 @@ def estimate(run: Run, metric: Metric = _tps, rate: bool = True) -> Estimate | N
     return from_spread(value, value * mid / hi, value * mid / lo)
 
 
+def spread(run: Run, metric: Metric = _tps) -> tuple[float, float] | None:
+    """The 95% interval of a configuration's metric across its replicates; None for one run
+    (its step-time spread is no error bar for memory, and understates one for a rate)."""
+    est = estimate(run, metric)
+    if est is None or est.source != "runs":
+        return None
+    return est.interval()
+
+
+def disagreements(run: Run) -> list[tuple[Run, Run, Ratio]]:
+    """Pairs of a configuration's replicates whose tokens/s differ beyond their own intervals."""
+    reps = [m for m in run.replicates if m.measured and m.tokens_per_sec]
+    out = []
+    for i, a in enumerate(reps):
+        for b in reps[i + 1 :]:
+            ea, eb = estimate(Run(a.row, a.line)), estimate(Run(b.row, b.line))
+            if ea and eb and ea.known and eb.known and not (rt := ratio(ea, eb)).includes_one:
+                out.append((a, b, rt))
+    return out
+
+
 def compare(new: Run, base: Run, metric: Metric = _tps) -> Ratio | None:
     a, b = estimate(new, metric), estimate(base, metric)
     if a is None or b is None:
@@ -62,17 +83,25 @@ def flags(table: Table) -> list[str]:
                     f"{m.name}: MFU {m.mfu * 100:.0f}% is above 100% (impossible: check the "
                     "FLOP count or the peak FLOP/s); kept on the plots, marked, not a finding"
                 )
-        reps = [m for m in r.replicates if m.measured and m.tokens_per_sec]
-        for i, a in enumerate(reps):
-            for b in reps[i + 1 :]:
-                ea, eb = estimate(Run(a.row, a.line)), estimate(Run(b.row, b.line))
-                if ea and eb and ea.known and eb.known and not ratio(ea, eb).includes_one:
-                    out.append(
-                        f"{a.name} and {b.name} are the same configuration but their tokens/s "
-                        f"differ ({ratio(ea, eb).text()}) beyond their own step-time intervals: "
-                        "run-to-run variation (machine load, clocks) is larger than one run shows"
-                    )
+        for a, b, rt in disagreements(r):
+            out.append(
+                f"{a.name} and {b.name} are the same configuration but their tokens/s "
+                f"differ ({rt.text()}) beyond their own step-time intervals: "
+                "run-to-run variation (machine load, clocks) is larger than one run shows; "
+                "marked on the plots"
+            )
         for m in r.replicates:
             if m.noisy:
                 out.append(f"{m.name}: noisy timing ({m.get('noisy_reason') or 'see its log'})")
     return out
+
+
+def ratio_cell(rt: Ratio | None) -> str:
+    """A ratio for a table cell: value [low, high], and the verdict where the interval says
+    nothing."""
+    if rt is None:
+        return ""
+    if not rt.known:
+        return "unknown"
+    tail = " (no measurable difference)" if rt.includes_one else ""
+    return f"{rt.value:.3f} [{rt.low:.3f}, {rt.high:.3f}]{tail}"

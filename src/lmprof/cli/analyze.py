@@ -25,6 +25,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="the per-run details CSVs (default: results/details beside --results, "
         "else <out>/details)",
     )
+    p.add_argument(
+        "--target-loss",
+        default=None,
+        metavar="LOSS",
+        help="the evaluation loss (nats/token) at which runs are compared for tokens, seconds, "
+        "joules and USD to reach it (default: per tag, the worst final evaluation loss)",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -40,14 +47,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """Run the analysis; a UserError (bad input, no matplotlib) propagates for one-line printing."""
+    """Run the analysis; a UserError (bad input) propagates for one-line printing. Without
+    matplotlib the tables and report are still written, and the skipped plots named."""
     from lmprof.analysis import analyze
 
-    done = analyze(args.results, args.out, getattr(args, "details", None))
+    done = analyze(
+        args.results,
+        args.out,
+        getattr(args, "details", None),
+        target_loss=getattr(args, "target_loss", None),
+    )
     for plot in done.plots:
         print(f"wrote {plot.path}")
-    for file, why in done.skipped:
-        print(f"skipped {file}: {why}")
+    if done.no_plots:
+        print(f"no plots: {done.no_plots}; skipped {', '.join(f for f, _ in done.skipped)}")
+    else:
+        for file, why in done.skipped:
+            print(f"skipped {file}: {why}")
     for note in done.notes:
         print(f"repeated: {note}")
     n_tables = len(done.tables) // 2

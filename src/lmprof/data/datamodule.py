@@ -6,7 +6,8 @@ Training batches (data.batching):
           targets = w[1:]; no padding, attention_mask None.
   padded  one document per row (the seed's behaviour, to measure PAD waste): its tokens and
           its EOS, truncated to T+1, then PAD; targets IGNORE_INDEX where the target is PAD.
-Validation is always packed (so eval loss compares across batching modes): windows starting
+Validation (and the test split, when the source has one) is always packed (so eval loss
+compares across batching modes): windows starting
 every T tokens of the validation stream, in order; the last partial window is dropped, as are
 the n_windows % world_size windows that would leave ranks with unequal shares (none on one
 rank). The last batch of a rank may have fewer rows than batch_size.
@@ -57,6 +58,7 @@ class DataModule:
         doc_start: np.ndarray | None = None,  # padded: training documents (start, length)
         doc_len: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
+        test: Any = None,  # 1-D token array of the test split, or None
     ):
         self.tokenizer = tokenizer
         self.vocab_size = tokenizer.vocab_size
@@ -67,12 +69,20 @@ class DataModule:
         self.batching = batching
         self.n_train_tokens = len(train)
         self.n_val_tokens = len(val)
+        self.test = test
+        self.n_test_tokens = len(test) if test is not None else 0
         self.info = dict(info or {})
         if self.n_val_tokens < t + 1:
             raise UserError(
                 f"the validation split has {self.n_val_tokens} tokens, fewer than one window of "
                 f"data.sequence_length+1={t + 1}: use more text, a larger data.val_fraction or a "
                 "smaller data.sequence_length"
+            )
+        if test is not None and self.n_test_tokens < t + 1:
+            raise UserError(
+                f"the test split has {self.n_test_tokens} tokens, fewer than one window of "
+                f"data.sequence_length+1={t + 1}: use more test text or a smaller "
+                "data.sequence_length"
             )
         if batching == "packed":
             if self.n_train_tokens < t + 1:
@@ -98,6 +108,10 @@ class DataModule:
     @property
     def n_val_windows(self) -> int:
         return (self.n_val_tokens - 1) // self.sequence_length
+
+    @property
+    def has_test(self) -> bool:
+        return self.test is not None
 
     def n_train_items(self) -> int:
         """Rows per epoch: windows (packed) or documents (padded)."""
@@ -142,22 +156,38 @@ class DataModule:
         self, batch_size: int, *, rank: int = 0, world_size: int = 1, max_batches: int = 0
     ) -> Iterator[Batch]:
         """One pass, in order, over this rank's windows of the validation split (0: all)."""
+        return self.eval_batches(
+            "val", batch_size, rank=rank, world_size=world_size, max_batches=max_batches
+        )
+
+    def eval_batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        """One pass, in order, over this rank's windows of `split` ('val' or 'test')."""
         if not 0 <= rank < world_size or batch_size < 1:
             raise ValueError(f"bad rank {rank}/{world_size} or batch_size {batch_size}")
+        stream = self.val if split == "val" else self.test
+        if stream is None:
+            raise ValueError(f"this data has no {split} split")
         t = self.sequence_length
-        per_rank = self.n_val_windows // world_size
+        n_windows = (len(stream) - 1) // t
+        per_rank = n_windows // world_size
         if per_rank < 1:
+            more = "a larger data.val_fraction" if split == "val" else "more test text"
             raise UserError(
-                f"{self.n_val_windows} validation windows cannot be shared by "
-                f"{world_size} ranks: use a larger data.val_fraction"
+                f"{n_windows} {split} windows cannot be shared by {world_size} ranks: use {more}"
             )
         mine = np.arange(rank, per_rank * world_size, world_size, dtype=np.int64)
         starts = range(0, per_rank, batch_size)
         if max_batches:
             starts = starts[:max_batches]
-        return (
-            packed_batch(windows(self.val, mine[i : i + batch_size] * t, t + 1)) for i in starts
-        )
+        return (packed_batch(windows(stream, mine[i : i + batch_size] * t, t + 1)) for i in starts)
 
     def __repr__(self) -> str:
         return (
@@ -173,8 +203,8 @@ def build_data(cfg: Any, *, log: Callable[[str], Any] = print) -> DataModule:
     if d.source == "synthetic":
         return _synthetic(d, log)
     source = make_source(d)
-    spec = tokenizer_spec(d.tokenizer, d.vocab_size)
-    cache = open_cache(source, spec, d.val_fraction, d.cache_dir, log)
+    spec = tokenizer_spec(d.tokenizer, d.vocab_size, d.tokenizer_path)
+    cache = open_cache(source, spec, d.val_fraction, d.cache_dir, log, d.tokenizer_path)
     train = cache.train
     if d.max_tokens and d.max_tokens < len(train):
         train = train[: d.max_tokens]
@@ -199,6 +229,7 @@ def build_data(cfg: Any, *, log: Callable[[str], Any] = print) -> DataModule:
         doc_start=doc_start,
         doc_len=doc_len,
         info=info,
+        test=cache.test,
     )
 
 

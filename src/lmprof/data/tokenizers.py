@@ -9,7 +9,12 @@ a real token, and an end-of-text id (EOS) that separates documents in the token 
 | byte | 0..255 = bytes of UTF-8 | 256 | 257 (vocab 258) |
 | char | 0..n-1 = characters of the training text, n+1 = unknown | n | n+2 (vocab n+3) |
 | bpe  | trained byte-level BPE of data.vocab_size ids, specials first | 0 | 1 |
-| gpt2 | GPT-2's 50257 ids | 50256 | 50257 (vocab 50258) |
+| gpt2 | GPT-2's 50257 ids (tiktoken, data.tokenizer_path, or transformers' cache) | 50256 | 50257 (vocab 50258) |
+| file | data.tokenizer_path: a tokenizer.json, or a folder of vocab.json + merges.txt (GPT-2's format); V ids | its <|endoftext|> (or </s>, <eos>), else V | the next id (vocab V+1 or V+2) |
+
+A built token cache needs no tokenizer: `LazyTokenizer` answers the ids from the manifest and
+loads the real one only to encode or decode, so a gpt2 cache is reused on a machine without
+tiktoken or network.
 
 Text never encodes to a special id: a literal "<|endoftext|>" in a file is ordinary text.
 """
@@ -25,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lmprof.errors import UserError
+from lmprof.profiling.vocab import EOS_NAMES
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -204,6 +210,90 @@ class HFTokenizer(Tokenizer):
         return self.tok.decode(keep, skip_special_tokens=False)
 
 
+TOKENIZER_JSON = "tokenizer.json"
+VOCAB_FILES = ("vocab.json", "merges.txt")
+
+
+def tokenizer_files(path: str) -> list[Path]:
+    """The file(s) data.tokenizer_path names: a tokenizer.json, or a folder holding one or
+    GPT-2's vocab.json + merges.txt."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UserError(f"data.tokenizer_path '{path}' does not exist")
+    if p.is_file():
+        return [p]
+    if (p / TOKENIZER_JSON).is_file():
+        return [p / TOKENIZER_JSON]
+    if all((p / f).is_file() for f in VOCAB_FILES):
+        return [p / f for f in VOCAB_FILES]
+    raise UserError(
+        f"data.tokenizer_path '{path}' holds neither {TOKENIZER_JSON} nor {' + '.join(VOCAB_FILES)}"
+    )
+
+
+def _read_tokenizer(files: Sequence[Path]) -> Any:
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers
+
+    try:
+        if len(files) == 1:
+            return HFTok.from_file(str(files[0]))
+        # GPT-2's format: byte-level BPE, no prefix space (what GPT-2's own tokenizer does).
+        tok = HFTok(models.BPE.from_file(str(files[0]), str(files[1])))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    except Exception as exc:  # tokenizers raises its own Exception for a malformed file
+        raise UserError(f"{files[0]} is not a tokenizer file ({_first_line(exc)})") from None
+
+
+def file_tokenizer(files: Sequence[Path]) -> HFTokenizer:
+    """A tokenizer read from files: its ids as they are; EOS its end-of-text token when it has
+    one (else a new id); PAD always a new id, which no text encodes to."""
+    tok = _read_tokenizer(files)
+    # One past the largest id (a file's ids need not be contiguous): lmprof/profiling/vocab.py
+    # reads the same number from the JSON for `lmprof estimate`.
+    n = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    eos = next((i for i in (tok.token_to_id(t) for t in EOS_NAMES) if i is not None), None)
+    if eos is None:
+        eos, n = n, n + 1
+    return HFTokenizer(tok, "file", eos, n, n + 1)
+
+
+def gpt2_from_files(files: Sequence[Path]) -> HFTokenizer:
+    """GPT-2's tokenizer from local files (tokenizer.json or vocab.json + merges.txt)."""
+    tok = HFTokenizer(_read_tokenizer(files), "gpt2", 50256, 50257, 50258)
+    if not _is_gpt2(tok):
+        raise UserError(f"data.tokenizer_path: {files[0]} is not GPT-2's vocabulary")
+    return tok
+
+
+class LazyTokenizer(Tokenizer):
+    """The ids of a built cache's tokenizer (from its manifest); the tokenizer itself is loaded
+    on the first encode or decode, so reusing a cache never needs tiktoken, a tokenizer file or
+    the network."""
+
+    def __init__(self, name: str, vocab_size: int, pad_id: int, eos_id: int | None, load: Any):
+        self.name, self.vocab_size, self.pad_id, self.eos_id = name, vocab_size, pad_id, eos_id
+        self._load = load
+        self._tok: Tokenizer | None = None
+
+    @property
+    def loaded(self) -> Tokenizer:
+        if self._tok is None:
+            self._tok = self._load()
+        return self._tok
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self.loaded.encode_array(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self.loaded.encode_batch(texts)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.loaded.decode(ids)
+
+
 class TiktokenGPT2(Tokenizer):
     name = "gpt2"
     eos_id = 50256
@@ -224,9 +314,12 @@ class TiktokenGPT2(Tokenizer):
         return self.enc.decode([i for i in _ids(ids) if 0 <= i < 50257])
 
 
-def load_gpt2() -> Tokenizer:
-    """GPT-2's tokenizer from tiktoken, else transformers' local cache; never a hidden download
-    through transformers (local_files_only). tiktoken fetches its file once if it can."""
+def load_gpt2(path: str = "") -> Tokenizer:
+    """GPT-2's tokenizer from data.tokenizer_path when given, else tiktoken, else transformers'
+    local cache; never a hidden download through transformers (local_files_only). tiktoken
+    fetches its file once if it can (TIKTOKEN_CACHE_DIR keeps it for offline use)."""
+    if path:
+        return gpt2_from_files(tokenizer_files(path))
     problems = []
     try:
         import tiktoken
@@ -259,7 +352,8 @@ def load_gpt2() -> Tokenizer:
     raise UserError(
         "data.tokenizer=gpt2 is unavailable: "
         + "; ".join(problems)
-        + " (pip install lmprof[gpt2] on a machine with network once, or use byte/char/bpe)"
+        + " (pip install lmprof[gpt2] on a machine with network once, give GPT-2's "
+        "tokenizer.json or vocab.json + merges.txt as data.tokenizer_path, or use byte/char/bpe)"
     )
 
 
@@ -279,20 +373,30 @@ def _first_line(exc: BaseException) -> str:
 # The cache's view: a spec (what identifies the tokenizer before training) and how to make one.
 
 
-def tokenizer_spec(name: str, vocab_size: int) -> dict[str, Any]:
+def tokenizer_spec(name: str, vocab_size: int, path: str = "") -> dict[str, Any]:
+    """What identifies the tokenizer in the cache key, known without loading it: a file
+    tokenizer by its content, so an edited tokenizer file rebuilds the cache. gpt2 is GPT-2's
+    ids wherever they come from (tiktoken or a file), so its caches are shared."""
     if name == "bpe":
         return {"name": "bpe", "vocab_size": vocab_size}
     if name in ("byte", "char", "gpt2"):
         return {"name": name}
-    raise UserError(f"unknown tokenizer '{name}': byte, char, bpe or gpt2")
+    if name == "file":
+        from lmprof.data.digest import files_digest
+
+        files = tokenizer_files(path)
+        return {"name": "file", "digest": files_digest((f.name, f) for f in files)[:16]}
+    raise UserError(f"unknown tokenizer '{name}': byte, char, bpe, gpt2 or file")
 
 
-def fixed_tokenizer(spec: dict[str, Any]) -> Tokenizer | None:
-    """The tokenizer when it needs no training text (byte, gpt2); None for char and bpe."""
+def fixed_tokenizer(spec: dict[str, Any], path: str = "") -> Tokenizer | None:
+    """The tokenizer when it needs no training text (byte, gpt2, file); None for char and bpe."""
     if spec["name"] == "byte":
         return ByteTokenizer()
     if spec["name"] == "gpt2":
-        return load_gpt2()
+        return load_gpt2(path)
+    if spec["name"] == "file":
+        return file_tokenizer(tokenizer_files(path))
     return None
 
 
@@ -301,17 +405,21 @@ def train_tokenizer(spec: dict[str, Any], texts: Sequence[str]) -> Tokenizer:
         return CharTokenizer.train(texts)
     if spec["name"] == "bpe":
         return HFTokenizer.train_bpe(texts, spec["vocab_size"])
-    tok = fixed_tokenizer(spec)
-    assert tok is not None
-    return tok
+    raise ValueError(f"tokenizer {spec['name']} is not trained")
 
 
-def load_tokenizer(spec: dict[str, Any], directory: Path) -> Tokenizer:
+def load_tokenizer(spec: dict[str, Any], directory: Path, path: str = "") -> Tokenizer:
+    """The tokenizer a cache was built with: trained ones and file ones from the copy in the
+    cache directory (the original file may be gone), fixed ones as they are."""
     if spec["name"] == "char":
         return CharTokenizer.load(directory)
     if spec["name"] == "bpe":
         return HFTokenizer.load_bpe(directory)
-    tok = fixed_tokenizer(spec)
+    if spec["name"] == "file":
+        return file_tokenizer([directory / TOKENIZER_JSON])
+    if spec["name"] == "gpt2" and not path and (directory / TOKENIZER_JSON).is_file():
+        return gpt2_from_files([directory / TOKENIZER_JSON])  # built from a GPT-2 file
+    tok = fixed_tokenizer(spec, path)
     assert tok is not None
     return tok
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.results import ColumnGroup
 
 # model.py's selective-checkpointing policy keeps mm/addmm/bmm/SDPA outputs but not baddbmm, the
 # op of vanilla attention's scores: flip this if the policy gains it.
@@ -51,6 +52,22 @@ CONVENTION = (
     "PaLM/nanoGPT: 3x forward; 6*N + 12*L*d*T per token, N = matmul weights incl. LM head "
     "(V_padded*d), excl. embeddings, positions, norms, biases; attention counted in full "
     "(non-causal); hardware adds checkpoint recompute and the fused-attention backward's QK^T"
+)
+
+
+FLOPS_COLUMNS = ColumnGroup(
+    "flops",
+    "model FLOPs per token (this module) and the MFU/HFU they give against the peak "
+    "(profiling/peaks.py), written by train/run.py",
+    (
+        "mfu",
+        "hfu",
+        "achieved_tflops",
+        "model_flops_per_token",
+        "matmul_precision",
+        "peak_tflops",
+        "peak_source",
+    ),
 )
 
 

@@ -32,7 +32,7 @@ fp32 and LayerNorm autocasts to fp32):
   softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, and a
   contiguous copy of the attention output for the out-projection (the causal mask is a bias of
   the baddbmm, not saved; a batch with padding saves its (B, 1, T, T) mask instead);
-- fused SDPA (flash, memory-efficient, cuDNN) saves the qkv projection's output (q, k, v are
+- fused SDPA (flash, memory-efficient, cuDNN) and FA4 save the qkv projection's output (q, k, v are
   views of it), its output (the out-projection's input: same storage) and an fp32 logsumexp;
   no T x T tensor and no dropout mask (the kernel replays its RNG);
 - the MLP saves the activation's input (GELU only) and output; each dropout with p > 0 saves a
@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.attention_kernels import resolve as resolve_attention
 from lmprof.model_args import ModelArgs
 from lmprof.precision import PRECISIONS
 from lmprof.profiling.flops import (
@@ -67,6 +68,7 @@ from lmprof.profiling.flops import (
     count_params,
     flops_per_token,
 )
+from lmprof.results import ColumnGroup
 
 MiB = 1024**2
 GiB = 1024**3
@@ -90,6 +92,13 @@ ALLOCATOR_FACTOR = 1.06
 # 13.0, driver 580) as NVML's used bytes minus memory_reserved(): 1366 to 1390 MiB. It differs
 # by GPU, driver and CUDA version (typically 0.3 to 1.5 GiB).
 CUDA_CONTEXT_BYTES = 1370 * MiB
+
+
+PREDICTION_COLUMNS = ColumnGroup(
+    "prediction",
+    "the memory model's predicted peak and the phase it falls in, before the run starts",
+    ("predicted_peak_mem_gb", "predicted_peak_phase"),
+)
 
 
 def _bytes(precision: str) -> int:
@@ -177,7 +186,17 @@ def block_tensors(
     else:
         in_policy = cuda  # the CPU flash kernel is not in model.py's save list
         add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
-        kernel = attention_kernel(s.attention)
+        # auto as the kernel it becomes here (fa4 or cudnn count the same: FA4's availability,
+        # which this torch-free model cannot see, changes nothing).
+        kernel = attention_kernel(
+            resolve_attention(
+                s.attention,
+                device="cuda" if cuda else "cpu",
+                precision=precision,
+                seq_len=T,
+                dropout=p,
+            )
+        )
         # The memory-efficient kernel pads its logsumexp to 32 rows.
         efficient = kernel.runs_as == "mem_efficient"
         t_lse = math.ceil(T / 32) * 32 if efficient else T

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import math
 from collections import defaultdict
@@ -140,14 +141,34 @@ def _numel(dims: Any) -> int:
     return math.prod(dims) if dims else 1
 
 
+# The trace records a TensorList's shapes but not its dtype: the optimizer's lists are lmprof's
+# parameters, gradients and AdamW states, all fp32 (autocast keeps the master weights in fp32).
+TENSOR_LIST_BYTES = 4
+
+
 def tensor_bytes(dims: list, types: list) -> list[int]:
-    """Bytes of each tensor argument (0 for scalars, lists and unknown dtypes)."""
+    """Bytes of each tensor argument (0 for scalars and unknown dtypes); a TensorList counts the
+    sum of its tensors."""
     out = []
     for i, d in enumerate(dims):
         t = (types[i] if i < len(types) else "").lower()
+        if t == "tensorlist" and isinstance(d, list):
+            out.append(sum(_numel(x) for x in d if isinstance(x, list)) * TENSOR_LIST_BYTES)
+            continue
         size = DTYPE_BYTES.get(t, 0)
         out.append(_numel(d) * size if size and isinstance(d, list) and d else 0)
     return out
+
+
+def _written_lists(op: str) -> tuple[int, ...]:
+    """Which TensorList arguments an optimizer operator writes back (it reads them all): fused
+    Adam/AdamW update params, exp_avg and exp_avg_sq in place; an in-place foreach op its first."""
+    name = op.lower()
+    if "_fused_adam" in name:
+        return (0, 2, 3)
+    if "_foreach_" in name and name.endswith("_"):
+        return (0,)
+    return ()
 
 
 def matmul_flops(op: str, dims: list) -> float | None:
@@ -407,6 +428,9 @@ def _work(k: dict, op: dict | None, group: str) -> float | None:
         return None
     if name.startswith("triton_"):  # Inductor's launch record: inputs and outputs alike
         return float(sum(sizes))
+    written = _written_lists(name)
+    if written:  # in place: each list read once, the updated ones written once
+        return float(sum(sizes) + sum(sizes[i] for i in written if i < len(sizes)))
     return float(sum(sizes) + max(sizes))
 
 
@@ -504,10 +528,11 @@ def write_roofline(
     md, csv_path = tables_dir / f"{run_name}_roofline.md", tables_dir / f"{run_name}_roofline.csv"
     atomic_write_text(md, markdown(rl, run_name))
     rows = rl.table()
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["group"])
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["group"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(csv_path, buf.getvalue())
     return md, csv_path
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
+from lmprof.columns import config_row, now
 from lmprof.status import (
     DIVERGED,
     EXIT_CODES,
@@ -21,10 +21,6 @@ from lmprof.status import (
     text_shows_oom,
 )
 from lmprof.sweep.plan import RunPlan
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def read_log_tail(path: Path, start: int, size: int = 16384) -> str:
@@ -82,12 +78,7 @@ def parent_row(
     plan: RunPlan, status: str, detail: str, elapsed: float | None, started_at: str
 ) -> dict[str, Any]:
     """The row for an attempt the child could not record: the config's columns and the status."""
-    try:
-        from lmprof.train.run import config_row
-
-        row: dict[str, Any] = dict(config_row(plan.cfg))
-    except ImportError:  # a partial install: the identity columns are enough to resume
-        row = {"run_name": plan.name, "tag": plan.tag, "config_hash": plan.config_hash}
+    row = config_row(plan.cfg)
     row.update(
         {
             "run_name": plan.name,

@@ -20,11 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from lmprof.columns import now
 from lmprof.config import save_config
+from lmprof.io import open_stream, try_lock
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
+from lmprof.preflight import check_outputs
 from lmprof.results import append_row, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
-from lmprof.sweep.classify import classify, last_line, now, parent_row, read_log_tail
+from lmprof.sweep.classify import classify, last_line, parent_row, read_log_tail
 from lmprof.sweep.console import (
     format_plan,
     format_summary,
@@ -99,6 +102,7 @@ class SweepRunner:
             self._say("no runs to do")
             return report
         self._name_width = min(48, max(len(p.name) for p in plans))
+        check_outputs(_paths(p) for p in plans)  # before any work: one line, nothing started
         self._t0, self._durations = time.monotonic(), []
         history = load_history(plans)
         n = len(plans)
@@ -140,13 +144,8 @@ class SweepRunner:
                         note="earlier; --retry-failed reruns it",
                     )
                 else:
-                    tty = self.out.isatty()
-                    if not tty:
-                        self._say(f"[{i}/{n}] {plan.name} started (log: {_paths(plan).log})")
                     left = sum(a == "run" for a, _ in decisions[i:])
-                    o = self._execute(plan, self._progress(i, n, plan, left))
-                    if tty:
-                        print("\r\033[K", end="", file=self.out)
+                    o = self._claimed(plan, i, n, force, retry_failed, left)
                     if o.elapsed is not None:
                         self._durations.append(o.elapsed)
                     report.interrupted = self.stops.count > 0
@@ -159,6 +158,37 @@ class SweepRunner:
             report.outcomes += [o for o in skipped.values() if id(o) not in listed]
         self._say(format_summary(report))
         return report
+
+    def _claimed(
+        self, plan: RunPlan, i: int, n: int, force: bool, retry_failed: bool, left: int
+    ) -> Outcome:
+        """Run `plan` if no other sweep has claimed it (a per-run lock, non-blocking). Once
+        claimed, the results are read again: another sweep may have finished it meanwhile."""
+        with try_lock(_paths(plan).claim) as mine:
+            if not mine:
+                # No row: the sweep that holds the claim writes the run's row.
+                return Outcome(plan, SKIPPED, "", note="running elsewhere (another sweep)")
+            rows = [
+                r
+                for r in read_rows(_paths(plan).results_csv)
+                if r.get("config_hash") == plan.config_hash
+            ]
+            action, prior = decide(plan, rows, force, retry_failed)
+            if action != "run" and prior is not None:
+                return Outcome(
+                    plan,
+                    prior["status"],
+                    prior.get("status_detail", ""),
+                    prior,
+                    note="done by another sweep",
+                )
+            tty = self.out.isatty()
+            if not tty:
+                self._say(f"[{i}/{n}] {plan.name} started (log: {_paths(plan).log})")
+            o = self._execute(plan, self._progress(i, n, plan, left))
+            if tty:
+                print("\r\033[K", end="", file=self.out)
+            return o
 
     def run_one(self, plan: RunPlan) -> Outcome:
         """Run one plan in its own process, whatever the results table says (find-max probes)."""
@@ -230,7 +260,7 @@ class SweepRunner:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOG_CAPTURED_ENV: "1"})
             limit = int(plan.cfg.system.memory_limit_gb * 1024**3)
-            with open(log_path, "w") as log:
+            with open_stream(log_path) as log:  # never through a planted link
                 log.write(f"# lmprof sweep {started_at}: {shlex.join(argv)}\n")
                 log.flush()
                 header = log.tell()
@@ -245,7 +275,9 @@ class SweepRunner:
                 self._say,
                 on_poll,
             )
-        except OSError as exc:  # the child could not start (disk full, no interpreter, ...)
+        # An OutputError (the disk filled up, the folder turned read-only) is not caught: every
+        # later run would fail the same way, so the sweep stops with that one line.
+        except OSError as exc:  # the child could not start (no interpreter, too many processes)
             detail = f"could not start the run: {exc}"
             append_row(results, parent_row(plan, FAILED, detail, None, started_at))
             return Outcome(plan, FAILED, detail, elapsed=time.monotonic() - t0)

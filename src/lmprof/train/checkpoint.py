@@ -253,6 +253,7 @@ class CheckpointManager:
         self.interval = cfg.checkpoint.interval
         self.keep = cfg.checkpoint.keep
         self.stop_requested = False  # set by the SIGTERM handler
+        self._stepping = False  # the loop has asked `due` once: a stop waits for the step
         self.stopping = False  # all ranks agreed to stop
         self._fresh = True  # nothing of this process saved or loaded yet
         self._group = None
@@ -274,6 +275,10 @@ class CheckpointManager:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+        if not self._stepping:
+            # Before the first step there is nothing to checkpoint, and setup (a data build, a
+            # model of many layers) may never reach a step: stop now, as `interrupted`.
+            raise Preempted("SIGTERM during setup, before the first step")
 
     def close(self) -> None:
         """Put back the SIGTERM handler that was there before."""
@@ -305,6 +310,7 @@ class CheckpointManager:
     def due(self, step: int) -> bool:
         """Whether to checkpoint after `step`: every `interval` steps, or to stop (SIGTERM on
         any rank)."""
+        self._stepping = True
         stop = self.stop_requested
         # Ranks agree on a stop only on logging steps (which sync anyway) and checkpoint steps:
         # a collective every step would hold every rank's host thread to the slowest one.

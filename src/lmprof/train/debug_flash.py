@@ -13,11 +13,15 @@ from lmprof.model import CausalSelfAttention
 
 log = logging.getLogger("lmprof")
 
-# The table's kernels, plus SDPA's math fallback (no config choice, but worth a row here).
+# The table's kernels, plus SDPA's math fallback (no config choice, but worth a row here);
+# not auto, which is one of the others once the model is built.
 _MATH = "math"
-KERNELS = (*attention_kernels.names_where(lambda k: k.sdpa_backend is None), _MATH) + (
-    attention_kernels.names_where(lambda k: k.sdpa_backend is not None)
-)
+KERNELS = (
+    *attention_kernels.names_where(
+        lambda k: k.sdpa_backend is None and k.name != attention_kernels.AUTO
+    ),
+    _MATH,
+) + (attention_kernels.names_where(lambda k: k.sdpa_backend is not None))
 
 
 def _set_attention(model: torch.nn.Module, attention: str) -> list[tuple]:

@@ -9,6 +9,7 @@ and always on, so an Nsight Systems capture of any run reads well.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import statistics
 from collections import defaultdict
@@ -19,6 +20,7 @@ import torch
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
 from lmprof.paths import RunPaths
+from lmprof.results import ColumnGroup
 
 log = logging.getLogger("lmprof")
 GIB = 1024**3
@@ -33,6 +35,20 @@ CATEGORIES = (
     # The cross-entropy's log-softmax, and the vanilla attention's softmax: one kernel family.
     ("softmax", ("softmax", "nll_loss", "cross_entropy")),
     ("norm", ("layer_norm", "layernorm", "gammabeta")),
+)
+
+
+# Names built from PHASES and CATEGORIES, so a new phase or category needs no edit here.
+INSTRUMENT_COLUMNS = ColumnGroup(
+    "instruments",
+    "per-phase times and memory (profile.breakdown), allocator counters and the trace's time "
+    "shares by kernel category: Instruments.summary",
+    ("alloc_retries", "alloc_ooms", "nvml_used_gb"),
+    patterns=(
+        "(" + "|".join(PHASES) + ")_ms_p50",
+        "mem_after_(" + "|".join(PHASES) + ")_gb",
+        "profile_share_(" + "|".join([c for c, _ in CATEGORIES] + ["other"]) + ")",
+    ),
 )
 
 
@@ -213,11 +229,12 @@ class Instruments:
         lines += [f"| {c} | {s:.1%} |" for c, s in sorted(shares.items(), key=lambda kv: -kv[1])]
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.paths.profile_ops_table("md"), "\n".join(lines) + "\n")
-        with open(self.paths.profile_ops_table("csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
-            for k, c, ms in rows:
-                w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["name", "calls", f"self_{clock}_ms", "share", "category"])
+        for k, c, ms in rows:
+            w.writerow([k, c, f"{ms:.4f}", f"{ms / total:.5f}", categorize(k)])
+        atomic_write_text(self.paths.profile_ops_table("csv"), buf.getvalue())
 
     def _write_roofline(self, trace: Path) -> None:
         """Each kernel group's gap to its limit (profiling/roofline.py), after training."""

@@ -97,6 +97,10 @@ class Trainer:
         set_precision_flags(cfg.system.precision)
 
         self.data = build_data(cfg, log=log.info)
+        if (
+            self.data.has_test
+        ):  # a test split too small for the ranks: one line now, not after training
+            self.data.eval_batches("test", 1, rank=dist.rank, world_size=dist.world_size)
         self.args = ModelArgs.from_config(cfg, self.data.vocab_size)
         with torch.device(self.device):
             torch.manual_seed(cfg.training.seed)  # same initial weights on every rank
@@ -352,21 +356,34 @@ class Trainer:
                 why += f" ({self.cfg.system.precision} overflow; loss scale {self.scaler.get_scale():.3g})"
             raise Diverged(f"{why} since step {st.first_nonfinite_step}")
 
+    def test_row(self) -> dict:
+        """The test split's columns (test_loss, test_ppl, ...), evaluated once, over the whole
+        split (eval_max_batches does not apply: the figure is the one to report); {} when the
+        data has no test split."""
+        if not self.data.has_test:
+            return {}
+        loss, ppl, acc, n = self._eval_pass("test", max_batches=0)
+        if self.dist.is_main:
+            log.info("test: loss %.4f ppl %.2f acc %.3f over %d tokens", loss, ppl, acc, n)
+        row = {"test_loss": loss, "test_ppl": ppl, "test_accuracy": acc, "test_tokens": n}
+        self.out.log_test(self.state.step, row)
+        return row
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Loss, perplexity and accuracy averaged per token over the whole validation split."""
-        st, cfg = self.state, self.cfg
-        ins = self.instruments
+    def _eval_pass(self, split: str, max_batches: int) -> tuple[float, float, float, int]:
+        """(loss, perplexity, accuracy, tokens) per token over `split`, all ranks together."""
+        cfg, ins = self.cfg, self.instruments
         phase, ins.state_phase = ins.state_phase, "eval"
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_tokens = 0
-        for batch in self.data.val_batches(
+        for batch in self.data.eval_batches(
+            split,
             cfg.training.batch_size,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
-            max_batches=cfg.logging.eval_max_batches,
+            max_batches=max_batches,
         ):
             batch = batch.to(self.device)
             with self.autocast():
@@ -379,15 +396,24 @@ class Trainer:
         )
         self.model.train()
         ins.state_phase = phase
-        eval_loss = total_loss / max(total_tokens, 1)
+        loss = total_loss / max(total_tokens, 1)
+        ppl = math.exp(min(loss, 50.0))
+        return loss, ppl, total_correct / max(total_tokens, 1), int(total_tokens)
+
+    def evaluate(self) -> dict:
+        """Loss, perplexity and accuracy averaged per token over the whole validation split."""
+        st = self.state
+        eval_loss, ppl, acc, total_tokens = self._eval_pass(
+            "val", self.cfg.logging.eval_max_batches
+        )
         point = {
             "step": st.step,
             "tokens_seen": st.real_tokens * self.dist.world_size,
             "elapsed_sec": st.train_time_s,
             "eval_loss": eval_loss,
-            "eval_perplexity": math.exp(min(eval_loss, 50.0)),
-            "eval_accuracy": total_correct / max(total_tokens, 1),
-            "eval_tokens": int(total_tokens),
+            "eval_perplexity": ppl,
+            "eval_accuracy": acc,
+            "eval_tokens": total_tokens,
         }
         st.evals.append(point)
         self.out.log_eval(point)

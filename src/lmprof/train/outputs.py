@@ -6,35 +6,17 @@ The layout is lmprof.paths.RunPaths'. Only rank 0 writes.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
 from pathlib import Path
 
+from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
 from lmprof.config import RunConfig, save_config
+from lmprof.io import append_text, atomic_write_text, open_stream
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
-
-METRICS_COLUMNS = (
-    "step",
-    "loss",
-    "perplexity",
-    "accuracy",
-    "lr",
-    "tokens_seen",
-    "step_time_ms",
-    "tokens_per_sec",
-    "elapsed_sec",
-)
-EVAL_COLUMNS = (
-    "step",
-    "tokens_seen",
-    "elapsed_sec",
-    "eval_loss",
-    "eval_perplexity",
-    "eval_accuracy",
-    "eval_tokens",
-)
-
+from lmprof.train.tracking import Tracking
 
 # A log record with `extra={CONSOLE: False}` goes to the log file only (the progress bar shows
 # the same on the console).
@@ -54,16 +36,13 @@ class _CsvLog:
 
     def __init__(self, path: Path, columns: tuple[str, ...], fresh: bool):
         self.path, self.columns = path, columns
-        path.parent.mkdir(parents=True, exist_ok=True)
         if fresh or not path.exists():
-            with open(path, "w", newline="") as f:
-                f.write(",".join(columns) + "\n")
+            atomic_write_text(path, ",".join(columns) + "\n")
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerow(
-                [_fmt(row.get(c, "")) for c in self.columns]
-            )
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(row.get(c, "")) for c in self.columns])
+        append_text(self.path, buf.getvalue())  # never through a planted link (lmprof.io)
 
 
 class RunOutputs:
@@ -74,9 +53,9 @@ class RunOutputs:
         self.details_dir = self.paths.details_dir
         self.log_path = self.paths.log
         self.resuming = resuming
-        self.metrics = self.evals = self.tensorboard = None
-        if is_main and cfg.logging.tensorboard:
-            self.tensorboard = _tensorboard_writer(self.paths.tensorboard_dir)
+        self.metrics = self.evals = None
+        # Built now, so a missing tracker package is one line before any data is read.
+        self.tracking = Tracking.from_config(cfg, self.paths, is_main)
 
     def open(self) -> None:
         """Create the run's files; called once setup has succeeded, so a run stopped by a user's
@@ -87,24 +66,24 @@ class RunOutputs:
         self.metrics = _CsvLog(self.paths.metrics_csv, METRICS_COLUMNS, fresh)
         self.evals = _CsvLog(self.paths.eval_csv, EVAL_COLUMNS, fresh)
         save_config(self.cfg, self.paths.config_yaml)
+        self.tracking.start()
 
     def log_metrics(self, point: dict) -> None:
         if self.metrics:
             self.metrics.append(point)
-        self._to_tensorboard("train", point)
+        self.tracking.log("train", point["step"], point)
 
     def log_eval(self, point: dict) -> None:
         if self.evals:
             self.evals.append(point)
-        self._to_tensorboard("eval", point)
+        self.tracking.log("eval", point["step"], point)
 
-    def _to_tensorboard(self, prefix: str, point: dict) -> None:
-        if self.tensorboard is None:
-            return
-        for key, value in point.items():
-            if key != "step" and isinstance(value, int | float):
-                self.tensorboard.add_scalar(f"{prefix}/{key}", value, point["step"])
-        self.tensorboard.flush()
+    def log_test(self, step: int, values: dict) -> None:
+        self.tracking.log("test", step, values)
+
+    def finish(self, row: dict) -> None:
+        """The run's summary row to the trackers (after it is in results.csv)."""
+        self.tracking.finish(row)
 
     def progress_bar(self, total: int, initial: int = 0):
         """A tqdm bar on an interactive terminal; log lines otherwise (files, sweeps)."""
@@ -121,27 +100,34 @@ class RunOutputs:
         )
 
 
-def _tensorboard_writer(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from lmprof.errors import UserError
-
-        raise UserError(
-            "logging.tensorboard=true needs TensorBoard: pip install lmprof[tensorboard]"
-        ) from None
-    return SummaryWriter(log_dir=str(path))
-
-
 def discard_log(cfg: RunConfig) -> None:
     """Close and delete the log file a run opened (it stopped on a user's mistake)."""
     logger = logging.getLogger("lmprof")
     for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, _LogFile):
             handler.close()
             logger.removeHandler(handler)
             if cfg.checkpoint.resume != "auto":
-                Path(handler.baseFilename).unlink(missing_ok=True)
+                handler.path.unlink(missing_ok=True)
+
+
+class _LogFile(logging.StreamHandler):
+    """logs/<run>.log through lmprof.io (no link followed). A failed write (a full disk) is
+    dropped: logging would print a traceback for every line, and the run's other writes
+    report the same failure as one line."""
+
+    def __init__(self, path: Path, append: bool) -> None:
+        self.path = path
+        super().__init__(open_stream(path, append=append))
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
 
 
 def setup_logging(cfg: RunConfig, is_main: bool) -> None:
@@ -157,9 +143,8 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     logger.addHandler(console)
     if is_main and not os.environ.get(LOG_CAPTURED_ENV):
         path = RunPaths.of(cfg).log
-        path.parent.mkdir(parents=True, exist_ok=True)
         # A resumed run continues its log; a fresh one starts it anew.
-        fh = logging.FileHandler(path, mode="a" if cfg.checkpoint.resume == "auto" else "w")
+        fh = _LogFile(path, append=cfg.checkpoint.resume == "auto")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
 

@@ -7,20 +7,22 @@ the peak reached), `diverged`, `failed` (one-line summary; the log keeps the tra
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
+import os
+import sys
 import traceback
 
 import torch
 
-from lmprof import attention_kernels
+from lmprof.columns import config_row, now
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
-from lmprof.errors import EnvironmentMismatch, UserError
+from lmprof.errors import EnvironmentMismatch, OutputError, UserError
 from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
-from lmprof.results import append_row
+from lmprof.preflight import check_outputs, predicted_oom
+from lmprof.results import ColumnGroup, append_row
 from lmprof.status import (
     DIVERGED,
     EXIT_CODES,
@@ -31,49 +33,46 @@ from lmprof.status import (
     USER_ERROR,
     is_oom,
 )
-from lmprof.train.checkpoint import CheckpointManager, Preempted
-from lmprof.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from lmprof.train.checkpoint import CheckpointError, CheckpointManager, Preempted
+from lmprof.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from lmprof.train.loop import Diverged, Trainer
 from lmprof.train.outputs import RunOutputs, discard_log, format_run_summary, setup_logging
 
 log = logging.getLogger("lmprof")
 
 
-def config_row(cfg: RunConfig) -> dict:
-    """The columns that come from the config alone (so a failed run still has them)."""
-    m, s = cfg.model, cfg.system
-    return {
-        "run_name": cfg.logging.run_name,
-        "tag": cfg.logging.tag,
-        "sequence_length": cfg.seq_len,
-        "batch_size": cfg.training.batch_size,
-        "fp16": s.precision == "fp16",
-        "grad_checkpoint": s.gradient_checkpointing != "none",
-        "checkpointing": s.gradient_checkpointing,
-        "flash_attention": attention_kernels.kernel(m.attention).seed_flash,
-        "ddp_gpus": s.num_gpus,
-        "precision": s.precision,
-        "attention": m.attention,
-        "compile": s.compile,
-        "compile_mode": s.compile_mode if s.compile else "",
-        "parallelism": s.parallelism,
-        "grad_accum_steps": cfg.training.grad_accum_steps,
-        "max_steps": cfg.training.max_steps,
-        "n_layers": m.n_layers,
-        "d_model": m.d_model,
-        "n_heads": m.n_heads,
-        "d_ff": m.d_ff,
-        "norm": m.norm,
-        "pos_encoding": m.pos_encoding,
-        "data_source": cfg.data.source,
-        "tokenizer": cfg.data.tokenizer,
-        "batching": cfg.data.batching,
-        "config_hash": cfg.hash(),
-    }
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+SUMMARY_COLUMNS = ColumnGroup(
+    "summary",
+    "what the run did and how well it learned: train/run.py, from the trainer's state",
+    (
+        "total_params_m",
+        "vocab_size",
+        "steps_done",
+        "tokens_seen",
+        "training_time_sec",
+        "throughput",
+        "final_train_loss",
+        "avg_perplexity",
+        "avg_accuracy",
+        "eval_loss",
+        "eval_perplexity",
+        "eval_accuracy",
+        # The test split, evaluated once at the end when the source has one (Trainer.test_row).
+        "test_loss",
+        "test_ppl",
+        "test_accuracy",
+        "test_tokens",
+        "peak_gpu_mem_gb",
+        "peak_gpu_reserved_gb",
+        "peak_host_mem_gb",
+    ),
+)
 
 
 def _memory_row(device: torch.device) -> dict:
@@ -163,17 +162,67 @@ def _predicted_memory_row(cfg: RunConfig, vocab_size: int, world_size: int) -> d
     }
 
 
+def _refuse_predicted_oom(cfg: RunConfig) -> int | None:
+    """The exit code of a run the memory model says cannot fit, its row written; None: start it.
+
+    Recorded as `oom`, not `skipped`: `skipped` says this machine lacks what the config needs
+    (fp16 on a CPU) and a rerun retries it; this run would have ended in `oom` minutes later,
+    the answer the analysis, find-max and the resume policy (a rerun skips `oom`) want. The
+    detail starts with "out of memory predicted" so it is never mistaken for a measured one.
+    """
+    if cfg.system.allow_predicted_oom:
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg, local_rank)
+    try:
+        found = predicted_oom(cfg, device.type)
+    except Exception as exc:  # noqa: BLE001 -- the prediction is advice: never a reason to fail
+        log.debug("no memory prediction: %s", exc)
+        return None
+    if found is None:
+        return None
+    need, line = found
+    if int(os.environ.get("RANK", "0")) == 0:
+        at = now()
+        row = config_row(cfg) | environment_info(device)
+        row |= {
+            "predicted_peak_mem_gb": need / 1024**3,
+            "steps_done": 0,
+            "status": OOM,
+            "status_detail": line,
+            "started_at": at,
+            "finished_at": at,
+        }
+        append_row(RunPaths.of(cfg).results_csv, _finite(row))
+    print(f"lmprof: {cfg.logging.run_name}: {line}", file=sys.stderr)
+    return EXIT_CODES[OOM]
+
+
+def _attention_label(asked: str, runs: str) -> str:
+    """The attention for the log line: the kernel, or "auto -> fa4" when auto was resolved."""
+    return runs if asked == runs else f"{asked} -> {runs}"
+
+
 def run(cfg: RunConfig) -> int:
     """Train one run and append its row; returns the process exit code."""
     reason = check_environment(cfg)
     if reason:
         raise EnvironmentMismatch(reason)
+    # Before any work: outputs that cannot be written, and memory that cannot suffice, cost
+    # one line here instead of a run (and, for a few million layers, a minute of model build).
+    check_outputs([RunPaths.of(cfg)])
+    refused = _refuse_predicted_oom(cfg)
+    if refused is not None:
+        return refused
     dist: DistInfo = init_distributed(cfg)
     setup_logging(cfg, dist.is_main)
-    row = config_row(cfg) | environment_info(dist.device) | {"started_at": _now()}
+    row = config_row(cfg) | environment_info(dist.device) | {"started_at": now()}
     row["ddp_gpus"] = dist.world_size
-    status, detail, trainer = FAILED, "", None
+    status, detail, trainer, outputs = FAILED, "", None, None
     ckpt: CheckpointManager | None = None
+    # A mistake found once the run started (an incompatible checkpoint, a full disk): the row
+    # says `failed` with it, and the console gets it as one line, not a traceback.
+    late_error: str | None = None
     try:
         log.info("run %s: %s", cfg.logging.run_name, cfg.hash())
         ckpt = CheckpointManager(cfg, dist)  # the resume point, the SIGTERM handler
@@ -190,7 +239,7 @@ def run(cfg: RunConfig) -> int:
             trainer.n_params / 1e6,
             dist.device,
             cfg.system.precision,
-            cfg.model.attention,
+            _attention_label(cfg.model.attention, trainer.raw_model.args.attention),
         )
         if cfg.logging.debug_flash:
             from lmprof.train.debug_flash import log_attention_table
@@ -198,9 +247,13 @@ def run(cfg: RunConfig) -> int:
             log_attention_table(trainer)
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
-        row |= _summary_row(trainer, eval_point)
+        row |= _summary_row(trainer, eval_point) | trainer.test_row()
         row |= _energy_row(trainer)
         status = OK
+    except (OutputError, CheckpointError) as exc:
+        status, detail = FAILED, str(exc)
+        late_error = detail
+        log.error("run failed: %s", detail)
     except UserError:
         status = USER_ERROR  # found during setup (a missing data path, ...): no row, exit 2
         raise
@@ -228,15 +281,24 @@ def run(cfg: RunConfig) -> int:
         if trainer is not None:
             trainer.instruments.close(oom=status == OOM)
             row |= trainer.instruments.summary()
-        row |= {"status": status, "status_detail": detail, "finished_at": _now()}
+        row |= {"status": status, "status_detail": detail, "finished_at": now()}
         if dist.is_main and status != USER_ERROR:
-            append_row(RunPaths.of(cfg).results_csv, _finite(row))
-            log.info("%s", format_run_summary(row, RunPaths.of(cfg)))
+            try:
+                append_row(RunPaths.of(cfg).results_csv, _finite(row))
+            except OutputError as exc:  # the disk filled up: earlier rows stay as they were
+                late_error = f"{detail}; the row was not written: {exc}" if late_error else str(exc)
+                status = FAILED
+            else:
+                log.info("%s", format_run_summary(row, RunPaths.of(cfg)))
+        if outputs is not None:
+            outputs.finish(row)
         if status == USER_ERROR:
             discard_log(cfg)
         if ckpt is not None:  # only now: torchrun SIGTERMs the others when one rank exits
             ckpt.close()
         shutdown(clean=status == OK)
+    if late_error and dist.is_main:
+        print(f"lmprof: error: {late_error}", file=sys.stderr)
     return EXIT_CODES[status]
 
 

@@ -13,9 +13,32 @@ import time
 
 import torch
 
+from lmprof.results import ColumnGroup
 from lmprof.stats import noise
 
 log = logging.getLogger("lmprof")
+
+
+TIMING_COLUMNS = ColumnGroup(
+    "timing",
+    "the steady window's step times, throughput and noise: Trainer.steady_state with "
+    "timing.steady_noise",
+    (
+        "steady_tokens_per_sec",
+        "steady_tokens_per_sec_per_gpu",
+        "processed_tokens_per_sec",
+        "step_time_p50_ms",
+        "step_time_p90_ms",
+        "step_time_p10_ms",
+        "step_time_cv",
+        "step_time_p50_ci_low_ms",
+        "step_time_p50_ci_high_ms",
+        "noisy",
+        "noisy_reason",
+        "steady_steps",
+        "compile_time_sec",
+    ),
+)
 
 
 class StepTimer:

@@ -1,0 +1,1 @@
+"""GPU benchmarks of lmprof: scripts, and the named suites that chain them (`python -m benchmarks`)."""

@@ -1,0 +1,178 @@
+"""`python -m benchmarks`: the suites' declarations and the runner, on the CPU (no step of a real
+suite runs here; a fake suite of `python -c` steps stands in)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `benchmarks` is a package of the repository, not of src/
+
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.suites import SUITES, Step, Suite  # noqa: E402
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_list_names_every_suite():
+    r = _cli("--list")
+    assert r.returncode == 0, r.stderr
+    listed = [line.split()[0] for line in r.stdout.splitlines()]
+    assert listed == list(SUITES)
+    assert {"step", "ops", "memory", "profiling", "energy", "curves", "sweep", "all"} <= set(listed)
+
+
+def test_unknown_suite_is_one_line_and_exit_2():
+    r = _cli("nope", "--out", "x")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and "profiling" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_running_needs_out(capsys):
+    assert main(["ops"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_unknown_step_is_one_line(capsys):
+    assert main(["profiling", "--out", "x", "--only", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "measured_peak" in err[0]
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_dry_run_prints_commands_whose_files_exist(name, capsys, tmp_path):
+    assert main([name, "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    suite = SUITES[name]
+    for step in suite.steps:
+        assert f"# {name}.{step.name}" in out
+        if step.script:
+            assert step.script.startswith("benchmarks/")
+            assert (ROOT / step.script).is_file() or step.optional, step.script
+        for arg in step.args:  # config and sweep files of the repository
+            if arg.startswith("{root}/"):
+                assert (ROOT / arg.removeprefix("{root}/")).is_file(), arg
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+    for line in out.splitlines():
+        if not line.startswith("#"):
+            assert sys.executable in line
+
+
+def test_all_is_every_suite_once():
+    parts = [s for n, s in SUITES.items() if n != "all"]
+    assert [st.name for st in SUITES["all"].steps] == [
+        f"{s.name}.{st.name}" for s in parts for st in s.steps
+    ]
+    # Suites' folders must not collide in `all` (each its own results.csv).
+    owners = {st.folder: s.name for s in parts for st in s.steps}
+    for s in parts:
+        assert all(owners[st.folder] == s.name for st in s.steps)
+
+
+def _py(name: str, code: str, **kw) -> Step:
+    return Step(name, ("-c", code), name, **kw)
+
+
+def test_run_writes_environment_logs_summary_and_goes_on_after_a_failure(tmp_path, capsys):
+    fake = Suite(
+        "fake",
+        "a fake suite",
+        "nothing",
+        (
+            _py(
+                "first",
+                "import os, pathlib, sys; print('to stdout'); print('to stderr', file=sys.stderr);"
+                "pathlib.Path('{dir}', 'table.md').write_text(os.environ['PYTHONPATH'])",
+                keep={"table.md": "first_table.md"},
+            ),
+            _py("broken", "import sys; print('going down'); sys.exit(3)"),
+            _py("slow", "import time; time.sleep(30)", timeout=1),
+            _py("table", "print('| a | b |')", stdout="table.md"),
+            Step("later", ("benchmarks/not_written_yet.py",), "later", optional=True),
+        ),
+    )
+    out = tmp_path / "out"
+    rc = main(["fake", "--out", str(out)], suites={"fake": fake})
+    printed = capsys.readouterr()
+    assert rc == 1
+    assert "fake.broken: failed (exit 3)" in printed.out
+    assert "fake.slow: timed out after 1 s" in printed.out
+    assert "fake.table: ok" in printed.out  # the steps after the failures still ran
+    assert "fake.later: skipped" in printed.out
+    assert "going down" in printed.err  # a failure shows the end of its log
+
+    env = (out / "environment.txt").read_text()
+    for key in ("date_utc", "command", "lmprof_commit", "python", "torch", "gpu"):
+        assert re.search(rf"^{key}: \S", env, re.M), key
+    assert "-m benchmarks fake --out" in env
+
+    first = (out / "logs" / "fake.first.log").read_text()
+    assert "to stdout" in first and "to stderr" in first and "# ok" in first
+    assert "# failed (exit 3)" in (out / "logs" / "fake.broken.log").read_text()
+    # Steps run with the repository's src first on PYTHONPATH; kept files land at the top.
+    assert (out / "first_table.md").read_text().split(os.pathsep)[0] == str(ROOT / "src")
+    assert (out / "table" / "table.md").read_text() == "| a | b |\n"
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| fake.broken | failed (exit 3) | 0 | logs/fake.broken.log |" in summary
+    assert "| fake.later | skipped" in summary
+
+
+def test_only_runs_the_named_steps_and_traces_are_gzipped(tmp_path):
+    fake = Suite(
+        "fake",
+        "a fake suite",
+        "nothing",
+        (
+            _py(
+                "trace",
+                "import pathlib; p = pathlib.Path('{dir}/results/traces/r');"
+                "p.mkdir(parents=True); (p / 'trace.json').write_text('{{}}')",
+            ),
+            _py("other", "import sys; sys.exit(1)"),
+        ),
+    )
+    assert main(["fake", "--out", str(tmp_path), "--only", "trace"], suites={"fake": fake}) == 0
+    assert (tmp_path / "trace" / "results" / "traces" / "r" / "trace.json.gz").is_file()
+    assert not (tmp_path / "trace" / "results" / "traces" / "r" / "trace.json").exists()
+    assert not (tmp_path / "logs" / "fake.other.log").exists()
+
+
+OUTSIDE = re.compile(r"/work\b|\.\./shared|/tmp\b|\$HOME|~/|/home/|/root\b|/Users/")
+
+
+def test_no_benchmark_file_names_a_path_outside_the_repository():
+    files = [
+        p
+        for p in (ROOT / "benchmarks").rglob("*")
+        if p.is_file()
+        and "results" not in p.relative_to(ROOT / "benchmarks").parts
+        and "__pycache__" not in p.parts
+    ]
+    assert any(p.name == "suites.py" for p in files)
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in files
+        for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert not offenders, offenders
+    assert not list((ROOT / "benchmarks").glob("*.sh"))  # the suites replaced them

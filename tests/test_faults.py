@@ -1,0 +1,599 @@
+"""A corpus of bad inputs and faults: each ends as exactly one line on stderr, the documented
+exit status, no traceback, and nothing half-written left behind.
+
+Three tiers, cheapest first:
+- `lmprof run|sweep|estimate` in a subprocess for the mistakes found before torch is imported
+  (YAML files, config values, sweep files): the console is the point, and each costs ~0.5 s;
+- `lmprof.cli.main` in this process for the faults found once the run's modules are loaded
+  (output folder, memory, links, a full disk, checkpoints), with stderr captured;
+- two real subprocess runs where the signal or the second process is the point (SIGTERM during
+  a run, two sweeps at once).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lmprof.cli import main
+from lmprof.config import build_config
+from lmprof.errors import ConfigError, OutputError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data.source=synthetic",
+    "vocab_size=256",
+    "n_layers=1",
+    "d_model=32",
+    "n_heads=2",
+    "d_ff=64",
+    "sequence_length=16",
+    "batch_size=4",
+    "max_steps=2",
+    "logging_steps=1",
+    "warmup_steps=1",
+    "eval_max_batches=1",
+    "progress=false",
+    "system.device=cpu",
+    "energy.sample=false",
+]
+# The memory model refuses this in milliseconds: a cheap way to append a real row.
+HUGE = "batch_size=1000000000000"
+
+
+def _env() -> dict[str, str]:
+    src = str(REPO / "src")
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{path}" if path else src)
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 1: subprocesses, nothing trained. Each case: files to write, the command, the exit
+# status and a fragment of the one line.
+
+DEEP_FLOW = "a: " + "[" * 2000 + "]" * 2000 + "\n"
+DEEP_BLOCK = "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 120))
+BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 7)
+)
+SWEEP_HEAD = "base_config: {data.source: synthetic}\n"
+
+CLI_CASES = {
+    # config files: the loader (lmprof.yamlio)
+    "missing config": ({}, ["run", "absent.yaml"], 2, "does not exist"),
+    "config is a directory": ({"cfg.yaml/": ""}, ["run", "cfg.yaml"], 2, "is a directory"),
+    "config is a list": ({"c.yaml": "- 1\n- 2\n"}, ["run", "c.yaml"], 2, "not a list"),
+    "config is a scalar": ({"c.yaml": "hello\n"}, ["run", "c.yaml"], 2, "not a str"),
+    "not UTF-8": ({"c.yaml": b"model:\n  d_model: \xff\xfe\n"}, ["run", "c.yaml"], 2, "offset 18"),
+    "too large": ({"c.yaml": "# x\n" * 300_000}, ["run", "c.yaml"], 2, "larger than"),
+    "duplicate key": (
+        {"c.yaml": "model:\n  d_model: 64\n  d_model: 128\n"},
+        ["run", "c.yaml"],
+        2,
+        "lines 2 and 3",
+    ),
+    "duplicate section": (
+        {"c.yaml": "model:\n  d_model: 64\ntraining:\n  lr: 0.1\nmodel:\n  n_layers: 2\n"},
+        ["run", "c.yaml"],
+        2,
+        "'model' is given twice (lines 1 and 5)",
+    ),
+    "alias bomb": ({"c.yaml": BOMB}, ["run", "c.yaml"], 2, "alias bomb"),
+    "deep flow nesting": ({"c.yaml": DEEP_FLOW}, ["run", "c.yaml"], 2, "nested deeper"),
+    "deep block nesting": ({"c.yaml": DEEP_BLOCK}, ["run", "c.yaml"], 2, "nested deeper"),
+    "invalid YAML": ({"c.yaml": "model: [1, 2\n"}, ["run", "c.yaml"], 2, "not valid YAML"),
+    "two documents": ({"c.yaml": "a: 1\n---\nb: 2\n"}, ["run", "c.yaml"], 2, "not valid YAML"),
+    "python tag": (
+        {"c.yaml": "a: !!python/object/apply:os.system [echo hi]\n"},
+        ["run", "c.yaml"],
+        2,
+        "not valid YAML",
+    ),
+    # config values: config.validate
+    "unknown section": ({"c.yaml": "modle:\n  d_model: 64\n"}, ["run", "c.yaml"], 2, "unknown key"),
+    "wrong type": ({"c.yaml": "model:\n  d_model: wide\n"}, ["run", "c.yaml"], 2, "integer"),
+    "list for a number": ({}, ["run", "d_model=[1, 2]"], 2, "expected an integer"),
+    "non-string key": ({"c.yaml": "1: 2\n"}, ["run", "c.yaml"], 2, "keys must be strings"),
+    "lr nan": ({}, ["run", "lr=nan"], 2, "finite"),
+    "lr 1e400": ({}, ["run", "lr=1e400"], 2, "finite"),
+    "negative batch": ({}, ["run", "batch_size=-1"], 2, "positive"),
+    "zero layers": ({}, ["run", "n_layers=0"], 2, "positive"),
+    "absurd integer": ({}, ["run", "d_model=" + "9" * 40], 2, "at most"),
+    "run name with a slash": ({}, ["run", "run_name=../evil"], 2, "plain file name"),
+    "run name with a separator": ({}, ["run", "run_name=a/b"], 2, "plain file name"),
+    "override with an empty key": ({}, ["run", "=3"], 2, "empty key"),
+    # sweep files: sweep.plan
+    "sweep without experiments": (
+        {"s.yaml": SWEEP_HEAD},
+        ["sweep", "s.yaml"],
+        2,
+        "no 'experiments'",
+    ),
+    "sweep with an unknown top-level key": (
+        {"s.yaml": SWEEP_HEAD + "experiments: []\nextra: 1\n"},
+        ["sweep", "s.yaml"],
+        2,
+        "unknown top-level key",
+    ),
+    "sweep with a duplicated group key": (
+        {"s.yaml": SWEEP_HEAD + "experiments:\n- name: a\n  name: b\n  tag: t\n"},
+        ["sweep", "s.yaml"],
+        2,
+        "given twice",
+    ),
+    "sweep that is not UTF-8": ({"s.yaml": b"\x80\x81"}, ["sweep", "s.yaml"], 2, "not UTF-8"),
+    "estimate of a bad value": ({}, ["estimate", "weight_decay=nan"], 2, "finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES), ids=list(CLI_CASES))
+def test_a_bad_input_is_one_line_and_leaves_nothing(case, tmp_path):
+    files, argv, code, fragment = CLI_CASES[case]
+    for name, content in files.items():
+        if name.endswith("/"):
+            (tmp_path / name).mkdir()
+        elif isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            (tmp_path / name).write_text(content)
+    before = _files(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmprof", *argv],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = _one_error_line(proc.stderr)
+    assert "Traceback" not in proc.stdout
+    assert proc.returncode == code, (proc.returncode, line)
+    assert fragment in line, line
+    assert _files(tmp_path) == before  # no results.csv, log, temp file
+
+
+# ---------------------------------------------------------------------------------------------
+# Values the config refuses (in-process: the console line is the CLI's, tested above)
+
+BAD_VALUES = [
+    ("training.lr", float("nan")),
+    ("training.lr", float("inf")),
+    ("training.lr", "1e400"),
+    ("training.lr", -1e-3),
+    ("training.weight_decay", float("nan")),
+    ("training.weight_decay", float("-inf")),
+    ("training.batch_size", 10**30),
+    ("model.n_layers", 2**70),
+    ("training.seed", 2**40),
+    ("model.dropout", 1.5),
+    ("model.d_model", 0),
+    ("training.batch_size", True),
+    ("training.lr", "fast"),
+    ("system.precision", "fp8"),
+    ("training.max_steps", 1.5),
+    ("system.num_gpus", 0),
+    ("data.val_fraction", 1.0),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_the_config_refuses_a_bad_value_in_one_line(key, value):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        build_config({section: {name: value}})
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_empty_config_file_is_the_defaults(tmp_path):
+    from lmprof.config import load_config
+
+    (tmp_path / "c.yaml").write_text("# nothing here\n")
+    assert load_config(tmp_path / "c.yaml").to_dict() == build_config().to_dict()
+
+
+def test_merge_keys_may_override_what_they_merge(tmp_path):
+    from lmprof.yamlio import load_mapping
+
+    (tmp_path / "c.yaml").write_text(
+        "base: &b {d_model: 64, n_layers: 2}\nmodel:\n  <<: *b\n  d_model: 128\n"
+    )
+    assert load_mapping(tmp_path / "c.yaml")["model"] == {"d_model": 128, "n_layers": 2}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_config_is_one_line(tmp_path):
+    from lmprof.yamlio import load_mapping
+
+    p = tmp_path / "c.yaml"
+    p.write_text("a: 1\n")
+    p.chmod(0)
+    with pytest.raises(UserError, match="permission denied"):
+        load_mapping(p)
+
+
+def test_a_file_that_cannot_be_read_is_one_line_even_for_root(tmp_path, monkeypatch):
+    from lmprof import yamlio
+
+    p = tmp_path / "c.yaml"
+    p.write_text("a: 1\n")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(yamlio, "open", denied, raising=False)
+    with pytest.raises(UserError, match="cannot be read: permission denied"):
+        yamlio.load_mapping(p)
+
+
+def test_every_yaml_read_goes_through_the_one_loader():
+    import re
+
+    reads = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all)\(")
+    offenders = [
+        str(f.relative_to(REPO))
+        for d in ("src", "benchmarks", "scripts")
+        for f in (REPO / d).rglob("*.py")
+        if f.name != "yamlio.py" and reads.search(f.read_text())
+    ]
+    offenders += [
+        f for f in ("run_experiments.py", "analysis.py") if reads.search((REPO / f).read_text())
+    ]
+    assert offenders == []
+
+
+def test_html_in_a_tag_is_data_and_never_a_path(tmp_path):
+    from lmprof.sweep.plan import expand_sweep
+
+    doc = {
+        "base_config": {"data.source": "synthetic"},
+        "experiments": [
+            {"name": "g", "tag": "x<script>alert(1)</script>/../y", "params": {"batch_size": [2]}}
+        ],
+    }
+    (plan,) = expand_sweep(doc)
+    assert "/" not in plan.name and "<" not in plan.name
+    assert plan.cfg.logging.tag == "x<script>alert(1)</script>/../y"  # text; the report escapes it
+    doc["experiments"][0]["tag"] = "<script>"  # a name would start with '-': refused, one line
+    with pytest.raises(ConfigError, match="plain file name"):
+        expand_sweep(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 2: `lmprof run` in this process: output folder, memory, links, a full disk, checkpoints
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["run", *TINY, *argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out and "Traceback" not in err
+    return code, out, err
+
+
+def test_a_missing_data_path_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _main(capsys, "data.source=text", "data.path=nowhere.txt", "run_name=r")
+    assert code == 2 and "nowhere.txt" in _one_error_line(err)
+    assert _files(tmp_path) == set()  # the log it opened is removed; no row
+
+
+def test_output_dir_under_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "blocker").write_text("x")
+    code, _, err = _main(capsys, "output_dir=blocker/out", "run_name=r")
+    assert code == 2 and "is a file, not a folder" in _one_error_line(err)
+    assert _files(tmp_path) == {"blocker"}
+
+
+def test_a_file_where_the_logs_folder_belongs_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "logs").write_text("x")
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "needs a folder" in _one_error_line(err)
+    assert _files(tmp_path) == {"logs"}
+
+
+def test_results_csv_that_is_a_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").mkdir()
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "is a folder" in _one_error_line(err)
+    assert _files(tmp_path) == set()
+
+
+def test_results_csv_in_another_encoding_is_one_line_and_left_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    damaged = b"run_name,status\na,ok\nb\xe9,ok\n"
+    (tmp_path / "results.csv").write_bytes(damaged)
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "not a readable CSV" in _one_error_line(err)
+    assert (tmp_path / "results.csv").read_bytes() == damaged
+
+
+def test_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(*args, **kwargs):  # what a read-only mount says (the mode bits do not stop root)
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "read-only" in _one_error_line(err)
+    assert _files(tmp_path) == set()
+
+
+def test_a_full_disk_before_the_run_is_one_line(tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**12, 0))
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "the disk is full" in _one_error_line(err)
+    assert _files(tmp_path) == set()
+
+
+def test_a_full_disk_during_a_run_keeps_earlier_rows_and_leaves_no_temp_file(
+    tmp_path, monkeypatch, capsys
+):
+    from lmprof import io as lmio
+    from lmprof.train import outputs
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *TINY, HUGE, "run_name=earlier"]) == 3  # a real row, no training
+    capsys.readouterr()
+    before = (tmp_path / "results.csv").read_bytes()
+
+    calls = []
+
+    def fill_up(fd: int, data: bytes) -> None:
+        # The config and the two CSV headers are written; the disk is full from then on.
+        calls.append(len(data))
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.write(fd, data)
+
+    def no_space(path, text):  # the first metrics line
+        raise lmio.output_error(path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(lmio, "_write_all", fill_up)
+    monkeypatch.setattr(outputs, "append_text", no_space)
+    code, _, err = _main(capsys, "run_name=later")
+    line = _one_error_line(err)
+    assert code == 1 and "the disk is full" in line and "row was not written" in line, line
+    assert (tmp_path / "results.csv").read_bytes() == before
+    assert not [f for f in _files(tmp_path) if f.endswith(".tmp")]
+
+
+def test_a_planted_link_in_the_details_folder_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.txt"
+    outside.write_text("precious\n")
+    details = tmp_path / "results" / "details"
+    details.mkdir(parents=True)
+    (details / "r_metrics.csv").symlink_to(outside)
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "symbolic link" in _one_error_line(err)
+    assert outside.read_text() == "precious\n"
+    outside.unlink()
+
+
+def test_a_linked_details_folder_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "details").symlink_to(elsewhere)
+    code, _, err = _main(capsys, "run_name=r")
+    assert code == 2 and "symbolic link" in _one_error_line(err)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_writers_never_write_through_a_link(tmp_path):
+    from lmprof.io import append_text, atomic_write_text
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious\n")
+    link = tmp_path / "table.csv"
+    link.symlink_to(outside)
+    with pytest.raises(OutputError, match="symbolic link"):
+        append_text(link, "row\n")
+    atomic_write_text(link, "new\n")  # the rename replaces the link itself
+    assert not link.is_symlink() and link.read_text() == "new\n"
+    assert outside.read_text() == "precious\n"
+
+
+def test_a_predicted_oom_is_refused_in_milliseconds_as_an_oom_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    t0 = time.monotonic()
+    code, _, err = _main(capsys, "n_layers=3000000", "run_name=deep")
+    assert time.monotonic() - t0 < 5  # the model is never built
+    line = _one_error_line(err)
+    assert code == 3 and "out of memory predicted" in line and "GiB" in line
+    code, _, err = _main(capsys, HUGE, "run_name=wide")
+    assert code == 3 and "available" in _one_error_line(err)
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["run_name"], r["status"]) for r in rows] == [("deep", "oom"), ("wide", "oom")]
+    assert rows[1]["status_detail"].startswith("out of memory predicted")
+    assert float(rows[1]["predicted_peak_mem_gb"]) > 1e6
+    assert _files(tmp_path) == {"results.csv", ".lmprof/results.csv.lock", ".lmprof/.gitignore"}
+
+
+def test_on_a_gpu_the_prediction_is_held_against_its_free_memory(monkeypatch):
+    import torch
+
+    from lmprof.preflight import predicted_oom
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (100 * gib, 141 * gib))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    base = {"data": {"source": "synthetic", "vocab_size": 256}}
+    need, line = predicted_oom(build_config(base, {"training": {"batch_size": 10**6}}), "cuda")
+    assert need > 150 * gib and "NVIDIA H200 has 100.0 GiB free of 141.0 GiB" in line
+    assert predicted_oom(build_config(base), "cuda") is None  # fits: it runs
+
+
+def test_allow_predicted_oom_skips_the_prediction(tmp_path, monkeypatch, capsys):
+    run_module = importlib.import_module("lmprof.train.run")  # the package exports run()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_module, "predicted_oom", lambda *a: (1, "refused"))
+    assert _main(capsys, "run_name=a")[0] == 3
+    assert _main(capsys, "run_name=b", "system.allow_predicted_oom=true", "max_steps=1")[0] == 0
+
+
+def test_a_torn_last_line_and_foreign_columns_survive_an_append(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text('run_name,mine\nold,kept\ntorn,"half')
+    assert _main(capsys, HUGE, "run_name=new")[0] == 3
+    rows = _rows(tmp_path / "results.csv")
+    assert [r["run_name"] for r in rows] == ["old", "torn", "new"]
+    assert rows[0]["mine"] == "kept" and rows[2]["status"] == "oom"
+
+
+def test_resuming_from_an_incompatible_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ck = ["checkpoint.interval=1", "checkpoint.resume=auto", "run_name=ck"]
+    assert _main(capsys, *ck)[0] == 0
+    code, out, err = _main(capsys, *ck, "d_model=64", "max_steps=3")
+    line = _one_error_line(err)
+    assert code == 1 and "another config" in line
+    assert "Traceback" not in (tmp_path / "logs" / "ck.log").read_text()
+    rows = _rows(tmp_path / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "another config" in rows[1]["status_detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tier 3: real processes
+
+
+def test_sigterm_during_a_run_keeps_earlier_rows_and_writes_one_interrupted_row(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *TINY, HUGE, "run_name=earlier"]) == 3
+    capsys.readouterr()
+    before = _rows(tmp_path / "results.csv")
+    args = [a for a in TINY if not a.startswith("max_steps")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmprof", "run", *args, "max_steps=1000000", "run_name=long"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "results" / "details" / "long_metrics.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    rows = _rows(tmp_path / "results.csv")
+    assert {k: rows[0][k] for k in before[0]} == before[0]  # widened, never changed
+    assert [r["status"] for r in rows[1:]] == ["interrupted"]
+    assert not [f for f in _files(tmp_path) if f.endswith(".tmp")]
+
+
+def test_sigterm_during_setup_stops_at_once_as_interrupted(tmp_path, monkeypatch, capsys):
+    from lmprof.train import loop
+
+    monkeypatch.chdir(tmp_path)
+    build = loop.Trainer.__init__
+
+    def build_then_term(self, *args, **kwargs):  # setup that would not reach a step soon
+        os.kill(os.getpid(), signal.SIGTERM)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "__init__", build_then_term)
+    code, _, err = _main(capsys, "run_name=setup")
+    assert code == 130 and err == ""
+    (row,) = _rows(tmp_path / "results.csv")
+    assert row["status"] == "interrupted" and "during setup" in row["status_detail"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+
+
+SLOW_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from lmprof.config import load_config
+    from lmprof.results import append_row
+
+    cfg = load_config(sys.argv[1])
+    out = Path(cfg.logging.output_dir)
+    with open(out / "calls.txt", "a") as f:
+        f.write(cfg.logging.run_name + "\\n")
+    time.sleep(3)
+    append_row(out / "results.csv", {"run_name": cfg.logging.run_name, "status": "ok",
+                                     "config_hash": cfg.hash()})
+""")
+
+
+def test_two_sweeps_at_once_run_each_run_once(tmp_path):
+    (tmp_path / "child.py").write_text(SLOW_CHILD)
+    sweep = {
+        "base_config": {"data.source": "synthetic", "logging.output_dir": str(tmp_path)},
+        "experiments": [{"name": "g", "tag": "t", "runs": [{"name": "only", "params": {}}]}],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))  # JSON is YAML
+    env = _env() | {"LMPROF_SWEEP_CHILD": str(tmp_path / "child.py")}
+    cmd = [sys.executable, "-m", "lmprof", "sweep", "s.yaml"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (tmp_path / "calls.txt").exists():
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    (tmp_path / "go").touch()
+    first_out, _ = first.communicate(timeout=60)
+    assert "running elsewhere" in second.stdout and second.returncode == 0
+    assert "Traceback" not in second.stderr + second.stdout
+    assert first.returncode == 0 and " ok " in first_out
+    assert (tmp_path / "calls.txt").read_text().split() == ["only"]
+    assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["only"]
+
+
+def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "blocker").write_text("x")
+    sweep = {
+        "base_config": {"logging.output_dir": str(tmp_path / "blocker" / "out")},
+        "experiments": [{"name": "g", "tag": "t", "runs": [{"name": "r", "params": {}}]}],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(tmp_path / "never.py"))
+    assert main(["sweep", str(tmp_path / "s.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "is a file, not a folder" in _one_error_line(err)
+    assert _files(tmp_path) == {"blocker", "s.yaml"}

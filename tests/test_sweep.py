@@ -791,3 +791,28 @@ def test_progress_shows_the_running_step_and_the_sweeps_eta(tmp_path, monkeypatc
     else:
         assert "\033" not in text and "\r" not in text
         assert "[1/2] a started" in text and "[2/2] b started" in text
+
+
+def test_prerequisites_know_tokenizer_files_packages_and_built_caches(tmp_path, monkeypatch):
+    from lmprof import environment
+    from lmprof.config import build_config
+    from lmprof.data.cache import MANIFEST, cache_path
+    from lmprof.data.sources import make_source
+    from lmprof.data.tokenizers import tokenizer_spec
+
+    monkeypatch.setattr(environment, "has_package", lambda name: False)
+    cache = str(tmp_path / "cache")
+    gpt2 = build_config({"data.source": "stdlib", "tokenizer": "gpt2", "data.cache_dir": cache})
+    assert "tiktoken" in environment.check_prerequisites(gpt2)
+    hf = build_config({"data.source": "hf", "tokenizer": "byte", "data.cache_dir": cache})
+    assert "datasets" in environment.check_prerequisites(hf)
+    missing = build_config({"tokenizer": "file", "data.tokenizer_path": str(tmp_path / "t.json")})
+    assert "t.json" in environment.check_prerequisites(missing)
+    # A token cache built earlier (on a machine with tiktoken) is all the run reads.
+    d = gpt2.data
+    built = cache_path(
+        cache, make_source(d), tokenizer_spec(d.tokenizer, d.vocab_size), d.val_fraction
+    )
+    built.mkdir(parents=True)
+    (built / MANIFEST).write_text("{}")
+    assert environment.check_prerequisites(gpt2) is None

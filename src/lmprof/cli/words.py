@@ -135,7 +135,9 @@ def split_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[li
         flag, eq, value = word.partition("=")
         action = _option(parser, flag)
         key = _config_key(flag)
-        if action is not None and (key is None or flag in parser._option_string_actions):
+        # The command's own options first, abbreviations included (`--tag` is --tags in a sweep,
+        # as argparse reads it), so a config key never shadows an option.
+        if action is not None:
             keep.append(word)
             if _takes_one_value(action) and not eq and i < len(words):
                 keep.append(words[i])  # an option's value stays its own, '=' or not

@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the sweep file (default: ./config.yaml, else the one beside this script)",
     )
     sweep_cli.add_sweep_arguments(parser, sweep_file=False)
-    args = parser.parse_args(argv)
+    from lmprof.cli.words import split_argv
+    from lmprof.errors import UserError
+
+    try:  # lmprof's one rule for config words: key=value, --key=value, --key value
+        keep, overrides = split_argv(parser, sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"run_experiments.py: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(keep)
+    args.overrides = [*overrides, *args.overrides]
     if args.config is None:
         local = Path("config.yaml")
         args.config = str(local if local.exists() else HERE / "config.yaml")

@@ -200,6 +200,24 @@ def test_model_args_are_the_model_section_plus_what_the_run_adds():
     assert args.max_seq_len == 48
 
 
+def test_a_warmup_as_long_as_the_run_is_one_warning_line_not_an_error(tmp_path, capsys):
+    from lmprof.cli import main
+    from lmprof.config import build_config, warmup_warning
+
+    assert warmup_warning(build_config({"max_steps": 50, "warmup_steps": 500}))
+    assert warmup_warning(build_config({"max_steps": 50, "warmup_steps": 10})) is None
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        f"base_config:\n  num_warmup_steps: 500\n  logging.output_dir: {tmp_path}\n"
+        "experiments:\n  - name: bs\n    tag: bs\n    params:\n      batch_size: [4, 8]\n"
+        "    fixed_params:\n      max_steps: 50\n"
+        "  - name: long\n    tag: long\n    params:\n      max_steps: [8000]\n"
+    )
+    assert main(["sweep", str(sweep), "--dry-run"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bs_batchsize4" in err[0] and "long" not in err[0]
+
+
 def test_where_results_are_tracked_is_not_part_of_the_experiments_identity():
     base = build_config().hash()
     tracked = build_config(

@@ -219,6 +219,7 @@ def test_two_ranks_sigterm_then_resume(tmp_path, reference, parallelism):
         "batch_size=1",
         "grad_accum_steps=2",
         f"parallelism={parallelism}",
+        "checkpoint.interval=100",  # on, never due: the SIGTERM's checkpoint is the one
         "checkpoint.resume=auto",
         "output_dir=.",
         "run_name=pre",
@@ -301,7 +302,7 @@ def test_sigkill_then_resume_continues_the_same_curve(tmp_path):
     assert float(a["avg_perplexity"]) == pytest.approx(float(b["avg_perplexity"]), rel=1e-6)
 
 
-def test_sigterm_writes_checkpoint_and_records_interrupted(tmp_path, monkeypatch):
+def _sigterm_after_step_2(monkeypatch):
     original = loop.Trainer._log_point
 
     def log_point(self, *a, **k):
@@ -310,8 +311,19 @@ def test_sigterm_writes_checkpoint_and_records_interrupted(tmp_path, monkeypatch
             os.kill(os.getpid(), signal.SIGTERM)  # after step 2's check: step 3 stops
 
     monkeypatch.setattr(loop.Trainer, "_log_point", log_point)
+
+
+def test_sigterm_writes_checkpoint_and_records_interrupted(tmp_path, monkeypatch):
+    _sigterm_after_step_2(monkeypatch)
     before = signal.getsignal(signal.SIGTERM)
-    args = [*TINY, "batch_size=4", f"output_dir={tmp_path}", "run_name=t"]
+    # Checkpointing on, none due before the end: the SIGTERM's own checkpoint is the only one.
+    args = [
+        *TINY,
+        "batch_size=4",
+        "checkpoint.interval=100",
+        f"output_dir={tmp_path}",
+        "run_name=t",
+    ]
     assert run_here(args) == 130
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
     row = last_row(tmp_path, "t")
@@ -319,6 +331,14 @@ def test_sigterm_writes_checkpoint_and_records_interrupted(tmp_path, monkeypatch
     assert row["steps_done"] == "3"
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints" / "t")] == [3]
     assert not list((tmp_path / "checkpoints" / "t").glob(".tmp_*"))
+
+
+def test_sigterm_with_checkpointing_off_stops_and_writes_no_checkpoint(tmp_path, monkeypatch):
+    _sigterm_after_step_2(monkeypatch)
+    assert run_here([*TINY, "batch_size=4", f"output_dir={tmp_path}", "run_name=t"]) == 130
+    row = last_row(tmp_path, "t")
+    assert (row["status"], row["steps_done"]) == ("interrupted", "3")
+    assert not (tmp_path / "checkpoints").exists()
 
 
 # ---------------------------------------------------------------------------------------------

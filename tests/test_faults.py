@@ -440,7 +440,7 @@ def test_a_predicted_oom_is_refused_in_milliseconds_as_an_oom_row(tmp_path, monk
     assert [(r["run_name"], r["status"]) for r in rows] == [("deep", "oom"), ("wide", "oom")]
     assert rows[1]["status_detail"].startswith("out of memory predicted")
     assert float(rows[1]["predicted_peak_mem_gb"]) > 1e6
-    assert _files(tmp_path) == {"results.csv", "results.csv.lock"}
+    assert _files(tmp_path) == {"results.csv", ".lmprof/results.csv.lock", ".lmprof/.gitignore"}
 
 
 def test_on_a_gpu_the_prediction_is_held_against_its_free_memory(monkeypatch):

@@ -42,6 +42,25 @@ def test_concurrent_appends_never_interleave_or_lose_a_row(tmp_path):
     assert not list(tmp_path.glob(".results.csv.*.tmp"))  # no temp file left behind
 
 
+def test_the_lock_leaves_no_file_in_the_users_folder_and_git_ignores_it(tmp_path):
+    import shutil
+    import subprocess
+
+    append_row(tmp_path / "results.csv", {"run_name": "a", "status": "ok"})
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "results.csv"
+    ]
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        status = subprocess.run(
+            ["git", "-C", str(tmp_path), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert status.split() == ["??", "results.csv"]
+
+
 def test_each_column_has_one_producer_and_the_seed_columns_are_produced():
     seen: dict[str, str] = {}
     for g in groups():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -461,14 +462,17 @@ def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsy
     assert "[1/7] first" in printed and "Summary" in printed and "1.2k tok/s" in printed
 
     plan_text = format_plan(plan_sweep(path))
-    assert "skip: done (ok)" in plan_text and "skip: failed earlier" in plan_text
+    assert "skip: done (ok)" in plan_text and "failed earlier" not in plan_text
     assert "skip: done (oom)" in plan_text and "skip: timeout earlier" in plan_text
 
     before = calls(fake)
-    again = run_sweep(plan_sweep(path))  # done (ok, oom) and failed runs are not rerun
-    assert calls(fake) == before and again.exit_code == 1
-    assert len(read_rows(fake / "results.csv")) == 7  # the same `skipped` row is not repeated
+    again = run_sweep(plan_sweep(path))  # done (ok, oom) and timed-out runs are not rerun
+    assert sorted(calls(fake)[len(before) :]) == ["boom", "usererr"]  # failed ones are
+    assert again.exit_code == 1
+    # the same `skipped` row is not repeated; the two retries add theirs
+    assert len(read_rows(fake / "results.csv")) == 9
 
+    before = calls(fake)
     retried = run_sweep(plan_sweep(path), retry_failed=True)
     assert sorted(calls(fake)[len(before) :]) == ["boom", "slow", "usererr"]
     assert retried.exit_code == 1
@@ -572,7 +576,9 @@ def test_decide_resume_rules(tmp_path):
     assert decide(plan, [row("failed"), row("ok")])[0] == "done"
     assert decide(plan, [row("oom")])[0] == "done"
     assert decide(plan, [row("ok")], force=True)[0] == "run"
-    assert decide(plan, [row("failed")])[0] == "kept"
+    assert decide(plan, [row("failed")])[0] == "run"
+    assert decide(plan, [row("diverged")])[0] == "kept"
+    assert decide(plan, [row("timeout")])[0] == "kept"
     assert decide(plan, [row("timeout")], retry_failed=True)[0] == "run"
     assert decide(plan, [row("interrupted")])[0] == "run"
     plan.unrunnable = "no GPU"
@@ -633,7 +639,8 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     )
     report = run_sweep(plan_sweep(path))
     status = {o.plan.name: o.status for o in report.outcomes}
-    assert status == {"tiny_ok": "ok", "tiny_oom": "oom", "tiny_missing_data": "failed"}
+    # A missing data path is found before anything starts: skipped, with the path.
+    assert status == {"tiny_ok": "ok", "tiny_oom": "oom", "tiny_missing_data": "skipped"}
     rows = rows_by_name(out)
     assert {n: len(rs) for n, rs in rows.items()} == {n: 1 for n in status}
     ok = rows["tiny_ok"][0]
@@ -643,8 +650,169 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     log = (out / "logs" / "tiny_ok.log").read_text()
     # our header survives (the child did not reopen the file) and the child's output follows
     assert log.startswith("# lmprof sweep") and "ended: ok" in log
-    assert report.exit_code == 1
+    assert "absent.txt" in rows["tiny_missing_data"][0]["status_detail"]
+    assert report.exit_code == 0  # ok, oom and skipped: the sweep did all it could
 
     again = run_sweep(plan_sweep(path))
     assert [o.note for o in again.outcomes][:2] == ["done earlier", "done earlier"]
     assert len(read_rows(out / "results.csv")) == 3
+
+
+def test_an_override_is_checked_only_against_the_selected_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = str(REPO / "configs" / "quick.yaml")
+    # precision=fp32 is invalid for opts_flash_attention (FlashAttention needs half precision),
+    # a run --tags seq_len leaves out.
+    argv = ["sweep", quick, "--tags", "seq_len", "precision=fp32", "--dry-run"]
+    assert lmprof_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seq_len_sequencelength32" in out and "opts_flash_attention" not in out
+    # Selected, the same run still refuses it, naming itself.
+    assert lmprof_main(["sweep", quick, "--tags", "opts", "precision=fp32", "--dry-run"]) == 2
+    assert "opts_flash_attention" in capsys.readouterr().err
+
+
+def test_a_failed_run_reruns_by_itself_and_the_summary_gives_its_whole_reason(
+    tmp_path, fake, capsys
+):
+    reason = "data.path '" + "x" * 120 + ".txt' does not exist"
+    child = Path(os.environ["LMPROF_SWEEP_CHILD"])
+    child.write_text(
+        child.read_text().replace("'nowhere.txt' does not exist", reason.replace("'", "\\'"))
+    )
+    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "usererr"}, {"name": "fine"}]}])
+    assert run_sweep(plan_sweep(path)).exit_code == 1
+    summary = capsys.readouterr().out.split("Summary", 1)[1]
+    assert reason in summary
+    run_sweep(plan_sweep(path))
+    assert calls(fake) == ["usererr", "fine", "usererr"]
+
+
+def test_what_cannot_start_here_is_skipped_with_its_reason_before_the_first_run(
+    tmp_path, fake, capsys, monkeypatch
+):
+    import io
+
+    import torch
+
+    from lmprof import environment
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU host's limits")
+    real = environment.has_package
+    monkeypatch.setattr(
+        environment, "has_package", lambda n: n not in ("tiktoken", "transformers") and real(n)
+    )
+    path = sweep_file(
+        tmp_path,
+        [
+            {
+                "name": "g",
+                "runs": [
+                    {"name": "first"},
+                    {"name": "many", "num_gpus": 1000},
+                    {"name": "gpt2", "params": {"data.source": "stdlib", "tokenizer": "gpt2"}},
+                    {"name": "nofile", "params": {"data.source": "text", "data.path": "nowhere"}},
+                ],
+            }
+        ],
+    )
+    assert lmprof_main(["sweep", str(path), "--dry-run"]) == 0
+    plan_text = capsys.readouterr().out
+    assert plan_text.count("not runnable here") == 3
+    assert "CPU" in plan_text and "tiktoken" in plan_text and "nowhere" in plan_text
+
+    out = io.StringIO()
+    report = run_sweep(plan_sweep(path), out=out)
+    printed = out.getvalue()
+    assert {o.plan.name: o.status for o in report.outcomes} == {
+        "first": "ok",
+        "many": "skipped",
+        "gpt2": "skipped",
+        "nofile": "skipped",
+    }
+    assert report.exit_code == 0 and calls(fake) == ["first"]
+    # All three said before the first run starts, each with its reason.
+    before_first = printed.split("[1/4] first started", 1)[0]
+    for name, why in (("many", "1000"), ("gpt2", "tiktoken"), ("nofile", "nowhere")):
+        line = next(ln for ln in before_first.splitlines() if f" {name} " in ln)
+        assert "skipped" in line and why in line
+    rows = rows_by_name(fake)
+    assert "tiktoken" in rows["gpt2"][0]["status_detail"]
+
+
+PROGRESS_CHILD = textwrap.dedent("""
+    import sys, time
+    from lmprof.config import load_config
+    from lmprof.paths import RunPaths
+    from lmprof.results import append_row
+
+    cfg = load_config(sys.argv[1])
+    paths = RunPaths.of(cfg)
+    paths.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(paths.metrics_csv, "w") as f:
+        f.write("step,loss,perplexity,accuracy,lr,tokens_seen,step_time_ms,tokens_per_sec\\n")
+        f.write("2,3.5,33,0.1,0.001,64,10,6400\\n")
+        f.flush()
+        time.sleep(1.2)
+    append_row(paths.results_csv, {"run_name": cfg.logging.run_name, "status": "ok",
+                                   "config_hash": cfg.hash(), "throughput": 10.0})
+""")
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_shows_the_running_step_and_the_sweeps_eta(tmp_path, monkeypatch, tty):
+    import io
+
+    script = tmp_path / "progress_child.py"
+    script.write_text(PROGRESS_CHILD)
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(script))
+    monkeypatch.setenv("COLUMNS", "200")  # the status line is cut at the terminal's width
+    (tmp_path / "out").mkdir()
+    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "a"}, {"name": "b"}]}])
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    out = Terminal()
+    report = run_sweep(plan_sweep(path), out=out, progress_every_s=0.3)
+    assert [o.status for o in report.outcomes] == ["ok", "ok"]
+    text = out.getvalue()
+    shown = [ln for ln in text.replace("\r", "\n").splitlines() if "step 2/" in ln]
+    assert shown and all("loss 3.500" in ln and "6.4k tok/s" in ln for ln in shown)
+    first = [ln for ln in shown if "[1/2]" in ln]
+    second = [ln for ln in shown if "[2/2]" in ln]
+    assert first and "0/2 runs done" in first[0]
+    # While b runs, a's time is the ETA's basis: a duration, not a guess from b's own steps.
+    assert second and "1/2 runs done" in second[-1] and re.search(r"ETA \d+:\d\d", second[-1])
+    if tty:
+        assert "\r\033[K" in text
+    else:
+        assert "\033" not in text and "\r" not in text
+        assert "[1/2] a started" in text and "[2/2] b started" in text
+
+
+def test_prerequisites_know_tokenizer_files_packages_and_built_caches(tmp_path, monkeypatch):
+    from lmprof import environment
+    from lmprof.config import build_config
+    from lmprof.data.cache import MANIFEST, cache_path
+    from lmprof.data.sources import make_source
+    from lmprof.data.tokenizers import tokenizer_spec
+
+    monkeypatch.setattr(environment, "has_package", lambda name: False)
+    cache = str(tmp_path / "cache")
+    gpt2 = build_config({"data.source": "stdlib", "tokenizer": "gpt2", "data.cache_dir": cache})
+    assert "tiktoken" in environment.check_prerequisites(gpt2)
+    hf = build_config({"data.source": "hf", "tokenizer": "byte", "data.cache_dir": cache})
+    assert "datasets" in environment.check_prerequisites(hf)
+    missing = build_config({"tokenizer": "file", "data.tokenizer_path": str(tmp_path / "t.json")})
+    assert "t.json" in environment.check_prerequisites(missing)
+    # A token cache built earlier (on a machine with tiktoken) is all the run reads.
+    d = gpt2.data
+    built = cache_path(
+        cache, make_source(d), tokenizer_spec(d.tokenizer, d.vocab_size), d.val_fraction
+    )
+    built.mkdir(parents=True)
+    (built / MANIFEST).write_text("{}")
+    assert environment.check_prerequisites(gpt2) is None

@@ -149,3 +149,56 @@ def test_a_mistake_found_during_setup_is_one_line_and_leaves_nothing(tmp_path, m
     assert not (tmp_path / "results.csv").exists()
     assert not (tmp_path / "logs" / "oops.log").exists()
     assert not list(tmp_path.glob("results/details/oops*"))
+
+
+def test_on_a_terminal_the_log_still_has_every_step_line_and_the_run_ends_with_a_summary(
+    tmp_path, monkeypatch, capsys
+):
+    import io
+    import re
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.chdir(tmp_path)
+    bar = Terminal()
+    monkeypatch.setattr(sys, "stderr", bar)
+    args = [a for a in TINY if a != "progress=false"]
+    assert main(["run", *args, "run_name=tty"]) == 0
+    console = capsys.readouterr().out
+    log = (tmp_path / "logs/tty.log").read_text()
+    step = re.compile(r"step (\d+)/6 loss")
+    assert [int(m) for m in step.findall(log)] == [2, 4, 6]
+    assert not step.findall(console)  # the bar shows them on the console
+    assert "6/6" in bar.getvalue()  # the bar ran
+    for text in (log, console):
+        summary = text[text.index("ended: ok") :]
+        (row,) = _read(tmp_path / "results.csv")
+        assert f"{float(row['eval_loss']):.4f}" in summary  # eval loss
+        assert "tokens/s" in summary and "MFU" in summary and "peak memory" in summary
+        assert "results.csv" in summary and "logs/tty.log" in summary
+
+
+def test_run_with_several_gpus_outside_torchrun_starts_the_ranks(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    # The sweep's launcher runs this script in place of `-m lmprof run` (as in the sweep tests).
+    rank = tmp_path / "rank.py"
+    rank.write_text(
+        "import os, sys\n"
+        "from lmprof.config import load_config\n"
+        "cfg = load_config(sys.argv[1])\n"
+        "open(f'rank{os.environ[\"RANK\"]}', 'w').write("
+        "os.environ['WORLD_SIZE'] + ' ' + cfg.logging.run_name)\n"
+    )
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(rank))
+    assert main(["run", *TINY, "num_gpus=2", "run_name=two"]) == 0
+    assert {(tmp_path / f"rank{r}").read_text() for r in (0, 1)} == {"2 two"}
+
+    capsys.readouterr()
+    if not torch.cuda.is_available():  # more ranks than cores: refused, nothing started
+        assert main(["run", *TINY, "num_gpus=1000", "run_name=many"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "1000" in err[0] and not (tmp_path / "rank2").exists()

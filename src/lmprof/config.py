@@ -737,7 +737,20 @@ def validate(cfg: RunConfig) -> None:
         )
     _validate_energy(cfg)
     # warmup_steps > max_steps is allowed: the seed's batch-size sweeps run 50 steps under its
-    # 500-step warmup (the lr just never reaches its peak), and its config must load unchanged.
+    # 500-step warmup (the lr just never reaches its peak), and its config must load unchanged;
+    # warmup_warning says so in one line.
+
+
+def warmup_warning(cfg: RunConfig) -> str | None:
+    """A legal config that likely does not do what its author meant: the warm-up is as long as
+    the run, so the learning rate never reaches training.lr (a warning, not an error)."""
+    t = cfg.training
+    if t.warmup_steps and t.warmup_steps >= t.max_steps:
+        return (
+            f"training.warmup_steps={t.warmup_steps} >= training.max_steps={t.max_steps}: "
+            f"the learning rate never reaches its peak {t.lr:g}"
+        )
+    return None
 
 
 def _validate_energy(cfg: RunConfig) -> None:

@@ -70,7 +70,83 @@ def check_environment(cfg: RunConfig) -> str | None:
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "
             f"{torch.cuda.device_count()} GPU(s)"
         )
+    if on_cpu and cfg.system.num_gpus > cpu_process_limit():
+        return (
+            f"system.num_gpus={cfg.system.num_gpus} asks for {cfg.system.num_gpus} processes, and "
+            f"without a GPU each is a gloo process on the CPU: at most {cpu_process_limit()} here "
+            f"({available_cpus()} CPU core(s))"
+        )
+    return check_prerequisites(cfg)
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may use (its affinity, not the whole host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_process_limit() -> int:
+    """How many gloo processes a run without a GPU may ask for: one per core (two at least, so
+    a DDP run can be tried on any machine); more only time-slice the same cores."""
+    return max(2, available_cpus())
+
+
+def has_package(name: str) -> bool:
+    """Whether `name` can be imported, without importing it (transformers alone takes seconds)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_prerequisites(cfg: RunConfig) -> str | None:
+    """Why `cfg` cannot start here for want of something other than a device: a data path or
+    tokenizer file that does not exist, or a package its data or tokenizer needs while no
+    token cache of them exists (a built cache needs neither). Reads no data."""
+    from lmprof.errors import UserError
+
+    data = cfg.data
+    if data.source == "synthetic":
+        return None  # ids are the text: no source and no tokenizer to load
+    try:
+        from lmprof.data.sources import make_source
+        from lmprof.data.tokenizers import tokenizer_spec
+
+        source = make_source(data)  # a source checks that its paths exist
+        spec = tokenizer_spec(data.tokenizer, data.vocab_size, data.tokenizer_path)
+    except UserError as exc:
+        return str(exc)
+    if _token_cache_exists(cfg, source, spec):
+        return None
+    gpt2_tools = has_package("tiktoken") or has_package("transformers")
+    if data.tokenizer == "gpt2" and not data.tokenizer_path and not gpt2_tools:
+        return (
+            "data.tokenizer=gpt2 needs tiktoken (pip install 'lmprof[gpt2]'), transformers with "
+            "GPT-2's files in its cache, or data.tokenizer_path; none is here, nor a token cache "
+            f"of this corpus in {data.cache_dir}/ (byte, char and bpe need nothing)"
+        )
+    if data.source == "hf" and not has_package("datasets"):
+        return (
+            f"data.source=hf needs the datasets package (pip install 'lmprof[hf]') to read "
+            f"'{data.hf_dataset}', and no token cache of it is in {data.cache_dir}/"
+        )
     return None
+
+
+def _token_cache_exists(cfg: RunConfig, source: object, spec: dict) -> bool:
+    """A complete token cache of this source and tokenizer: the run reads no source text and
+    loads no tokenizer."""
+    from lmprof.data.cache import MANIFEST, cache_path
+
+    try:
+        path = cache_path(cfg.data.cache_dir, source, spec, cfg.data.val_fraction)  # type: ignore[arg-type]
+    except Exception:  # a cache layout this check does not know: let the run find out
+        return False
+    return (path / MANIFEST).is_file()
 
 
 def _git(root: Path, *args: str) -> str | None:

@@ -149,17 +149,28 @@ def _umask() -> int:
     return mask
 
 
+def _lock_file(path: str | Path) -> Path:
+    """The lock file of `path`, its hidden folder made, and told to git to ignore itself (so
+    `git status` of the user's project stays clean)."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    ignore = lock.parent / ".gitignore"
+    if not ignore.exists():
+        with contextlib.suppress(OSError):
+            ignore.write_text("*\n")
+    return lock
+
+
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive lock on `path`.lock, held by one process (or thread) at a time.
+    """An exclusive lock on `path` (its file: paths.lock_path), one process or thread at a time.
 
     `filelock` rather than fcntl: it works on every platform and every file system that
     supports any locking (it falls back to lock files where flock is absent).
     """
     from filelock import FileLock
 
-    lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_file(path)
     # thread_local=False and a fresh object per call: two threads of one process exclude each
     # other exactly as two processes do.
     with FileLock(str(lock), thread_local=False):
@@ -168,13 +179,12 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def try_lock(path: str | Path) -> Iterator[bool]:
-    """Hold the lock on `path`.lock if no one else does: yields True (held until the block ends)
+    """Hold the lock on `path` (paths.lock_path) if no one else does: yields True (held until the block ends)
     or False at once (another process holds it). The OS drops the lock when its holder dies, so
     a killed sweep leaves no stale claim."""
     from filelock import FileLock, Timeout
 
-    lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_file(path)
     fl = FileLock(str(lock), thread_local=False)
     try:
         fl.acquire(timeout=0)

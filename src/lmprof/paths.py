@@ -2,7 +2,8 @@
 the analysis must agree on them, so they are named here and nowhere else.
 
 Layout under logging.output_dir (the seed's, extended):
-  results.csv (+ results.csv.lock)         one row per run
+  results.csv                              one row per run
+  .lmprof/results.csv.lock                 its lock (a hidden folder that git ignores)
   logs/<run>.log                           the run's log (the sweep's capture of it)
   results/details/<run>_metrics.csv        per logged step
   results/details/<run>_eval.csv           evaluation points
@@ -27,9 +28,16 @@ LOG_CAPTURED_ENV = "LMPROF_LOG_CAPTURED"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 
+# lmprof's own bookkeeping beside a user's files (locks): hidden, and it ignores itself in git.
+STATE_DIR = ".lmprof"
+
+
 def lock_path(path: str | Path) -> Path:
-    """The advisory lock beside a shared file (results.csv.lock beside results.csv)."""
-    return Path(f"{path}.lock")
+    """The advisory lock of a shared file: `.lmprof/results.csv.lock` beside `results.csv`.
+    Never deleted after use: a process waiting on a deleted lock file's inode would hold a lock
+    no newcomer sees. Kept in a hidden folder instead, so it does not litter the user's."""
+    p = Path(path)
+    return p.parent / STATE_DIR / f"{p.name}.lock"
 
 
 def results_csv(output_dir: str | Path) -> Path:

@@ -26,8 +26,10 @@ EXIT_CODES = {OK: 0, FAILED: 1, USER_ERROR: 2, OOM: 3, DIVERGED: 4, INTERRUPTED:
 
 # Resume policy. A row with a DONE status is the run's answer: a rerun skips it (--force reruns).
 DONE = (OK, OOM)
-# A last row with one of these is kept as it is: only --retry-failed reruns it.
-KEPT = (FAILED, DIVERGED, TIMEOUT)
+# A last row with one of these is kept as it is: rerunning would most likely end the same way
+# (the same loss blow-up, the same hour until the timeout); only --retry-failed reruns it. A
+# `failed` run is retried on every rerun: a crash is what a fix (or a transient fault) changes.
+KEPT = (DIVERGED, TIMEOUT)
 # The sweep exits 0 when every run ends in one of these.
 SUCCESS = (OK, OOM, SKIPPED)
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from lmprof import __version__
 from lmprof.cli import analyze, estimate, find_max, run, sweep
+from lmprof.cli.words import split_argv
 from lmprof.errors import UserError
 from lmprof.status import EXIT_CODES, INTERRUPTED, USER_ERROR
 
@@ -25,8 +26,9 @@ tokens/s and MFU, memory and why, and how well it learns.
   lmprof find-max CONFIG --vary batch_size     the largest batch (or length) that fits
 
 Config keys are dotted (model.d_model=512), a field's own name (d_model=512) or one of the
-course assignment's flat names (fp16=true, nhead=8, learning_rate=3e-4). `lmprof run
---help-config` lists every key with its default.
+course assignment's flat names (fp16=true, nhead=8, learning_rate=3e-4); every command that
+takes a config also reads them as --key=value or --key value (--max_steps=10,
+--training.max_steps 10). `lmprof run --help-config` lists every key with its default.
 """
 
 
@@ -43,11 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, its config words (`key=value`, `--key=value`, `--key value`) moved
+    into `overrides` by the one rule of lmprof.cli.words, whatever the command."""
+    words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    at = next((i for i, w in enumerate(words) if not w.startswith("-")), None)
+    command = _command_parser(parser, words[at]) if at is not None else None
+    takes_config = command is not None and any(a.dest == "overrides" for a in command._actions)
+    if not takes_config:  # no command, an unknown one (argparse says so), or analyze
+        return parser.parse_args(words)
+    keep, overrides = split_argv(command, words[at + 1 :])
+    args = parser.parse_args([*words[: at + 1], *keep])
+    args.overrides = [*overrides, *(getattr(args, "overrides", None) or [])]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+    except UserError as exc:
+        print(f"lmprof: error: {exc}", file=sys.stderr)
+        return EXIT_CODES[USER_ERROR]
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()
         return 2
     try:
         return int(args.func(args) or 0)

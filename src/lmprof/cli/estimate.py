@@ -185,14 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m lmprof.cli.estimate CONFIG [key=value]`: the estimate alone."""
     import sys
 
-    parser = argparse.ArgumentParser(prog="lmprof")
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["estimate", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return cmd_estimate(args)
-    except UserError as exc:
-        print(f"lmprof: error: {exc}", file=sys.stderr)
-        return 2
+    from lmprof.cli import main as lmprof_main
+
+    return lmprof_main(["estimate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ space (RLIMIT_AS; meant for CPU runs: CUDA reserves far more address space than 
 
 RESUME_HELP = """\
 Rerunning a sweep resumes it. A run whose config hash already has an ok or oom row in
-results.csv is done and skipped (--force reruns it). A run whose last row is failed, diverged
-or timeout is kept as it is (--retry-failed reruns it). Runs with no row, or whose last row
-is interrupted or skipped, run.
+results.csv is done and skipped (--force reruns it). A run whose last row is diverged or
+timeout is kept as it is (--retry-failed reruns it). Runs with no row, or whose last row is
+failed, interrupted or skipped, run (a skipped run again only if this machine can now run it).
 
 Ctrl-C stops the current run (it records itself as interrupted), ends the sweep and exits
 with 130; Ctrl-C again kills the run at once. Exit status: 0 when every run ended ok, oom or
@@ -70,7 +70,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True
     parser.add_argument(
         "--retry-failed",
         action="store_true",
-        help="rerun runs whose last attempt failed, diverged or timed out",
+        help="also rerun runs whose last attempt diverged or timed out (failed runs are "
+        "rerun anyway)",
     )
 
 
@@ -104,6 +105,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except UserError as exc:
         print(f"lmprof sweep: error: {exc}", file=sys.stderr)
         return 2
+    from lmprof.sweep.console import format_warnings
+
+    warning = format_warnings(plans)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if args.dry_run:
         applied = f"; overrides for every run: {' '.join(overrides)}" if overrides else ""
         print(f"{args.sweep_file}: plan (nothing is started){applied}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from lmprof.status import OK
 from lmprof.sweep.outcome import Outcome, SweepReport
@@ -51,9 +54,8 @@ def duration(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
 
 
-def clip(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -70,19 +72,66 @@ def outcome_line(i: int, n: int, o: Outcome, name_width: int) -> str:
     if o.status == OK and o.row:
         metrics = "  ".join(x for x in (_tps(o.row), _peak(o.row), _ppl(o.row)) if x)
     else:
-        metrics = clip(o.detail, 90)
+        metrics = one_line(o.detail)
     if o.note:
         metrics = f"{metrics}  ({o.note})" if metrics else f"({o.note})"
     took = duration(o.elapsed) if o.elapsed is not None else ""
     return f"{head} {metrics}  {took}".rstrip()
 
 
+def latest_point(metrics_csv: Path, since: float) -> dict[str, str] | None:
+    """The last whole row of a running run's metrics CSV, if written after `since` (a time.time
+    value): the file of an earlier attempt is not this run's progress."""
+    try:
+        if os.path.getmtime(metrics_csv) < since:
+            return None
+        with open(metrics_csv, "rb") as f:
+            header = f.readline().decode(errors="replace")
+            f.seek(0, os.SEEK_END)
+            f.seek(max(len(header), f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # Only lines ended by a newline: the child may be halfway through writing the last one.
+    lines = [ln for ln in tail.split("\n")[:-1] if ln.strip()]
+    if not lines or not header.strip():
+        return None
+    cols = next(csv.reader([header]))
+    values = next(csv.reader([lines[-1]]))
+    return dict(zip(cols, values, strict=False)) if len(values) == len(cols) else None
+
+
+def progress_line(
+    i: int,
+    n: int,
+    name: str,
+    max_steps: int,
+    point: Mapping[str, str] | None,
+    run_elapsed: float,
+    sweep_elapsed: float,
+    eta: float | None,
+) -> str:
+    """The running run (its latest logged step, loss and tokens/s) and the sweep as a whole."""
+    run = f"[{i}/{n}] {name} {duration(run_elapsed)}"
+    if point:
+        loss = _float(point, "loss")
+        tps = _tps({"throughput": point.get("tokens_per_sec", "")})
+        run += f"  step {point.get('step', '?')}/{max_steps}"
+        run += f" loss {loss:.3f}" if loss is not None else ""
+        run += f" {tps}" if tps else ""
+    else:
+        run += "  starting"
+    left = f"ETA {duration(eta)}" if eta is not None else "ETA after the first run"
+    return f"{run}  |  {i - 1}/{n} runs done, {duration(sweep_elapsed)} elapsed, {left}"
+
+
 def format_summary(report: SweepReport) -> str:
     rows = []
     for o in report.outcomes:
         time_s = duration(o.elapsed) if o.elapsed is not None else ""
+        # Whole: a reason cut at a column width is a reason the user cannot act on.
         note = (
-            o.note if o.status == OK else clip(f"{o.detail} ({o.note})" if o.note else o.detail, 60)
+            o.note if o.status == OK else one_line(f"{o.detail} ({o.note})" if o.note else o.detail)
         )
         rows.append(
             [
@@ -110,8 +159,27 @@ def format_summary(report: SweepReport) -> str:
         left = report.total - len(report.outcomes)
         lines.append(f"interrupted: {left} run(s) not started; rerun the same command to resume")
     if any(o.note.startswith("earlier;") for o in report.outcomes):
-        lines.append("runs that failed in an earlier sweep were kept; --retry-failed reruns them")
+        lines.append(
+            "runs that diverged or timed out in an earlier sweep were kept; --retry-failed "
+            "reruns them"
+        )
     return "\n".join(lines)
+
+
+def format_warnings(plans: Sequence[RunPlan]) -> str | None:
+    """One line for the runs whose warm-up outlasts them (config.warmup_warning)."""
+    from lmprof.config import warmup_warning
+
+    hit = [p for p in plans if warmup_warning(p.cfg)]
+    if not hit:
+        return None
+    runs = ", ".join(
+        f"{p.name} ({p.cfg.training.warmup_steps} >= {p.cfg.training.max_steps})" for p in hit
+    )
+    return (
+        f"warning: training.warmup_steps >= training.max_steps in {len(hit)} run(s), so their "
+        f"learning rate never reaches its peak: {runs}"
+    )
 
 
 def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False) -> str:
@@ -149,7 +217,7 @@ def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: boo
             out.append(f"      -> {notes[p.name]}")
     summary = (
         f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
-        f"{counts['kept']} failed earlier (kept; --retry-failed reruns them), "
+        f"{counts['kept']} diverged or timed out earlier (kept; --retry-failed reruns them), "
         f"{counts['skip']} not runnable on this machine (recorded as skipped)"
     )
     return "\n".join([*lines[:2], *out, summary])

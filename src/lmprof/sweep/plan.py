@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lmprof.config import (
     LEAF_KEYS,
@@ -94,6 +94,8 @@ class _Spec:
     layers: list[Mapping[str, Any]]
 
 
+_Selectable = TypeVar("_Selectable", RunPlan, _Spec)
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -123,8 +125,9 @@ def plan_sweep(
 ) -> list[RunPlan]:
     """Expand, validate and select the runs of a sweep file; nothing is started. `repeat`
     (`--repeat N`) is the repeat of every group and run that does not set its own."""
-    plans = expand_sweep(load_sweep(path), overrides=overrides, source=str(path), repeat=repeat)
-    plans = select(plans, tags)
+    plans = expand_sweep(
+        load_sweep(path), overrides=overrides, source=str(path), repeat=repeat, tags=tags
+    )
     if check_env:
         from lmprof.environment import check_environment
 
@@ -138,8 +141,11 @@ def expand_sweep(
     overrides: Sequence[str] = (),
     source: str = "sweep file",
     repeat: int | None = None,
+    tags: Sequence[str] | None = None,
 ) -> list[RunPlan]:
-    """Every run of the sweep, built and validated, in file order."""
+    """The runs of the sweep with any of `tags` (all when None), built and validated, in file
+    order. Only those are built: an override is checked against the runs it will change, not
+    against a run left out (precision=fp32 would be invalid for a FlashAttention run)."""
     base = doc.get("base_config") or {}
     if not isinstance(base, Mapping):
         raise UserError(f"'{source}': base_config must be a mapping of keys to values")
@@ -147,7 +153,12 @@ def expand_sweep(
     if not isinstance(groups, list):
         raise UserError(f"'{source}': experiments must be a list of groups")
     _check_overrides(overrides)
-    base_cfg = build_config(base, overrides=overrides, run="base_config")
+    try:
+        base_cfg = build_config(base, overrides=overrides, run="base_config")
+    except ConfigError:
+        # base_config is only the reference the changes are listed against; whether an override
+        # is valid is the selected runs' question, each built below with its own layers.
+        base_cfg = build_config(base, run="base_config")
     base_flat = _flat(base_cfg)
 
     specs: list[_Spec] = []
@@ -161,6 +172,7 @@ def expand_sweep(
                 f"and '{spec.group}'); run names must be unique"
             )
         seen[spec.name] = spec.group
+    specs = select(specs, tags)
 
     plans = []
     for spec in specs:
@@ -173,7 +185,7 @@ def expand_sweep(
     return plans
 
 
-def select(plans: Sequence[RunPlan], tags: Sequence[str] | None) -> list[RunPlan]:
+def select(plans: Sequence[_Selectable], tags: Sequence[str] | None) -> list[_Selectable]:
     """The runs with any of `tags` (a tag or a group name), renumbered; all runs if none."""
     if not tags:
         return list(plans)
@@ -185,7 +197,8 @@ def select(plans: Sequence[RunPlan], tags: Sequence[str] | None) -> list[RunPlan
     wanted = set(tags)
     chosen = [p for p in plans if wanted & set(p.tags) or p.group in wanted]
     for i, p in enumerate(chosen, 1):
-        p.index = i
+        if isinstance(p, RunPlan):
+            p.index = i
     return chosen
 
 

@@ -180,8 +180,10 @@ def wait_child(
     stops: StopRequests,
     grace_s: float,
     say: Callable[[str], None],
+    on_poll: Callable[[], None] | None = None,
 ) -> str:
     """Wait for the child: "exited", "timeout" (killed) or "interrupted" (asked to stop).
+    `on_poll` runs between polls (every POLL_S): the sweep's progress display.
 
     A stop request sends SIGINT (the run records itself as interrupted); after `grace_s` a
     SIGTERM, after TERM_GRACE_S more a SIGKILL to the whole tree; a second request kills now.
@@ -194,6 +196,8 @@ def wait_child(
             return "interrupted" if stopping is not None else "exited"
         except subprocess.TimeoutExpired:
             pass
+        if on_poll is not None:
+            on_poll()
         now = time.monotonic()
         if stops.count > seen:
             seen = stops.count

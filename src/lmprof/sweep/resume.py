@@ -2,8 +2,9 @@
 
 A run's history is its rows in results.csv with the same config hash:
   * an `ok` or `oom` row: done, skipped (`--force` reruns it);
-  * last row `failed`, `diverged` or `timeout`: kept as is (`--retry-failed` reruns it);
-  * no row, or last row `interrupted` or `skipped`: run.
+  * last row `diverged` or `timeout`: kept as is (`--retry-failed` reruns it);
+  * no row, or last row `failed`, `interrupted` or `skipped`: run (a `skipped` run is recorded
+    skipped again, once, while this machine still cannot run it).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -27,7 +28,13 @@ from lmprof.preflight import check_outputs
 from lmprof.results import append_row, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
 from lmprof.sweep.classify import classify, last_line, parent_row, read_log_tail
-from lmprof.sweep.console import format_plan, format_summary, outcome_line
+from lmprof.sweep.console import (
+    format_plan,
+    format_summary,
+    latest_point,
+    outcome_line,
+    progress_line,
+)
 from lmprof.sweep.outcome import Outcome, SweepReport
 from lmprof.sweep.plan import RunPlan
 from lmprof.sweep.processes import (
@@ -71,12 +78,18 @@ class SweepRunner:
         child_argv: ChildArgv | None = None,
         grace_s: float = 30.0,
         out: TextIO | None = None,
+        progress_every_s: float = 30.0,
     ):
         self.child_argv = child_argv or default_child_argv
         self.grace_s = grace_s
         self.out = out or sys.stdout
         self.stops = StopRequests()
         self._name_width = 20
+        # A terminal's status line is redrawn every second; a file or pipe gets a plain line
+        # this often (a log of a long sweep stays readable, and shows it is alive).
+        self.progress_every_s = progress_every_s
+        self._t0 = time.monotonic()
+        self._durations: list[float] = []  # this sweep's finished runs: the ETA's basis
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -90,14 +103,30 @@ class SweepRunner:
             return report
         self._name_width = min(48, max(len(p.name) for p in plans))
         check_outputs(_paths(p) for p in plans)  # before any work: one line, nothing started
+        self._t0, self._durations = time.monotonic(), []
         history = load_history(plans)
         n = len(plans)
+        decisions = [
+            decide(plan, history.get(plan.config_hash, []), force, retry_failed) for plan in plans
+        ]
+        # What cannot start on this machine is said, and recorded, before anything runs: a
+        # user waiting an hour for the one run they cared about learns at once it will not run.
+        skipped: dict[int, Outcome] = {}
+        for i, (plan, (action, _)) in enumerate(zip(plans, decisions, strict=True), 1):
+            if action == "skip":
+                if not skipped:
+                    self._say("cannot start on this machine (recorded as skipped):")
+                skipped[i] = self._skip(plan, history.get(plan.config_hash, []))
+                self._say(outcome_line(i, n, skipped[i], self._name_width))
         with self.stops.caught():
             for i, plan in enumerate(plans, 1):
                 if self.stops.count:
                     report.interrupted = True
                     break
-                action, prior = decide(plan, history.get(plan.config_hash, []), force, retry_failed)
+                action, prior = decisions[i - 1]
+                if action == "skip":
+                    report.outcomes.append(skipped[i])
+                    continue
                 if action == "done":
                     o = Outcome(
                         plan,
@@ -114,19 +143,25 @@ class SweepRunner:
                         prior,
                         note="earlier; --retry-failed reruns it",
                     )
-                elif action == "skip":
-                    o = self._skip(plan, history.get(plan.config_hash, []))
                 else:
-                    o = self._claimed(plan, i, n, force, retry_failed)
+                    left = sum(a == "run" for a, _ in decisions[i:])
+                    o = self._claimed(plan, i, n, force, retry_failed, left)
+                    if o.elapsed is not None:
+                        self._durations.append(o.elapsed)
                     report.interrupted = self.stops.count > 0
                 report.outcomes.append(o)
                 self._say(outcome_line(i, n, o, self._name_width))
                 if report.interrupted:
                     break
+        if report.interrupted:  # recorded before the first run: they belong in the summary
+            listed = {id(o) for o in report.outcomes}
+            report.outcomes += [o for o in skipped.values() if id(o) not in listed]
         self._say(format_summary(report))
         return report
 
-    def _claimed(self, plan: RunPlan, i: int, n: int, force: bool, retry_failed: bool) -> Outcome:
+    def _claimed(
+        self, plan: RunPlan, i: int, n: int, force: bool, retry_failed: bool, left: int
+    ) -> Outcome:
         """Run `plan` if no other sweep has claimed it (a per-run lock, non-blocking). Once
         claimed, the results are read again: another sweep may have finished it meanwhile."""
         with try_lock(_paths(plan).claim) as mine:
@@ -147,15 +182,11 @@ class SweepRunner:
                     prior,
                     note="done by another sweep",
                 )
-            if self.out.isatty():
-                print(
-                    f"[{i}/{n}] {plan.name} running ... (log: {_paths(plan).log})",
-                    end="",
-                    file=self.out,
-                    flush=True,
-                )
-            o = self._execute(plan)
-            if self.out.isatty():
+            tty = self.out.isatty()
+            if not tty:
+                self._say(f"[{i}/{n}] {plan.name} started (log: {_paths(plan).log})")
+            o = self._execute(plan, self._progress(i, n, plan, left))
+            if tty:
                 print("\r\033[K", end="", file=self.out)
             return o
 
@@ -172,7 +203,50 @@ class SweepRunner:
             append_row(_paths(plan).results_csv, parent_row(plan, SKIPPED, reason, None, now()))
         return Outcome(plan, SKIPPED, reason)
 
-    def _execute(self, plan: RunPlan) -> Outcome:
+    def _progress(self, i: int, n: int, plan: RunPlan, left: int) -> Callable[[], None]:
+        """What the sweep shows while run i of n trains (`left` runs to start after it)."""
+        tty = self.out.isatty()
+        every = 1.0 if tty else self.progress_every_s
+        started, wall = time.monotonic(), time.time() - 1.0
+        last = started - every if tty else started  # a terminal shows it at once
+        metrics = _paths(plan).metrics_csv
+        max_steps = plan.cfg.training.max_steps
+
+        def show() -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < every:
+                return
+            last = now
+            point = latest_point(metrics, wall)
+            run_s = now - started
+            eta = self._eta(left, run_s, point, max_steps)
+            line = progress_line(i, n, plan.name, max_steps, point, run_s, now - self._t0, eta)
+            if tty:
+                width = shutil.get_terminal_size().columns
+                print("\r\033[K" + line[: max(width - 1, 20)], end="", file=self.out, flush=True)
+            else:
+                self._say(line)
+
+        return show
+
+    def _eta(
+        self, left: int, run_s: float, point: Mapping[str, str] | None, max_steps: int
+    ) -> float | None:
+        """Seconds until the sweep ends: the mean of its finished runs for each run still to
+        come; for the running one its own pace once it has logged a step, else that mean too."""
+        try:
+            step = float((point or {}).get("step") or 0)
+        except ValueError:
+            step = 0
+        pace = run_s * max_steps / step if step > 0 else None
+        per_run = sum(self._durations) / len(self._durations) if self._durations else pace
+        if per_run is None:
+            return None
+        this = pace if pace is not None else per_run
+        return max(this - run_s, 0.0) + per_run * left
+
+    def _execute(self, plan: RunPlan, on_poll: Callable[[], None] | None = None) -> Outcome:
         paths = _paths(plan)
         results, log_path = paths.results_csv, paths.log
         started_at, t0 = now(), time.monotonic()
@@ -199,6 +273,7 @@ class SweepRunner:
                 self.stops,
                 self.grace_s,
                 self._say,
+                on_poll,
             )
         # An OutputError (the disk filled up, the folder turned read-only) is not caught: every
         # later run would fail the same way, so the sweep stops with that one line.
@@ -246,6 +321,8 @@ def run_sweep(
     child_argv: ChildArgv | None = None,
     grace_s: float = 30.0,
     out: TextIO | None = None,
+    progress_every_s: float = 30.0,
 ) -> SweepReport:
     """Run the planned runs one after another; resume and statuses: lmprof.sweep.resume."""
-    return SweepRunner(child_argv, grace_s, out).run(plans, force, retry_failed)
+    runner = SweepRunner(child_argv, grace_s, out, progress_every_s)
+    return runner.run(plans, force, retry_failed)

@@ -326,8 +326,14 @@ class CheckpointManager:
         self.stopping = stop
         return stop or (self.interval > 0 and step % self.interval == 0)
 
-    def save(self, step: int) -> Path:
-        """Write the checkpoint of the step just finished; after SIGTERM, raise Preempted."""
+    def save(self, step: int) -> Path | None:
+        """Write the checkpoint of the step just finished; after SIGTERM, raise Preempted.
+        With checkpointing off (checkpoint.interval=0) a SIGTERM stops the run and writes
+        nothing: files the user did not ask for, and no resume to use them."""
+        if self.interval <= 0:
+            if self.stopping:
+                raise Preempted(f"SIGTERM at step {step} (no checkpoint: checkpoint.interval=0)")
+            return None
         path = self._write(step)
         log.info("checkpoint: step %d -> %s", step, path)
         if self.stopping:

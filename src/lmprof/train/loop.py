@@ -26,7 +26,7 @@ from lmprof.precision import PRECISIONS, autocast_dtype
 from lmprof.train.distributed import DistInfo, all_reduce_sum
 from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
-from lmprof.train.outputs import RunOutputs
+from lmprof.train.outputs import CONSOLE, RunOutputs
 from lmprof.train.rng import rng_state, set_rng_state
 from lmprof.train.timing import StepTimer, percentile, steady_noise
 
@@ -54,7 +54,7 @@ class Checkpoints(Protocol):
 
     def due(self, step: int) -> bool: ...
 
-    def save(self, step: int) -> Path: ...
+    def save(self, step: int) -> Path | None: ...
 
 
 def set_precision_flags(precision: str) -> None:
@@ -325,7 +325,8 @@ class Trainer:
         if progress is not None:
             progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{point['tokens_per_sec']:.3g}")
             progress.update(1)
-        elif self.dist.is_main:
+        if self.dist.is_main:
+            # The log file always has the step line; the console has it only without the bar.
             log.info(
                 "step %d/%d loss %.4f ppl %.2f acc %.3f lr %.2e %.1f ms/step %.0f tok/s",
                 st.step,
@@ -336,6 +337,7 @@ class Trainer:
                 point["lr"],
                 step_time,
                 point["tokens_per_sec"],
+                extra={CONSOLE: progress is None},
             )
 
     def _check_divergence(self, loss: float) -> None:

@@ -18,6 +18,14 @@ from lmprof.io import append_text, atomic_write_text, open_stream
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 from lmprof.train.tracking import Tracking
 
+# A log record with `extra={CONSOLE: False}` goes to the log file only (the progress bar shows
+# the same on the console).
+CONSOLE = "lmprof_console"
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    return getattr(record, CONSOLE, True)
+
 
 def _fmt(v) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
@@ -131,6 +139,7 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
+    console.addFilter(_console_filter)
     logger.addHandler(console)
     if is_main and not os.environ.get(LOG_CAPTURED_ENV):
         path = RunPaths.of(cfg).log
@@ -138,3 +147,45 @@ def setup_logging(cfg: RunConfig, is_main: bool) -> None:
         fh = _LogFile(path, append=cfg.checkpoint.resume == "auto")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
+
+
+def _num(row: dict, key: str) -> float | None:
+    v = row.get(key)
+    return float(v) if isinstance(v, int | float) and v == v else None
+
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def format_run_summary(row: dict, paths: RunPaths) -> str:
+    """The few lines a run ends with, on the console and in its log: how it ended, how fast,
+    how much memory, how well it learned, and where its files are."""
+    status, detail = row.get("status", ""), row.get("status_detail", "")
+    steps = f"{row.get('steps_done', 0)}/{row.get('max_steps', '?')} steps"
+    lines = [f"run {paths.run_name} ended: {status}" + (f" ({detail})" if detail else "")]
+    lines.append(
+        f"  tokens/s: {_rate(_num(row, 'steady_tokens_per_sec'))} steady, "
+        f"{_rate(_num(row, 'throughput'))} end to end ({steps})"
+    )
+    mfu = _num(row, "mfu")
+    lines.append(
+        "  MFU: " + (f"{mfu:.1%}" if mfu is not None else "n/a (no GPU peak for this device)")
+    )
+    gpu, host = _num(row, "peak_gpu_mem_gb"), _num(row, "peak_host_mem_gb")
+    mem = [f"{gpu:.2f} GB GPU allocated" if gpu is not None else ""]
+    mem.append(f"{host:.2f} GB host resident" if host is not None else "")
+    lines.append("  peak memory: " + (", ".join(m for m in mem if m) or "n/a"))
+    loss, ppl = _num(row, "eval_loss"), _num(row, "eval_perplexity")
+    lines.append(
+        f"  eval: loss {loss:.4f}, ppl {ppl:.2f}"
+        if loss is not None and ppl is not None
+        else "  eval: none"
+    )
+    lines.append(
+        f"  files: {paths.results_csv} (its row), {paths.log}, {paths.metrics_csv}, "
+        f"{paths.eval_csv}, {paths.config_yaml}"
+    )
+    return "\n".join(lines)

@@ -42,7 +42,7 @@ from lmprof.train.distributed import (
     shutdown,
 )
 from lmprof.train.loop import Diverged, Trainer
-from lmprof.train.outputs import RunOutputs, discard_log, setup_logging
+from lmprof.train.outputs import RunOutputs, discard_log, format_run_summary, setup_logging
 
 log = logging.getLogger("lmprof")
 
@@ -289,7 +289,7 @@ def run(cfg: RunConfig) -> int:
                 late_error = f"{detail}; the row was not written: {exc}" if late_error else str(exc)
                 status = FAILED
             else:
-                log.info("run %s ended: %s %s", cfg.logging.run_name, status, detail)
+                log.info("%s", format_run_summary(row, RunPaths.of(cfg)))
         if outputs is not None:
             outputs.finish(row)
         if status == USER_ERROR:

@@ -112,3 +112,15 @@ def test_mfu_above_100_percent_is_flagged(tmp_path: Path) -> None:
     rows = [_row("seq_len_128", "seq_len", 1000, 100, 0.01, mfu=1.4, peak_gpu_mem_gb=1.0)]
     got = _analyze(tmp_path, rows)
     assert "MFU 140% is above 100%" in got["html"]
+
+
+def test_repeats_that_disagree_beyond_their_intervals_are_one_flag_per_configuration(tmp_path):
+    # Three repeats 2% apart with 0.5% intervals each: every pair disagrees; one line says so.
+    rows = [
+        _row(f"opts_baseline_rep{k}", "opts", tps, 1e5 / tps, 0.005)
+        for k, tps in enumerate((1000, 1020, 1040), start=1)
+    ]
+    got = _analyze(tmp_path, rows)
+    html = got["html"]
+    assert html.count("differ in tokens/s beyond their own step-time intervals") == 1
+    assert "3 pair(s)" in html and "1,000 to 1,040" in html

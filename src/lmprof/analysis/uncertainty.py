@@ -3,6 +3,7 @@ ratio of two of them, with the words a sentence may use (lmprof.stats does the a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from lmprof.stats import Estimate, Ratio, from_runs, from_spread, ratio, verdict
@@ -83,12 +84,19 @@ def flags(table: Table) -> list[str]:
                     f"{m.name}: MFU {m.mfu * 100:.0f}% is above 100% (impossible: check the "
                     "FLOP count or the peak FLOP/s); kept on the plots, marked, not a finding"
                 )
-        for a, b, rt in disagreements(r):
+        pairs = disagreements(r)
+        if pairs:
+            # One line per configuration: with n repeats there are up to n(n-1)/2 pairs.
+            names = sorted({m.name for a, b, _ in pairs for m in (a, b)})
+            widest = max(pairs, key=lambda p: abs(math.log(p[2].value)))
+            tps = [m.tokens_per_sec for m in r.replicates if m.measured and m.tokens_per_sec]
             out.append(
-                f"{a.name} and {b.name} are the same configuration but their tokens/s "
-                f"differ ({rt.text()}) beyond their own step-time intervals: "
-                "run-to-run variation (machine load, clocks) is larger than one run shows; "
-                "marked on the plots"
+                f"{r.name}: {len(pairs)} pair(s) of its repeats ({', '.join(names)}) differ in "
+                f"tokens/s beyond their own step-time intervals (the repeats span "
+                f"{min(tps):,.0f} to {max(tps):,.0f}; widest {widest[0].name} / "
+                f"{widest[1].name} {widest[2].text()}): run-to-run variation (machine load, "
+                "clocks) is larger than one run shows, so compare with the interval across "
+                "repeats; marked on the plots"
             )
         for m in r.replicates:
             if m.noisy:

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmprof.config import build_config
 from lmprof.environment import check_environment
+from lmprof.errors import ConfigError
 from lmprof.model import ModelArgs, Transformer
 from lmprof.ops import flash_attn4
 
@@ -70,8 +71,9 @@ def test_fa4_with_dropout_is_refused(monkeypatch):
     monkeypatch.setattr(flash_attn4, "_import_error", lambda: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    cfg = build_config(overrides=["attention=fa4", "precision=bf16", "dropout=0.1", "device=cuda"])
-    assert "set model.dropout=0" in check_environment(cfg)
+    # A rule of the config itself, read from the table's `dropout` column.
+    with pytest.raises(ConfigError, match="model.dropout"):
+        build_config(overrides=["attention=fa4", "precision=bf16", "dropout=0.1"])
     args = ModelArgs(vocab_size=97, d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.1)
     args.attention = "fa4"
     with pytest.raises(ValueError, match="no dropout"):

@@ -19,9 +19,16 @@ def _precision_for(k: attention_kernels.AttentionKernel) -> str:
     return k.precisions[0] if k.precisions else "fp32"
 
 
+def _kernel(k, precision_name: str) -> list[str]:
+    """Overrides selecting kernel `k` in a precision, with dropout off where it has none."""
+    return [f"attention={k.name}", f"precision={precision_name}"] + (
+        [] if k.dropout else ["dropout=0"]
+    )
+
+
 @pytest.mark.parametrize("k", KERNELS, ids=lambda k: k.name)
 def test_every_kernel_is_accepted_by_validation(k):
-    cfg = build_config(overrides=[f"attention={k.name}", f"precision={_precision_for(k)}"])
+    cfg = build_config(overrides=_kernel(k, _precision_for(k)))
     assert cfg.model.attention == k.name
     if k.cuda_only and not torch.cuda.is_available():
         assert "needs a CUDA GPU" in check_environment(cfg)
@@ -52,9 +59,7 @@ def test_every_kernel_is_dispatched_by_the_model(k):
 
 @pytest.mark.parametrize("k", KERNELS, ids=lambda k: k.name)
 def test_every_kernel_is_known_to_the_flops_and_memory_models(k):
-    cfg = build_config(
-        overrides=["tokenizer=gpt2", f"attention={k.name}", f"precision={_precision_for(k)}"]
-    )
+    cfg = build_config(overrides=["tokenizer=gpt2", *_kernel(k, _precision_for(k))])
     args = ModelArgs.from_config(cfg, 50258)
     assert flops_per_token(args, cfg.seq_len).model_flops_per_token > 0
     for padded in (False, True):
@@ -75,9 +80,20 @@ def test_kernel_precision_rule_comes_from_the_table():
 
     for k in KERNELS:
         for p in precision.NAMES:
-            overrides = [f"attention={k.name}", f"precision={p}"]
+            overrides = _kernel(k, p)
             if attention_kernels.runs_in(k, p):
                 build_config(overrides=overrides)
             else:
                 with pytest.raises(ConfigError, match="need precision"):
                     build_config(overrides=overrides)
+
+
+def test_each_kernels_availability_check_names_a_real_function():
+    import importlib
+
+    from lmprof import attention_kernels
+
+    for k in attention_kernels.KERNELS.values():
+        if k.availability:
+            module, function = k.availability.split(":")
+            assert callable(getattr(importlib.import_module(module), function)), k.name

@@ -37,6 +37,9 @@ class AttentionKernel:
     seed_flash: bool = False
     # Attention dropout (model.dropout > 0 in training): FA4's kernels have none.
     dropout: bool = True
+    # "module:function" answering why this machine cannot run the kernel (a missing optional
+    # package, too old a GPU), or None when it can; imported only when the kernel is asked for.
+    availability: str | None = None
     color: str = "#7f7f7f"  # fixed across figures
 
 
@@ -126,6 +129,7 @@ KERNELS: dict[str, AttentionKernel] = {
             runs_as="flash",
             seed_flash=True,
             dropout=False,
+            availability="lmprof.ops.flash_attn4:unavailable_reason",
             color="#0b7a75",
         ),
         AttentionKernel(

@@ -719,6 +719,10 @@ def validate(cfg: RunConfig) -> None:
             "compile_mode default / max-autotune-no-cudagraphs",
         )
     kernel = attention_kernels.kernel(m.attention)
+    if not kernel.dropout and m.dropout > 0:
+        raise ConfigError(
+            "model.dropout", m.dropout, f"attention '{kernel.name}' has no dropout: set it to 0"
+        )
     prec = cfg.system.precision
     if not attention_kernels.runs_in(kernel, prec):
         others = attention_kernels.names_where(lambda k: attention_kernels.runs_in(k, prec))

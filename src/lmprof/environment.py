@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import subprocess
 from pathlib import Path
@@ -51,18 +52,11 @@ def check_environment(cfg: RunConfig) -> str | None:
             f"(use {attention_kernels.or_list(cpu)} on a CPU)"
         )
     kernel = attention_kernels.kernel(cfg.model.attention)
-    if not kernel.dropout and cfg.model.dropout > 0:
-        # A rule of the config, checked here until config validation reads the table's column.
-        return (
-            f"attention '{kernel.name}' has no attention dropout: set model.dropout=0 "
-            f"(it is {cfg.model.dropout})"
-        )
-    if kernel.name == "fa4":
-        # The optional package and an sm90+ GPU. The one check that reads the compute
-        # capability (CUDA's runtime initialises; no context is made), and only for fa4 runs.
-        from lmprof.ops.flash_attn4 import unavailable_reason
-
-        reason = unavailable_reason()
+    if kernel.availability:
+        # An optional package or a GPU generation: the kernel's own check (for FA4 it reads the
+        # compute capability: CUDA's runtime initialises, no context is made).
+        module, function = kernel.availability.split(":")
+        reason = getattr(importlib.import_module(module), function)()
         if reason:
             return reason
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():

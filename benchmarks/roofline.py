@@ -17,7 +17,14 @@ import sys
 
 from lmprof.io import atomic_write_text
 from lmprof.profiling.peaks import gpu_key, peak_flops
-from lmprof.profiling.roofline import HBM_BYTES_PER_S, Limits, analyze, load_trace, markdown
+from lmprof.profiling.roofline import (
+    HBM_BYTES_PER_S,
+    Limits,
+    adamw_bytes_per_step,
+    analyze,
+    load_trace,
+    markdown,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--bw-gbs", type=float, default=None)
     ap.add_argument("--csv", default=None)
+    ap.add_argument(
+        "--params", type=int, default=None, help="parameters AdamW updates (optimizer bytes)"
+    )
     a = ap.parse_args(argv)
     key = gpu_key(a.gpu)
     lim = Limits(
@@ -36,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         "given" if a.peak_tflops else f"datasheet {key}",
         "given" if a.bw_gbs else f"datasheet {key} HBM",
     )
-    rl = analyze(load_trace(a.trace), lim)
+    opt = adamw_bytes_per_step(a.params, clipping=True) if a.params else None
+    rl = analyze(load_trace(a.trace), lim, opt)
     print(markdown(rl, a.trace))
     if a.csv:
         rows = rl.table()

@@ -202,3 +202,33 @@ def test_power_prefers_nvmls_instantaneous_field_and_falls_back_to_the_average()
     assert en.NvmlSource(Instant(clock), None).sample()["power_w"] == pytest.approx(640.0)
     # A driver without the field (FakeNvml has no nvmlDeviceGetFieldValues): the average.
     assert en.NvmlSource(FakeNvml(clock), None).sample()["power_w"] == pytest.approx(500.0)
+
+
+def test_roofline_takes_the_optimizers_bytes_from_the_parameter_count():
+    # What the H200 trace records for the fused AdamW: its tensor lists with no shapes.
+    ev = [
+        {
+            "ph": "X",
+            "cat": "cpu_op",
+            "name": "aten::_fused_adamw_",
+            "ts": 1,
+            "dur": 5,
+            "args": {"External id": 9, "Input Dims": [[]] * 6, "Input type": ["TensorList"] * 6},
+        },
+        {
+            "ph": "X",
+            "cat": "kernel",
+            "name": "multi_tensor_apply_kernel<adam>",
+            "ts": 10,
+            "dur": 100,
+            "args": {"External id": 9, "stream": 7, "device": 0},
+        },
+    ]
+    lim = rl.Limits(matmul_flops=1e15, bandwidth=4e12)
+    unknown = rl.analyze({"traceEvents": ev}, lim)
+    assert unknown.at_limit_us(unknown.rows["optimizer"]) == 100  # no work: no gain claimed
+    nbytes = rl.adamw_bytes_per_step(10_000_000, clipping=True)
+    assert nbytes == 10_000_000 * 4 * 10
+    known = rl.analyze({"traceEvents": ev}, lim, optimizer_bytes_per_step=nbytes)
+    # 400 MB at 4 TB/s: 100 us, the kernel's own time: at its limit, nothing to gain.
+    assert known.at_limit_us(known.rows["optimizer"]) == pytest.approx(100)

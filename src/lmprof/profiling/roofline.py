@@ -329,8 +329,20 @@ def load_trace(path: str | Path) -> dict:
         return json.load(f)
 
 
-def analyze(trace: dict | list, limits: Limits | None = None) -> Roofline:
-    """The roofline of a trace (its JSON, loaded)."""
+def adamw_bytes_per_step(n_params: int, clipping: bool) -> float:
+    """HBM bytes of one fused AdamW step over fp32 parameters, gradients and states: it reads
+    params, grads, exp_avg and exp_avg_sq and writes params, exp_avg and exp_avg_sq (7 x 4 B a
+    parameter); gradient clipping adds the norm's read and the scaling's read and write (3 x 4 B).
+    The trace cannot say this itself: it records a TensorList's shapes as empty."""
+    return float(n_params) * 4 * (7 + (3 if clipping else 0))
+
+
+def analyze(
+    trace: dict | list, limits: Limits | None = None, optimizer_bytes_per_step: float | None = None
+) -> Roofline:
+    """The roofline of a trace (its JSON, loaded). `optimizer_bytes_per_step` (from the model's
+    parameter count: `adamw_bytes_per_step`) is the optimizer group's work where the trace's
+    launch records carry none."""
     limits = limits or Limits()
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     ops: dict[int, dict] = {}
@@ -395,6 +407,11 @@ def analyze(trace: dict | list, limits: Limits | None = None) -> Roofline:
             r.bytes += work * share
     if not shapes_seen:
         notes.append("no operator shapes in the trace: set profile.record_shapes=true for work")
+    opt = rows.get("optimizer")
+    if opt is not None and opt.bytes == 0 and optimizer_bytes_per_step:
+        opt.bytes = optimizer_bytes_per_step * max(steps, 1)
+        opt.unknown_us = 0.0
+        notes.append("optimizer bytes from the parameter count (the trace has no list shapes)")
     idle, span = idle_us(kernels)
     if idle > 0:
         rows["idle"] = GroupRow("idle", time_us=idle)
@@ -518,11 +535,15 @@ def markdown(rl: Roofline, title: str = "") -> str:
 
 
 def write_roofline(
-    trace_path: str | Path, tables_dir: str | Path, run_name: str, limits: Limits
+    trace_path: str | Path,
+    tables_dir: str | Path,
+    run_name: str,
+    limits: Limits,
+    optimizer_bytes_per_step: float | None = None,
 ) -> tuple[Path, Path]:
     from lmprof.io import atomic_write_text
 
-    rl = analyze(load_trace(trace_path), limits)
+    rl = analyze(load_trace(trace_path), limits, optimizer_bytes_per_step)
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = tables_dir / f"{run_name}_roofline.md", tables_dir / f"{run_name}_roofline.csv"

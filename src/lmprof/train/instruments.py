@@ -126,6 +126,8 @@ class Instruments:
         self.phase_ms: dict[str, list[float]] = defaultdict(list)
         self.memory_by_phase: dict[str, float] = {}
         self.probe_memory = False
+        # The optimizer step's HBM traffic, set by the trainer (the trace cannot tell it).
+        self.optimizer_bytes_per_step: float | None = None
         self.probe_step = max(2, cfg.logging.timing_warmup_steps)
         self.paths = RunPaths.of(cfg)
         self.trace_dir = self.paths.traces_dir
@@ -242,7 +244,13 @@ class Instruments:
 
         try:
             limits = limits_for(self.device, self.cfg.system.precision, self.cfg.profile.peak)
-            paths = write_roofline(trace, self.tables_dir, self.cfg.logging.run_name, limits)
+            paths = write_roofline(
+                trace,
+                self.tables_dir,
+                self.cfg.logging.run_name,
+                limits,
+                self.optimizer_bytes_per_step,
+            )
             log.info("roofline table: %s", paths[0])
         except Exception as exc:  # noqa: BLE001 -- a report, never the run's failure
             log.warning("roofline table not written: %s", exc)

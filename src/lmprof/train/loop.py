@@ -119,6 +119,7 @@ class Trainer:
         )
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
+        self.instruments.optimizer_bytes_per_step = _optimizer_bytes(self.optimizer, cfg)
 
     # -- resumable state ---------------------------------------------------------------------
 
@@ -452,3 +453,15 @@ class Trainer:
             else 0.0,
             "steady_steps": len(steady),
         }
+
+
+def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
+    """This rank's AdamW traffic a step (a DTensor parameter counts its local shard)."""
+    from lmprof.profiling.roofline import adamw_bytes_per_step
+
+    n = sum(
+        getattr(p, "to_local", lambda p=p: p)().numel()
+        for group in optimizer.param_groups
+        for p in group["params"]
+    )
+    return adamw_bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)

@@ -298,3 +298,17 @@ def test_the_memory_model_counts_auto_as_the_kernel_it_becomes(precision, like):
 
     for padded in (False, True):
         assert peak("auto", padded) == peak(like, padded)
+
+
+def test_an_auto_run_records_the_kernel_it_became(tmp_path, monkeypatch):
+    import csv
+
+    from lmprof.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["data.source=synthetic", "vocab_size=64", "n_layers=1", "d_model=32", "n_heads=2"]
+    args += ["d_ff=64", "sequence_length=16", "batch_size=2", "max_steps=2", "progress=false"]
+    assert main(["run", *args, "attention=auto", "eval_max_batches=1", "run_name=a"]) == 0
+    with open(tmp_path / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["attention"] == "auto" and row["attention_kernel"] == "sdpa"  # on a CPU

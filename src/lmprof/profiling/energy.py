@@ -455,8 +455,9 @@ class EnergyMeter:
         return energy_columns(self.window, self.kind, run_j, window_tokens, reduce)
 
 
-def energy_row(trainer: Any) -> dict[str, Any]:
-    """The run's energy and cost columns (called on every rank after training: one all-reduce)."""
+def energy_row(trainer: Any, steady_tokens_per_sec: float | None) -> dict[str, Any]:
+    """The run's energy and cost columns (called on every rank after training: one all-reduce);
+    the steady tokens/s is the summary row's, so the steady window is summarised once."""
     from lmprof.train.distributed import all_reduce_sum
 
     cfg, st, dist = trainer.cfg, trainer.state, trainer.dist
@@ -472,6 +473,5 @@ def energy_row(trainer: Any) -> dict[str, Any]:
 
         name = torch.cuda.get_device_name(trainer.device)
     usd = resolve_gpu_hour_usd(cfg.cost.gpu_hour_usd, name)
-    steady = trainer.steady_state().get("steady_tokens_per_sec")
-    row |= cost_columns(usd, dist.world_size, steady, st.train_time_s)
+    row |= cost_columns(usd, dist.world_size, steady_tokens_per_sec, st.train_time_s)
     return row

@@ -52,6 +52,7 @@ SUMMARY_COLUMNS = ColumnGroup(
     "what the run did and how well it learned: train/run.py, from the trainer's state",
     (
         "total_params_m",
+        "attention_kernel",
         "vocab_size",
         "steps_done",
         "tokens_seen",
@@ -95,6 +96,8 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
     logged = st.logged
     row = {
         "total_params_m": trainer.n_params / 1e6,
+        # What `attention=auto` became (the config's `attention` column keeps what was asked).
+        "attention_kernel": trainer.raw_model.args.attention,
         "vocab_size": trainer.args.padded_vocab_size,
         "steps_done": st.step,
         "tokens_seen": int(total_real),
@@ -116,10 +119,10 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
     return row
 
 
-def _energy_row(trainer: Trainer) -> dict:
+def _energy_row(trainer: Trainer, steady_tokens_per_sec: float | None) -> dict:
     from lmprof.profiling.energy import energy_row
 
-    return energy_row(trainer)
+    return energy_row(trainer, steady_tokens_per_sec)
 
 
 def _flops_row(trainer: Trainer, row: dict) -> dict:
@@ -248,7 +251,7 @@ def run(cfg: RunConfig) -> int:
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point) | trainer.test_row()
-        row |= _energy_row(trainer)
+        row |= _energy_row(trainer, row.get("steady_tokens_per_sec"))
         status = OK
     except (OutputError, CheckpointError) as exc:
         status, detail = FAILED, str(exc)

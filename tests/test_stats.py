@@ -124,3 +124,13 @@ def test_repeats_that_disagree_beyond_their_intervals_are_one_flag_per_configura
     html = got["html"]
     assert html.count("differ in tokens/s beyond their own step-time intervals") == 1
     assert "3 pair(s)" in html and "1,000 to 1,040" in html
+
+
+def test_a_users_own_tag_with_a_baseline_run_is_compared(tmp_path):
+    rows = []
+    for k, (b, c) in enumerate(((1000, 1500), (1010, 1490), (990, 1510)), start=1):
+        rows.append(_row(f"my_baseline_rep{k}", "mystudy", b, 1e5 / b, 0.01))
+        rows.append(_row(f"my_compiled_rep{k}", "mystudy", c, 1e5 / c, 0.01, compile=True))
+    got = _analyze(tmp_path, rows)
+    reading = got["optimization_compile_comparison.png"]
+    assert "1.50x [" in reading and "no measurable difference" not in reading

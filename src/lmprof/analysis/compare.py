@@ -22,8 +22,12 @@ from .style import FAIL_COLOR, TOKENS_LABEL, figure, fmt_num, save, tokens_axis
 COMPARISON_TAGS = ("opts", "attention", "precision", "compile", "checkpointing")
 
 
-def is_comparison(tag: str) -> bool:
-    return tag in COMPARISON_TAGS or tag.endswith("opts")
+def is_comparison(tag: str, runs: list[Run] | None = None) -> bool:
+    """The seed's comparison tags, or any tag holding a run named like `*baseline*` (a user's
+    own study: every other run of the tag is compared with it)."""
+    if tag in COMPARISON_TAGS or tag.endswith("opts"):
+        return True
+    return any("baseline" in r.name.lower() for r in runs or ())
 
 
 # The seed's own attention (explicit mask) and the textbook one are the unoptimised kinds.
@@ -89,9 +93,9 @@ def _safe(text: str) -> str:
 def pairs(table: Table) -> list[Pair]:
     found: list[Pair] = []
     for tag in table.tags:
-        if not is_comparison(tag):
-            continue
         runs = [r for r in table.runs if r.tag == tag]
+        if not is_comparison(tag, runs):
+            continue
         bases = baselines(runs)
         for r in runs:
             if r in bases:
@@ -223,10 +227,15 @@ def pair_differs(pair: Pair) -> bool:
 def optimization_comparisons(ctx: Context) -> list[Plot]:
     found = pairs(ctx.table)
     if not found:
-        tags = [t for t in ctx.table.tags if is_comparison(t)]
+        tags = [
+            t for t in ctx.table.tags if is_comparison(t, [r for r in ctx.table.runs if r.tag == t])
+        ]
         if tags:
             raise Skip(f"tag(s) {', '.join(tags)} hold only baseline runs")
-        raise Skip("no runs tagged opts, vanilla_opts, attention, precision or compile")
+        raise Skip(
+            "no runs tagged opts, vanilla_opts, attention, precision or compile, and no tag "
+            "with a run named *baseline*"
+        )
     plots = []
     for pair in found:
         fig, axes = figure(ncols=2, width=5.6, height=4.6)

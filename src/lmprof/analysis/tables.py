@@ -166,7 +166,7 @@ def columns_for(
         ], lambda r: r.num("total_params_m") or 0.0
     if tag.startswith("ddp"):
         return _ddp(runs), lambda r: r.gpus
-    if is_comparison(tag):
+    if is_comparison(tag, runs):
         base_ids = {id(b) for b in baselines(runs)}
         return _comparison(table, runs), lambda r: id(r) not in base_ids
     return _generic(runs), None

@@ -294,6 +294,8 @@ def _write_tokens(
     eos = np.array([tok.eos_id], dtype=dtype)
     lengths: list[int] = []
     n = 0
+    # Streamed, not through lmprof.io: `file` lies in the build's own fresh temporary folder,
+    # which is renamed into place whole once the manifest is written.
     with open(file, "wb") as f:
         for chunk in _chunks(docs):
             parts = []

@@ -129,7 +129,9 @@ class CharTokenizer(Tokenizer):
         return cls(json.loads((directory / "chars.json").read_text())["chars"])
 
     def save(self, directory: Path) -> None:
-        (directory / "chars.json").write_text(json.dumps({"chars": self.chars}))
+        from lmprof.io import atomic_write_text
+
+        atomic_write_text(directory / "chars.json", json.dumps({"chars": self.chars}))
 
     def encode_array(self, text: str) -> np.ndarray:
         # Vectorized lookup: code points, then their rank among the known ones.

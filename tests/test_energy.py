@@ -232,3 +232,28 @@ def test_roofline_takes_the_optimizers_bytes_from_the_parameter_count():
     known = rl.analyze({"traceEvents": ev}, lim, optimizer_bytes_per_step=nbytes)
     # 400 MB at 4 TB/s: 100 us, the kernel's own time: at its limit, nothing to gain.
     assert known.at_limit_us(known.rows["optimizer"]) == pytest.approx(100)
+
+
+def test_roofline_counts_the_fused_losss_logits_and_splits_a_fused_ops_work_by_group():
+    n, v, d = 1024, 4096, 256
+    op = {
+        "ph": "X",
+        "cat": "cpu_op",
+        "name": "lmprof::linear_cross_entropy",
+        "ts": 1,
+        "dur": 50,
+        "args": {
+            "External id": 3,
+            "Input Dims": [[n, d], [v, d], [n], [], []],
+            "Input type": ["c10::BFloat16", "c10::BFloat16", "long int", "Scalar", "Scalar"],
+        },
+    }
+    # The op launches a matmul (the LM head) and the loss kernel; only the latter is `loss`.
+    gemm = {"ph": "X", "cat": "kernel", "name": "sm90_xmma_gemm_bf16", "ts": 10, "dur": 30}
+    rows = {"ph": "X", "cat": "kernel", "name": "_cross_entropy_rows_kernel", "ts": 45, "dur": 70}
+    for k in (gemm, rows):
+        k["args"] = {"External id": 3, "stream": 7, "device": 0}
+    r = rl.analyze({"traceEvents": [op, gemm, rows]}, rl.Limits(1e15, 4e12))
+    table = {row["group"]: row for row in r.table()}
+    # Logits read and their gradient written, bf16: 2 x N x V x 2 bytes, all to the loss kernel.
+    assert table["loss"]["gb_per_step"] == pytest.approx(2 * n * v * 2 / 1e9, rel=1e-3)

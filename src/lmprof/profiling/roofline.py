@@ -160,6 +160,21 @@ def tensor_bytes(dims: list, types: list) -> list[int]:
     return out
 
 
+# lmprof's fused LM head + loss (ops/cross_entropy.py): its inputs are the hidden states and the
+# head's weight, but its loss kernel streams the (tokens x vocabulary) logits it made.
+LINEAR_CROSS_ENTROPY_OP = "lmprof::linear_cross_entropy"
+
+
+def linear_cross_entropy_bytes(dims: list, types: list) -> float | None:
+    """The loss kernel's traffic: the logits read once and the gradient written over them, in
+    the hidden states' dtype (hidden (N, D) and weight (V, D) are the first two inputs)."""
+    if len(dims) < 2 or not all(isinstance(d, list) and len(d) == 2 for d in dims[:2]):
+        return None
+    (n, _), (v, _) = dims[0], dims[1]
+    size = DTYPE_BYTES.get((types[0] if types else "").lower(), 0)
+    return 2.0 * n * v * size if size else None
+
+
 def _written_lists(op: str) -> tuple[int, ...]:
     """Which TensorList arguments an optimizer operator writes back (it reads them all): fused
     Adam/AdamW update params, exp_avg and exp_avg_sq in place; an in-place foreach op its first."""
@@ -380,17 +395,22 @@ def analyze(
             ext = runtime_ext.get(a.get("correlation"))
         return ops.get(ext)
 
-    # Per-operator work, shared among its kernels by duration.
+    # Per-operator work of a group, shared among that operator's kernels of that group by
+    # duration (a fused operator such as the LM head + loss launches matmuls and a loss kernel:
+    # each group's work goes to its own kernels).
     linked = [(k, op_of(k)) for k in kernels]
-    op_kernel_us: dict[int, float] = defaultdict(float)
+
+    def group_key(k: dict, op: dict | None) -> str:
+        return group_of(k.get("name", ""), op.get("name", "") if op else "", k.get("cat", "kernel"))
+
+    op_kernel_us: dict[tuple[int, str], float] = defaultdict(float)
     for k, op in linked:
         if op is not None:
-            op_kernel_us[id(op)] += k["dur"]
+            op_kernel_us[(id(op), group_key(k, op))] += k["dur"]
     rows: dict[str, GroupRow] = {}
     shapes_seen = False
     for k, op in linked:
-        oname = op.get("name", "") if op else ""
-        g = group_of(k.get("name", ""), oname, k.get("cat", "kernel"))
+        g = group_key(k, op)
         r = rows.setdefault(g, GroupRow(g))
         r.launches += 1
         r.time_us += k["dur"]
@@ -400,7 +420,8 @@ def analyze(
         if work is None:
             r.unknown_us += k["dur"]
             continue
-        share = k["dur"] / op_kernel_us[id(op)] if op is not None and op_kernel_us[id(op)] else 1
+        total = op_kernel_us[(id(op), g)] if op is not None else 0.0
+        share = k["dur"] / total if total else 1
         if g in COMPUTE_GROUPS:
             r.flops += work * share
         else:
@@ -440,6 +461,8 @@ def _work(k: dict, op: dict | None, group: str) -> float | None:
         return matmul_flops(name, dims)
     if group == "attention":
         return attention_flops(name, dims) if is_attention_op(name) else None
+    if group == "loss" and name == LINEAR_CROSS_ENTROPY_OP:
+        return linear_cross_entropy_bytes(dims, types)
     sizes = tensor_bytes(dims, types)
     if not any(sizes):
         return None

@@ -36,6 +36,8 @@ class ColumnGroup:
     def declares(self, column: str) -> bool:
         return column in self.columns or any(re.fullmatch(p, column) for p in self.patterns)
 
+    __contains__ = declares
+
 
 # The modules whose `*_COLUMNS` groups make up the table, in the order their columns appear
 # after the seed's. Imported lazily: most of them need torch, the analysis does not.

@@ -24,8 +24,7 @@ from lmprof.results import ColumnGroup, read_rows
 def _declared(name: str, columns: ColumnGroup | tuple[str, ...]) -> str:
     """A column the analysis reads by name, checked against its producer's declaration so a
     rename there fails here at import, not as a silently empty plot."""
-    declared = columns.declares(name) if isinstance(columns, ColumnGroup) else name in columns
-    if not declared:
+    if name not in columns:
         raise AssertionError(f"{name!r} is not a declared column")
     return name
 

@@ -496,19 +496,8 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
         x0q, y0q = q.points[0][0], q.points[0][1]
         over = [(x, 100 * (y / x) / (y0q / x0q)) for x, y, _ in q.points]
         over = [(x, e) for x, e in over if e > 100.5]
-        if over:
-            # Kept on the chart, ringed: above linear scaling is a measurement to question.
-            eff_ax.plot(
-                [p[0] for p in over],
-                [p[1] for p in over],
-                linestyle="none",
-                marker="o",
-                markersize=16,
-                markerfacecolor="none",
-                markeredgecolor=FAIL_COLOR,
-                markeredgewidth=2,
-                label="implausible (>100%)",
-            )
+        # Kept on the chart, ringed: above linear scaling is a measurement to question.
+        _ring(eff_ax, over, "implausible (>100%)")
     eff_ax.set_ylim(0, max(125, max(effs, default=0) * 1.12))
     eff_ax.set_ylabel("scaling efficiency (% of linear)")
     for ax in (tps_ax, eff_ax):

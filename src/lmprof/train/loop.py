@@ -97,9 +97,8 @@ class Trainer:
         set_precision_flags(cfg.system.precision)
 
         self.data = build_data(cfg, log=log.info)
-        if (
-            self.data.has_test
-        ):  # a test split too small for the ranks: one line now, not after training
+        if self.data.has_test:
+            # A test split too small for the ranks: one line now, not after training.
             self.data.eval_batches("test", 1, rank=dist.rank, world_size=dist.world_size)
         self.args = ModelArgs.from_config(cfg, self.data.vocab_size)
         with torch.device(self.device):
@@ -459,9 +458,6 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
     """This rank's AdamW traffic a step (a DTensor parameter counts its local shard)."""
     from lmprof.profiling.roofline import adamw_bytes_per_step
 
-    n = sum(
-        getattr(p, "to_local", lambda p=p: p)().numel()
-        for group in optimizer.param_groups
-        for p in group["params"]
-    )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
     return adamw_bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)

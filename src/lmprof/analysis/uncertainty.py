@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from lmprof.stats import Estimate, Ratio, from_runs, from_spread, ratio, verdict
+from lmprof.stats import Estimate, Ratio, from_runs, from_spread, ratio
 
 from .load import Run, Table
 
@@ -63,10 +63,6 @@ def compare(new: Run, base: Run, metric: Metric = _tps) -> Ratio | None:
     if a is None or b is None:
         return None
     return ratio(a, b)
-
-
-def speed_words(rt: Ratio) -> str:
-    return verdict(rt, "faster", "slower")
 
 
 def single_runs(table: Table) -> bool:

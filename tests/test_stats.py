@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
 import pytest
 
 from lmprof.results import append_row
-from lmprof.stats import from_runs, median_interval, noise, ratio
+from lmprof.stats import from_runs, median_interval, median_rank, noise, quantile, ratio
 
 pytest.importorskip("matplotlib")
 
@@ -29,6 +30,74 @@ def test_median_interval_coverage() -> None:
     lo, hi, cov = median_interval(list(range(1, 21)))
     assert cov >= 0.95 and lo < 10.5 < hi
     assert median_interval([1.0, 2.0, 3.0])[2] < 0.95
+
+
+def _exact_ranks(n_max: int, confidence: float) -> dict[int, tuple[int, float]]:
+    """The exact big-integer method's (j, coverage) for every n in 2..n_max: the largest j with
+    1 - 2 S/2^n >= confidence, S = sum of C(n, i) for i < j (the float comparison the method
+    makes), j = 1 when none. Walked along n (S(n+1, k) = 2 S(n, k) - C(n, k)) and along j, a
+    rank or so per n, so every n up to thousands costs a fraction of a second."""
+    out = {}
+    n, k, s, c, p = 2, 0, 1, 1, 4  # k = j - 1, s = S(n, k), c = C(n, k), p = 2^n
+
+    def cov(s: int) -> float:
+        return 1 - 2 * (s / p)
+
+    while True:
+        while k + 1 < n // 2 and cov(s + (up := c * (n - k) // (k + 1))) >= confidence:
+            k, s, c = k + 1, s + up, up
+        while k > 0 and cov(s) < confidence:
+            s, c, k = s - c, c * k // (n - k + 1), k - 1
+        out[n] = (k + 1, cov(s))
+        if n == n_max:
+            return out
+        s, c, p, n = 2 * s - c, c * (n + 1) // (n + 1 - k), p * 2, n + 1
+
+
+def _brute_ranks(n: int, confidence: float) -> tuple[int, float]:
+    """The exact method as it was written: each tail summed from scratch (cubic in n)."""
+
+    def cov(j: int) -> float:
+        return 1 - 2 * (sum(math.comb(n, i) for i in range(j)) / 2**n)
+
+    best = 1
+    for j in range(1, n // 2 + 1):
+        if cov(j) < confidence:
+            break
+        best = j
+    return best, cov(best)
+
+
+def test_median_rank_picks_the_exact_methods_ranks_for_every_n_up_to_3000() -> None:
+    for conf in (0.95, 0.99, 0.5):  # the walk is the method itself where that is cheap
+        walked = _exact_ranks(120, conf)
+        assert all(walked[n] == _brute_ranks(n, conf) for n in range(2, 121)), conf
+    for conf, n_max in ((0.95, 3000), (0.99, 1000)):
+        for n, (j, coverage) in _exact_ranks(n_max, conf).items():
+            got_j, got_cov = median_rank(n, conf)
+            assert got_j == j, (n, conf)
+            assert math.isclose(got_cov, coverage, rel_tol=1e-10), (n, conf)
+    # Beyond the walk, one n summed exactly (O(n) big-integer terms): the same rank.
+    n, p, s, c, k = 20_011, 1 << 20_011, 1, 1, 0
+    while 1 - 2 * ((s + (up := c * (n - k) // (k + 1))) / p) >= 0.95:
+        k, s, c = k + 1, s + up, up
+    assert median_rank(n) == (k + 1, pytest.approx(1 - 2 * (s / p), rel=1e-10))
+    assert median_rank(0) == median_rank(1) == (1, 0.0)
+    assert median_rank(5) == (1, 1 - 2 / 32)  # below 6 values: the range, with what it covers
+
+
+def test_a_100k_step_window_is_summarised_exactly() -> None:
+    rng = random.Random(1)
+    times = [100 + rng.gauss(0, 2) for _ in range(100_000)] + [float("nan"), float("inf")]
+    n = noise(times)
+    xs = sorted(times[:-2])
+    j, cov = median_rank(len(xs))
+    assert n.n == 100_000 and (n.ci_low, n.ci_high, n.ci_coverage) == (xs[j - 1], xs[-j], cov)
+    assert (n.p10, n.p50, n.p90) == tuple(quantile(xs, q) for q in (0.1, 0.5, 0.9))
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    assert n.cv == pytest.approx(sd / mean, rel=1e-9)
+    assert 0.95 <= cov < 0.951 and n.ci_low < n.p50 < n.ci_high and not n.noisy
 
 
 def _row(name: str, tag: str, tps: float, p50: float, half: float, **extra: object) -> dict:

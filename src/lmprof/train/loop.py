@@ -28,7 +28,7 @@ from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
 from lmprof.train.outputs import CONSOLE, RunOutputs
 from lmprof.train.rng import rng_state, set_rng_state
-from lmprof.train.timing import StepTimer, percentile, steady_noise
+from lmprof.train.timing import StepTimer, steady_noise
 
 log = logging.getLogger("lmprof")
 
@@ -434,15 +434,16 @@ class Trainer:
         times = self.timer.collect()
         skip = min(cfg.logging.timing_warmup_steps, max(len(times) - 1, 0))
         steady = times[skip:]
-        p50 = percentile(steady, 50)
+        summary = steady_noise(steady, cfg.logging.run_name, say=self.dist.is_main)
+        p50 = summary.p50
         tokens_per_step_real = st.real_tokens / max(st.step, 1)  # this rank
         tokens_per_step_proc = st.processed_tokens / max(st.step, 1)
         world = self.dist.world_size
         per_gpu = tokens_per_step_real / (p50 / 1e3) if steady else float("nan")
         return {
             "step_time_p50_ms": p50,
-            "step_time_p90_ms": percentile(steady, 90),
-            **steady_noise(steady, cfg.logging.run_name, say=self.dist.is_main),
+            "step_time_p90_ms": summary.p90,
+            **summary.row(),
             "steady_tokens_per_sec_per_gpu": per_gpu,
             "steady_tokens_per_sec": per_gpu * world,
             "processed_tokens_per_sec": tokens_per_step_proc / (p50 / 1e3) * world,

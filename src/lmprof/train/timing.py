@@ -8,13 +8,12 @@ exact, since the work is synchronous.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 
 import torch
 
 from lmprof.results import ColumnGroup
-from lmprof.stats import noise
+from lmprof.stats import Noise, noise
 
 log = logging.getLogger("lmprof")
 
@@ -72,21 +71,10 @@ class StepTimer:
         return self.step_ms
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return (
-        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-        if q < 100
-        else max(values)
-    )
-
-
-def steady_noise(steady_ms: list[float], run_name: str = "", say: bool = True) -> dict:
-    """The steady window's own noise as results columns (p10, CV, the median's 95% interval,
-    `noisy` and why), said on the console too. Pure host arithmetic on times already read."""
+def steady_noise(steady_ms: list[float], run_name: str = "", say: bool = True) -> Noise:
+    """The steady window summarised once (quantiles, CV, the median's 95% interval, `noisy` and
+    why; `Noise.row()` is its results columns), said on the console too. Pure host arithmetic
+    on times already read: one sort, O(n log n) in the steps."""
     n = noise(steady_ms)
     if n.n and say:
         msg = (
@@ -97,4 +85,4 @@ def steady_noise(steady_ms: list[float], run_name: str = "", say: bool = True) -
         log.info("%s%s", f"{run_name}: " if run_name else "", msg)
     if n.noisy and say:
         log.warning("noisy timing%s: %s", f" ({run_name})" if run_name else "", n.reason)
-    return n.row()
+    return n

@@ -20,6 +20,32 @@ def test_rows_keep_the_seed_columns_first_and_new_columns_widen_the_table(tmp_pa
     assert columns()[0] == "run_name"
 
 
+def test_a_table_of_thousands_of_rows_widens_keeping_every_cell(tmp_path):
+    # Built directly (3,000 appends would rewrite the table 3,000 times), then appended to:
+    # a foreign column, a torn last line and a widening row keep every cell in its column.
+    path = tmp_path / "results.csv"
+    append_row(path, {"run_name": "r0", "status": "ok", "throughput": 0, "mine": "x0"})
+    header = path.read_text().splitlines()[0].split(",")
+    with open(path, "a") as f:
+        for i in range(1, 3000):
+            cells = {"run_name": f"r{i}", "status": "ok", "throughput": str(i), "mine": f"x{i}"}
+            f.write(",".join(cells.get(c, "") for c in header) + "\n")
+        f.write("torn,")  # a kill mid-line: the cells it has are kept
+    append_row(path, {"run_name": "new", "status": "oom", "widened": 1.25})
+    rows = read_rows(path)
+    assert len(rows) == 3002 and [r["run_name"] for r in rows[:3]] == ["r0", "r1", "r2"]
+    assert all(
+        r["throughput"] == str(i) and r["mine"] == f"x{i}" for i, r in enumerate(rows[:3000])
+    )
+    assert all(r["widened"] == "" for r in rows[:3001]) and rows[-1]["widened"] == "1.25"
+    assert rows[3000]["run_name"] == "torn" and rows[3000]["status"] == ""
+    assert rows[-1]["status"] == "oom" and rows[-1]["mine"] == ""
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[: len(SEED_COLUMNS)] == list(SEED_COLUMNS) and header[-1] == "widened"
+    append_row(path, {"run_name": "same"})  # no new column: the rows are copied as they are
+    assert read_rows(path)[:-1] == rows
+
+
 def _writer(path, who: int, n: int) -> None:
     for i in range(n):
         append_row(path, {"run_name": f"p{who}_{i}", "status": "ok", f"col{who}": i})

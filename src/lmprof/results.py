@@ -13,10 +13,10 @@ import importlib
 import io
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_text, file_lock
@@ -114,46 +114,66 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a results table; an absent file is an empty table."""
-    p = Path(path)
-    if not p.exists():
+def _read(path: Path, reader: Callable[[TextIO], list]) -> list:
+    """`reader` over the table's text; an absent file is an empty table."""
+    if not path.exists():
         return []
     # A damaged table (a NUL byte, another encoding, a folder) is the user's to fix: one line,
     # and it is never rewritten (append_row reads it first, so it stops there too). A torn
     # last line or foreign columns read fine: their cells are kept as they are.
     try:
-        with open(p, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8") as f:
+            return reader(f)
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise UserError(f"'{p}' is not a readable CSV table ({exc}); move it away") from None
+        raise UserError(f"'{path}' is not a readable CSV table ({exc}); move it away") from None
     except OSError as exc:
-        raise UserError(f"'{p}' cannot be read: {exc.strerror or exc}") from None
+        raise UserError(f"'{path}' cannot be read: {exc.strerror or exc}") from None
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """All rows of a results table; an absent file is an empty table."""
+    return _read(Path(path), lambda f: list(csv.DictReader(f)))
+
+
+def _lines(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows as lists of cells, blank lines left out): append_row's cheaper read."""
+    lines = _read(path, lambda f: list(csv.reader(f)))
+    return (lines[0], [r for r in lines[1:] if r]) if lines else ([], [])
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
     # The seed's columns are always there (empty where a run has no value, e.g. GPU memory on
-    # a CPU), so tools written for the seed's results.csv read ours.
-    cols = [c for c in columns() if c in SEED_COLUMNS or c in existing or c in new]
-    cols += [c for c in existing if c not in cols]
-    cols += [c for c in new if c not in cols]
+    # a CPU), so tools written for the seed's results.csv read ours. Sets: a table has hundreds
+    # of columns, and list membership made this quadratic in them.
+    have, seed = set(existing) | set(new), set(SEED_COLUMNS)
+    cols = [c for c in columns() if c in seed or c in have]
+    placed = set(cols)
+    for c in (*existing, *new):
+        if c not in placed:
+            cols.append(c)
+            placed.add(c)
     return cols
 
 
 def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one row to the table at `path`, atomically and under a lock."""
+    """Append one row to the table at `path`, atomically and under a lock. Linear in the
+    table's cells: the rows are copied as lists, remapped only when the header widens."""
     path = Path(path)
     with file_lock(path):
-        rows = read_rows(path)
-        header = list(rows[0].keys()) if rows else []
-        if not header and path.exists() and path.stat().st_size:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
+        header, rows = _lines(path)
         cols = _ordered(header, list(row.keys()))
+        width = len(header)
+        if cols != header:
+            # A widened table: each kept cell moves to its column's new place, new ones empty.
+            at = {c: i for i, c in enumerate(header)}
+            where = [at.get(c) for c in cols]
+            rows = [[r[i] if i is not None and i < len(r) else "" for i in where] for r in rows]
+        else:
+            # A torn last line keeps its cells, padded; a row with foreign extra cells loses them.
+            rows = [r if len(r) == width else (r + [""] * width)[:width] for r in rows]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (v if v is not None else "") for k, v in r.items() if k in cols})
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(cols)
+        writer.writerows(rows)
+        writer.writerow([_cell(row.get(c)) if c in row else "" for c in cols])
         atomic_write_text(path, buf.getvalue())

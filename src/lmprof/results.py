@@ -156,12 +156,17 @@ def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
 
 
 def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
-    """Append one row to the table at `path`, atomically and under a lock. Linear in the
+    """Append one row to the table at `path`, atomically and under a lock."""
+    append_rows(path, [row])
+
+
+def append_rows(path: str | Path, new_rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append rows to the table at `path` in one atomic rewrite, under a lock. Linear in the
     table's cells: the rows are copied as lists, remapped only when the header widens."""
     path = Path(path)
     with file_lock(path):
         header, rows = _lines(path)
-        cols = _ordered(header, list(row.keys()))
+        cols = _ordered(header, list(dict.fromkeys(k for row in new_rows for k in row)))
         width = len(header)
         if cols != header:
             # A widened table: each kept cell moves to its column's new place, new ones empty.
@@ -175,5 +180,5 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(cols)
         writer.writerows(rows)
-        writer.writerow([_cell(row.get(c)) if c in row else "" for c in cols])
+        writer.writerows([_cell(row.get(c)) if c in row else "" for c in cols] for row in new_rows)
         atomic_write_text(path, buf.getvalue())

@@ -283,7 +283,8 @@ def load_table(path: str | Path) -> Table:
     for r in runs:
         latest[(r.tag, r.name)] = max(latest.get((r.tag, r.name), 0), max_line(groups[r.identity]))
     current = [r for r in runs if max_line(groups[r.identity]) == latest[(r.tag, r.name)]]
-    superseded = [r for r in runs if r not in current]
+    kept = {id(r) for r in current}  # by identity: `in` on the list compared whole rows
+    superseded = [r for r in runs if id(r) not in kept]
     by_key: dict[tuple[str, str], list[Run]] = {}
     for r in current:
         by_key.setdefault(r.group_key, []).append(r)

@@ -25,7 +25,7 @@ from lmprof.config import save_config
 from lmprof.io import open_stream, try_lock
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 from lmprof.preflight import check_outputs
-from lmprof.results import append_row, read_rows
+from lmprof.results import append_row, append_rows, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
 from lmprof.sweep.classify import classify, last_line, parent_row, read_log_tail
 from lmprof.sweep.console import (
@@ -109,15 +109,23 @@ class SweepRunner:
         decisions = [
             decide(plan, history.get(plan.config_hash, []), force, retry_failed) for plan in plans
         ]
+        # to_run[i]: runs to start after run i (1-based), counted once, not once per run.
+        to_run = [0] * (n + 1)
+        for i in range(n - 1, -1, -1):
+            to_run[i] = to_run[i + 1] + (decisions[i][0] == "run")
         # What cannot start on this machine is said, and recorded, before anything runs: a
         # user waiting an hour for the one run they cared about learns at once it will not run.
         skipped: dict[int, Outcome] = {}
+        # Their rows go in one rewrite per table: one append each rewrote it once per run.
+        skip_rows: dict[Path, list[dict]] = {}
         for i, (plan, (action, _)) in enumerate(zip(plans, decisions, strict=True), 1):
             if action == "skip":
                 if not skipped:
                     self._say("cannot start on this machine (recorded as skipped):")
-                skipped[i] = self._skip(plan, history.get(plan.config_hash, []))
+                skipped[i] = self._skip(plan, history.get(plan.config_hash, []), skip_rows)
                 self._say(outcome_line(i, n, skipped[i], self._name_width))
+        for path, rows in skip_rows.items():
+            append_rows(path, rows)
         with self.stops.caught():
             for i, plan in enumerate(plans, 1):
                 if self.stops.count:
@@ -144,8 +152,7 @@ class SweepRunner:
                         note="earlier; --retry-failed reruns it",
                     )
                 else:
-                    left = sum(a == "run" for a, _ in decisions[i:])
-                    o = self._claimed(plan, i, n, force, retry_failed, left)
+                    o = self._claimed(plan, i, n, force, retry_failed, to_run[i])
                     if o.elapsed is not None:
                         self._durations.append(o.elapsed)
                     report.interrupted = self.stops.count > 0
@@ -195,12 +202,17 @@ class SweepRunner:
         with self.stops.caught():
             return self._execute(plan)
 
-    def _skip(self, plan: RunPlan, rows: Sequence[Mapping[str, str]]) -> Outcome:
+    def _skip(
+        self, plan: RunPlan, rows: Sequence[Mapping[str, str]], record: dict[Path, list[dict]]
+    ) -> Outcome:
+        """A run this machine cannot start; its `skipped` row, if one is due, goes to `record`
+        (by results table) for the caller to append."""
         reason = plan.unrunnable or ""
         last = rows[-1] if rows else {}
         # A sweep rerun on the same machine would add the same `skipped` row every time.
         if not (last.get("status") == SKIPPED and last.get("status_detail") == reason):
-            append_row(_paths(plan).results_csv, parent_row(plan, SKIPPED, reason, None, now()))
+            row = parent_row(plan, SKIPPED, reason, None, now())
+            record.setdefault(_paths(plan).results_csv, []).append(row)
         return Outcome(plan, SKIPPED, reason)
 
     def _progress(self, i: int, n: int, plan: RunPlan, left: int) -> Callable[[], None]:

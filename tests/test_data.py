@@ -525,7 +525,8 @@ def test_validation_is_one_ordered_deterministic_pass(packed):
     a = list(packed.val_batches(4))
     b = list(packed.val_batches(4))
     assert len(a) == -(-n // 4) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    assert sum(x.input_ids.shape[0] for x in a) == n
+    assert sum(x.n_real_tokens for x in a) == n * t
+    assert all(x.input_ids.shape == x.targets.shape == (4, t) for x in a)  # one shape
     val = np.asarray(packed.val, dtype=np.int64)
     assert a[0].input_ids[0].tolist() == val[:t].tolist()
     assert a[0].input_ids[1].tolist() == val[t : 2 * t].tolist()  # each token predicted once
@@ -539,6 +540,28 @@ def test_validation_is_one_ordered_deterministic_pass(packed):
         for r_ in range(2)
     ]
     assert not shares[0] & shares[1] and len(shares[0]) == len(shares[1]) == n // 2
+
+
+def test_the_short_last_eval_batch_is_filled_without_changing_the_loss():
+    """Fill rows (so a compiled model sees one shape) carry no target: the same loss and
+    accuracy as the short batch, and n_real_tokens counts only the real rows."""
+    from lmprof.model import ModelArgs, Transformer
+
+    t = 8
+    dm = positions(5 * t + 1, t, "shifted")  # 5 validation windows: batches of 4 and 1
+    dm.val = np.arange(5 * t + 1, dtype=np.int64) % 50
+    last = list(dm.val_batches(4))[-1]
+    assert last.input_ids.shape == (4, t) and last.n_real_tokens == t and last.n_tokens == 4 * t
+    assert (last.targets[1:] == IGNORE_INDEX).all() and (last.targets[0] != IGNORE_INDEX).all()
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelArgs(vocab_size=64, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=t)
+    ).eval()
+    with torch.no_grad():
+        filled = model(last.input_ids, last.targets)
+        short = model(last.input_ids[:1], last.targets[:1])
+    torch.testing.assert_close(filled[0], short[0])
+    assert filled[1].item() == short[1].item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ Where a packed window starts (data.batching; N tokens, windows of T+1, targets w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +187,7 @@ def windows(tokens: Any, starts: np.ndarray, width: int, *, wrap: bool = False) 
 _SHIFT_SALT, _RANDOM_SALT = 0x5E1F7, 0x2A4D0
 
 
+@functools.cache
 def _key(seed: int, salt: int) -> int:
     """A 64-bit key per (seed, salt), hashed so that nearby seeds give unrelated streams."""
     x = np.array([(seed & _U64) ^ salt], dtype=np.uint64)
@@ -229,6 +231,20 @@ def packed_batch(rows: np.ndarray) -> Batch:
     x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
     y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
     return Batch(x, y, None, b * t, b * t)
+
+
+def filled_batch(rows: np.ndarray, batch_size: int) -> Batch:
+    """packed_batch of (b, T+1) windows, b <= batch_size, filled up to batch_size rows that
+    repeat the first one with every target IGNORE_INDEX: a fixed shape, the same loss."""
+    b = rows.shape[0]
+    if b == batch_size:
+        return packed_batch(rows)
+    t = rows.shape[1] - 1
+    full = np.concatenate([rows, np.repeat(rows[:1], batch_size - b, axis=0)])
+    x = torch.from_numpy(np.ascontiguousarray(full[:, :-1]))
+    y = torch.from_numpy(np.ascontiguousarray(full[:, 1:]))
+    y[b:] = IGNORE_INDEX
+    return Batch(x, y, None, b * t, batch_size * t)
 
 
 def padded_rows(

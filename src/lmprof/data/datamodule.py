@@ -14,7 +14,9 @@ Validation (and the test split, when the source has one) is always packed (so ev
 compares across batching modes): windows starting
 every T tokens of the validation stream, in order; the last partial window is dropped, as are
 the n_windows % world_size windows that would leave ranks with unequal shares (none on one
-rank). The last batch of a rank may have fewer rows than batch_size.
+rank). A rank's last batch is filled up to batch_size rows with rows whose targets are all
+IGNORE_INDEX (counted in n_tokens, not n_real_tokens), so every evaluation batch has one shape
+and a compiled model compiles one evaluation graph, not a second for the short batch.
 
 data.max_tokens > 0 keeps the first max_tokens tokens of the training stream (applied here, not
 in the cache, so changing it never re-tokenizes).
@@ -31,6 +33,7 @@ from lmprof.config import BATCHINGS, PACKED_BATCHINGS
 from lmprof.data.batching import (
     Batch,
     SyntheticTokens,
+    filled_batch,
     hashed_ints,
     item_batches,
     n_windows,
@@ -206,7 +209,10 @@ class DataModule:
         starts = range(0, per_rank, batch_size)
         if max_batches:
             starts = starts[:max_batches]
-        return (packed_batch(windows(stream, mine[i : i + batch_size] * t, t + 1)) for i in starts)
+        return (
+            filled_batch(windows(stream, mine[i : i + batch_size] * t, t + 1), batch_size)
+            for i in starts
+        )
 
     def __repr__(self) -> str:
         return (

@@ -74,6 +74,30 @@ def test_the_end_to_end_time_counts_from_the_process_start():
     assert 0.6 <= float(out.stdout) < 60
 
 
+def test_exit_now_keeps_what_a_normal_exit_does_that_matters(tmp_path):
+    """The quick exit after a command: its code, a non-daemon thread's work, the atexit
+    handlers and buffered output all survive (a pipe buffers stdout)."""
+    import subprocess
+    import sys
+
+    done = tmp_path / "thread_done"
+    code = (
+        "import atexit, threading, time\n"
+        "from lmprof.cli import exit_now\n"
+        "def work():\n"
+        "    time.sleep(0.3)\n"
+        f"    open({str(done)!r}, 'w').write('yes')\n"
+        "threading.Thread(target=work).start()\n"
+        "atexit.register(print, 'handler ran')\n"
+        "print('buffered', end=' ')\n"
+        "exit_now(3)\n"
+        "print('never')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 3 and out.stdout == "buffered handler ran\n", out.stderr
+    assert done.read_text() == "yes"
+
+
 def test_a_non_finite_loss_ends_as_diverged_with_a_row(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = main(

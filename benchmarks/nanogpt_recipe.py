@@ -301,7 +301,7 @@ def table(runs: list[Run], smoke: bool) -> str:
         "# nanoGPT's shakespeare-char recipe: nanoGPT train.py against lmprof"
         + (" (SMOKE: tiny model, CPU, not a result)" if smoke else ""),
         "",
-        "| run | on the GPU | exit | whole process s | best val loss | at step | last val loss "
+        "| run | on the device | exit | whole process s | best val loss | at step | last val loss "
         "(step) | lmprof: startup / eval / end-to-end / steady s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

@@ -407,6 +407,26 @@ QUALITY = Suite(
     ),
 )
 
+# nanoGPT's shakespeare-char recipe by nanoGPT's own train.py (ext/nanoGPT, an ignored folder)
+# and by lmprof on the same split: best validation loss per seed, and each whole process's time
+# (the first seed of each alone, the rest sharing the GPU). Stops what runs at --deadline so the
+# step fits one lease.
+NANOGPT = Suite(
+    "nanogpt",
+    "nanoGPT's shakespeare-char recipe, nanoGPT train.py against lmprof: 3 seeds' best val "
+    "loss, whole-run time",
+    "none (new)",
+    (
+        Step(
+            "recipe",
+            ("benchmarks/nanogpt_recipe.py", "--out", "{dir}", "--deadline", "480"),
+            "nanogpt",
+            570,
+            keep={"nanogpt_recipe.md": "nanogpt_recipe.md"},
+        ),
+    ),
+)
+
 _ORDER = (
     OPS,
     STEP,
@@ -419,6 +439,7 @@ _ORDER = (
     ENERGY,
     ATTENTION,
     QUALITY,
+    NANOGPT,
 )
 ALL = Suite(
     "all",

@@ -176,3 +176,50 @@ def test_no_benchmark_file_names_a_path_outside_the_repository():
     ]
     assert not offenders, offenders
     assert not list((ROOT / "benchmarks").glob("*.sh"))  # the suites replaced them
+
+
+def test_nanogpt_recipe_reads_both_trainers_evaluations_and_picks_the_best(tmp_path):
+    from benchmarks import nanogpt_recipe as nr
+
+    log = tmp_path / "nanoGPT_seed0.log"
+    log.write_text(
+        "iter 0: loss 4.2, time 10ms\nstep 0: train loss 4.2000, val loss 4.1900\n"
+        "step 250: train loss 1.9000, val loss 1.9500\nstep 500: train loss 1.5, val loss 1.95\n"
+        "step 750: train loss 1.2000, val loss 2.0100\n"
+    )
+    nano = nr.Run("nanoGPT", 0, [], log)
+    nr.read_results(nano, tmp_path)
+    assert nano.evals == {0: 4.19, 250: 1.95, 500: 1.95, 750: 2.01}
+    assert nano.best() == (1.95, 250)  # a tie goes to the earlier step
+    details = tmp_path / "lmprof" / "results" / "details"
+    details.mkdir(parents=True)
+    (details / "lmprof_seed1_eval.csv").write_text("step,eval_loss\n250,2.0\n500,1.7\n750,1.8\n")
+    (tmp_path / "lmprof" / "results.csv").write_text(
+        "run_name,wall_time_sec\nlmprof_seed0,9\nlmprof_seed1,12.5\n"
+    )
+    lm = nr.Run("lmprof", 1, [], tmp_path / "lmprof_seed1.log")
+    nr.read_results(lm, tmp_path)
+    assert lm.best() == (1.7, 500) and lm.row["wall_time_sec"] == "12.5"
+    nano.alone = lm.alone = True
+    nano.returncode = lm.returncode = 0
+    nano.wall_s, lm.wall_s = 30.0, 10.0
+    text = nr.table([nano, lm], smoke=False)
+    assert "lmprof 3.00x as fast" in text
+    assert "| nanoGPT | 1 | 1.9500 (1.9500 to 1.9500) | 250 |" in text
+
+
+def test_nanogpt_recipe_runs_share_the_gpu_and_the_deadline_stops_the_rest(tmp_path):
+    from benchmarks import nanogpt_recipe as nr
+
+    quick = [sys.executable, "-c", "print('done')"]
+    runs = [nr.Run("lmprof", k, quick, tmp_path / f"quick{k}.log") for k in range(2)]
+    nr.run_all(runs, tmp_path, 2, float("inf"))
+    assert [(r.returncode, r.stopped, r.shared_with) for r in runs] == [(0, False, 2)] * 2
+    assert (tmp_path / "quick0.log").read_text() == "done\n"
+    slow = nr.Run(
+        "nanoGPT", 0, [sys.executable, "-c", "import time; time.sleep(120)"], tmp_path / "s"
+    )
+    never = nr.Run("nanoGPT", 1, quick, tmp_path / "never.log")
+    nr.run_all([slow, never], tmp_path, 1, nr.time.perf_counter() + 1)
+    assert slow.stopped and slow.returncode == -nr.signal.SIGTERM
+    assert never.stopped and never.returncode is None and not never.log.exists()

@@ -310,20 +310,116 @@ def same(a: Batch, b: Batch) -> bool:
 
 
 def test_packed_batches_are_shifted_windows_of_the_stream(packed):
+    """Whatever the grid, a row is T+1 consecutive tokens of the stream, input and target one
+    apart; the default `shifted` grid may read across the stream's end into its start."""
     t = packed.sequence_length
+    assert packed.batching == "shifted"
     stream = np.asarray(packed.train, dtype=np.int64)
-    windows = {tuple(stream[i * t : i * t + t + 1]) for i in range(packed.n_train_windows)}
+    circle = np.concatenate([stream, stream[:t]])
+    text = circle.tobytes()
     for b in take(packed.train_batches(8, seed=0), 3):
         assert b.input_ids.shape == b.targets.shape == (8, t)
         assert b.input_ids.dtype == b.targets.dtype == torch.int64
         assert b.attention_mask is None and b.n_real_tokens == b.n_tokens == 8 * t
         assert torch.equal(b.input_ids[:, 1:], b.targets[:, :-1])
         for x, y in zip(b.input_ids, b.targets, strict=True):
-            assert tuple(x.tolist()) + (y[-1].item(),) in windows
-    # One epoch visits every window exactly once.
-    epoch = take(packed.train_batches(1, seed=5), packed.n_train_windows)
-    seen = [tuple(b.input_ids[0].tolist()) + (b.targets[0, -1].item(),) for b in epoch]
-    assert sorted(seen) == sorted(windows)
+            row = np.array(x.tolist() + [y[-1].item()], dtype=np.int64)
+            assert row.tobytes() in text
+
+
+def test_fixed_grid_is_the_old_packed_batching(tmp_path, corpus):
+    """batching=packed: windows at 0, T, 2T, ... every epoch, as before `shifted`."""
+    dm = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=32, batching="packed"),
+        log=Log(),
+    )
+    t = dm.sequence_length
+    stream = np.asarray(dm.train, dtype=np.int64)
+    assert dm.n_train_windows == (len(stream) - 1) // t
+    grid = sorted(tuple(stream[i * t : i * t + t + 1]) for i in range(dm.n_train_windows))
+    it = dm.train_batches(1, seed=5)
+    for _ in range(2):  # every epoch visits exactly the same windows
+        epoch = take(it, dm.n_train_windows)
+        seen = [tuple(b.input_ids[0].tolist()) + (b.targets[0, -1].item(),) for b in epoch]
+        assert sorted(seen) == grid
+
+
+def positions(n_tokens: int, t: int, batching: str, **kw) -> DataModule:
+    """A DataModule whose token i is i: rows are the positions they read."""
+    return DataModule(
+        tokenizer=ByteTokenizer(),
+        train=np.arange(n_tokens, dtype=np.int64),
+        val=np.arange(4 * t + 1, dtype=np.int64),
+        sequence_length=t,
+        batching=batching,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("n_tokens", [1000, 1024, 17])
+def test_shifted_grid_predicts_each_position_once_an_epoch_and_moves(n_tokens):
+    t = 16
+    dm = positions(n_tokens, t, "shifted")
+    n = dm.n_train_windows
+    assert n == n_tokens // t  # the window across the end counts: no window lost to the shift
+    it = dm.train_batches(1, seed=3)
+    starts = []
+    for _ in range(6):
+        batches = take(it, n)
+        rows = [b.input_ids[0].numpy() for b in batches]
+        targets = np.concatenate([b.targets[0].numpy() for b in batches])
+        # Each target position at most once, n*T of them: all but the N % T left over.
+        assert len(np.unique(targets)) == len(targets) == n * t
+        # The left-over positions are one gap, shorter than T, where the grid's offset puts it.
+        missing = np.setdiff1d(np.arange(n_tokens), targets)
+        assert len(missing) == n_tokens % t
+        # Rows are T+1 consecutive positions around the circle.
+        for b in batches:
+            row = np.append(b.input_ids[0].numpy(), b.targets[0, -1].item())
+            assert np.array_equal(np.diff(row) % n_tokens, np.ones(t))
+        starts.append(frozenset(int(r[0]) for r in rows))
+    assert len(set(starts)) > 1  # epochs' grids differ: contexts move against positions
+    assert starts[0] != starts[1]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shifted_grid_is_shared_by_the_ranks_disjointly(world_size):
+    t, n_tokens = 8, 803
+    dm = positions(n_tokens, t, "shifted")
+    per_rank = dm.n_train_windows // world_size
+    grids = []
+    for epoch in range(3):
+        shares, starts = [], set()
+        for rank in range(world_size):
+            it = dm.train_batches(1, rank=rank, world_size=world_size, seed=11)
+            take(it, per_rank * epoch)
+            batches = take(it, per_rank)
+            shares.append({p for b in batches for p in b.targets[0].tolist()})
+            starts |= {b.input_ids[0, 0].item() % t for b in batches}
+            assert len(shares[-1]) == per_rank * t
+        assert len(set().union(*shares)) == per_rank * t * world_size  # pairwise disjoint
+        assert len(starts) == 1  # one grid for all ranks: every row starts on its offset
+        grids.append(starts.pop())
+    assert len(set(grids)) > 1  # and the grid moves between epochs
+
+
+def test_random_offsets_are_uniform_seeded_and_in_range():
+    t, n_tokens = 16, 5000
+    dm = positions(n_tokens, t, "random")
+    assert dm.n_train_windows == (n_tokens - 1) // t
+    a = take(dm.train_batches(32, seed=1), 40)
+    b = take(dm.train_batches(32, seed=1), 40)
+    c = take(dm.train_batches(32, seed=2), 40)
+    assert all(same(x, y) for x, y in zip(a, b, strict=True))
+    assert not any(same(x, y) for x, y in zip(a, c, strict=True))
+    starts = np.concatenate([x.input_ids[:, 0].numpy() for x in a])
+    assert starts.min() >= 0 and starts.max() + t <= n_tokens - 1  # the target fits
+    assert len(np.unique(starts % t)) == t  # not on a grid
+    # Uniform over [0, N - T): each tenth of the range gets its share (1280 draws, 128 each).
+    counts = np.bincount(starts * 10 // (n_tokens - t), minlength=10)
+    assert counts.min() > 80 and counts.max() < 180
+    ranks = [next(dm.train_batches(32, rank=r, world_size=2, seed=1)) for r in range(2)]
+    assert not set(ranks[0].input_ids[:, 0].tolist()) & set(ranks[1].input_ids[:, 0].tolist())
 
 
 def test_packed_order_is_seeded(packed):
@@ -334,9 +430,13 @@ def test_packed_order_is_seeded(packed):
     assert not all(same(x, y) for x, y in zip(a, c, strict=True))
 
 
-def test_epochs_are_reshuffled(packed):
-    n = packed.n_train_windows
-    it = packed.train_batches(1, seed=3)
+def test_epochs_are_reshuffled(tmp_path, corpus):
+    dm = build_data(
+        cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=32, batching="packed"),
+        log=Log(),
+    )
+    n = dm.n_train_windows
+    it = dm.train_batches(1, seed=3)
     first = [tuple(b.input_ids[0].tolist()) for b in take(it, n)]
     second = [tuple(b.input_ids[0].tolist()) for b in take(it, n)]
     assert sorted(first) == sorted(second) and first != second
@@ -353,7 +453,7 @@ def test_ranks_read_disjoint_windows(packed, world_size):
     assert len(set().union(*shares)) == per_rank * world_size  # pairwise disjoint
 
 
-@pytest.mark.parametrize("batching", ["packed", "padded"])
+@pytest.mark.parametrize("batching", ["shifted", "random", "packed", "padded"])
 def test_start_step_resumes_exactly(tmp_path, corpus, batching):
     dm = build_data(
         cfg_for(tmp_path, source="text", path=str(corpus), sequence_length=512, batching=batching),
@@ -425,7 +525,8 @@ def test_validation_is_one_ordered_deterministic_pass(packed):
     a = list(packed.val_batches(4))
     b = list(packed.val_batches(4))
     assert len(a) == -(-n // 4) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    assert sum(x.input_ids.shape[0] for x in a) == n
+    assert sum(x.n_real_tokens for x in a) == n * t
+    assert all(x.input_ids.shape == x.targets.shape == (4, t) for x in a)  # one shape
     val = np.asarray(packed.val, dtype=np.int64)
     assert a[0].input_ids[0].tolist() == val[:t].tolist()
     assert a[0].input_ids[1].tolist() == val[t : 2 * t].tolist()  # each token predicted once
@@ -439,6 +540,28 @@ def test_validation_is_one_ordered_deterministic_pass(packed):
         for r_ in range(2)
     ]
     assert not shares[0] & shares[1] and len(shares[0]) == len(shares[1]) == n // 2
+
+
+def test_the_short_last_eval_batch_is_filled_without_changing_the_loss():
+    """Fill rows (so a compiled model sees one shape) carry no target: the same loss and
+    accuracy as the short batch, and n_real_tokens counts only the real rows."""
+    from lmprof.model import ModelArgs, Transformer
+
+    t = 8
+    dm = positions(5 * t + 1, t, "shifted")  # 5 validation windows: batches of 4 and 1
+    dm.val = np.arange(5 * t + 1, dtype=np.int64) % 50
+    last = list(dm.val_batches(4))[-1]
+    assert last.input_ids.shape == (4, t) and last.n_real_tokens == t and last.n_tokens == 4 * t
+    assert (last.targets[1:] == IGNORE_INDEX).all() and (last.targets[0] != IGNORE_INDEX).all()
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelArgs(vocab_size=64, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_seq_len=t)
+    ).eval()
+    with torch.no_grad():
+        filled = model(last.input_ids, last.targets)
+        short = model(last.input_ids[:1], last.targets[:1])
+    torch.testing.assert_close(filled[0], short[0])
+    assert filled[1].item() == short[1].item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,13 +46,56 @@ def test_a_tiny_run_writes_both_csvs_the_log_and_the_config(tmp_path, monkeypatc
     # The schema is written down once: every cell a run writes belongs to a declared group.
     assert [c for c in row if producer_of(c) is None] == []
     assert float(row["eval_perplexity"]) > 1
+    # The whole process's time holds its parts; the steady time is the steps at the median.
+    wall, startup = float(row["wall_time_sec"]), float(row["startup_sec"])
+    train, evals = float(row["training_time_sec"]), float(row["eval_time_sec"])
+    assert min(startup, train, evals) > 0 and startup + train + evals <= wall
+    assert float(row["steady_time_sec"]) == pytest.approx(6 * float(row["step_time_p50_ms"]) / 1e3)
     metrics = _read(tmp_path / "results/details/tiny_metrics.csv")
     assert list(metrics[0].keys()) == list(METRICS_COLUMNS)
     assert [int(m["step"]) for m in metrics] == [2, 4, 6]
     evals = _read(tmp_path / "results/details/tiny_eval.csv")
     assert list(evals[0].keys()) == list(EVAL_COLUMNS) and int(evals[-1]["step"]) == 6
     assert (tmp_path / "results/details/tiny_config.yaml").exists()
-    assert "ended: ok" in (tmp_path / "logs/tiny.log").read_text()
+    log = (tmp_path / "logs/tiny.log").read_text()
+    assert "ended: ok" in log and f"time: {wall:.1f} s end to end" in log
+
+
+def test_the_end_to_end_time_counts_from_the_process_start():
+    """Time spent before lmprof is imported (the interpreter, other imports) counts: the clock
+    reads the process's start, not the first import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time; time.sleep(0.6); from lmprof import clock; print(clock.since_process_start())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0.6 <= float(out.stdout) < 60
+
+
+def test_exit_now_keeps_what_a_normal_exit_does_that_matters(tmp_path):
+    """The quick exit after a command: its code, a non-daemon thread's work, the atexit
+    handlers and buffered output all survive (a pipe buffers stdout)."""
+    import subprocess
+    import sys
+
+    done = tmp_path / "thread_done"
+    code = (
+        "import atexit, threading, time\n"
+        "from lmprof.cli import exit_now\n"
+        "def work():\n"
+        "    time.sleep(0.3)\n"
+        f"    open({str(done)!r}, 'w').write('yes')\n"
+        "threading.Thread(target=work).start()\n"
+        "atexit.register(print, 'handler ran')\n"
+        "print('buffered', end=' ')\n"
+        "exit_now(3)\n"
+        "print('never')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 3 and out.stdout == "buffered handler ran\n", out.stderr
+    assert done.read_text() == "yes"
 
 
 def test_a_non_finite_loss_ends_as_diverged_with_a_row(tmp_path, monkeypatch):

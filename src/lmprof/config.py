@@ -32,7 +32,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 SOURCES = ("stdlib", "text", "hf", "synthetic")
 TOKENIZERS = ("byte", "char", "bpe", "gpt2", "file")
 DOCUMENTS = ("auto", "file", "wikitext")  # see lmprof/data/sources.py
-BATCHINGS = ("packed", "padded")
+PACKED_BATCHINGS = ("shifted", "random", "packed")  # where windows start: data/batching.py
+BATCHINGS = (*PACKED_BATCHINGS, "padded")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
 NORMS = ("pre", "post")
@@ -156,8 +157,10 @@ class DataConfig:
     )
     sequence_length: int = option(256, "tokens per training sequence", **POSITIVE)
     batching: str = option(
-        "packed",
-        "packed: documents concatenated; padded: one per row, PAD-masked",
+        "shifted",
+        "documents concatenated into windows on a grid shifted each epoch (shifted), at "
+        "random starts (random) or on a fixed grid (packed: lmprof before shifted); or "
+        "padded: one document per row, PAD-masked",
         choices=BATCHINGS,
     )
     val_fraction: float = option(

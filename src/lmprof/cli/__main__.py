@@ -1,3 +1,3 @@
-from lmprof.cli import main
+from lmprof.cli import entry
 
-raise SystemExit(main())
+entry()

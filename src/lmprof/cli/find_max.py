@@ -10,10 +10,15 @@ from lmprof.errors import UserError
 
 
 def find_max_doc() -> str:
-    """The search's own description (lmprof.sweep.find_max's docstring), read when asked for."""
-    import lmprof.sweep.find_max
+    """The search's own description: lmprof.sweep.find_max's docstring, read from its source
+    (importing it would import the whole sweep package into every command, `lmprof run`
+    included, for one help text)."""
+    import ast
+    from pathlib import Path
 
-    return lmprof.sweep.find_max.__doc__ or ""
+    # Not importlib.util.find_spec: finding a submodule imports its package.
+    source = Path(__file__).resolve().parents[1] / "sweep" / "find_max.py"
+    return ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) or ""
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:

@@ -1,14 +1,29 @@
 """Batches from a flat token stream: packed windows, padded documents, and their order.
 
-Order: every epoch is a seeded permutation of all items (windows or documents), the same on
+Order: every epoch is a seeded permutation of all slots (windows or documents), the same on
 every rank; rank r takes the permutation's positions r, r+W, r+2W, ... (W = world size), the
-same number on every rank, so ranks read disjoint items and stay in step. A rank's stream is
-its epochs one after another, and batch k is items [k*B, (k+1)*B) of that stream (a batch may
-span two epochs), so resuming at step k is arithmetic, not replay.
+same number on every rank, so ranks read disjoint slots and stay in step. A rank's stream is
+its epochs one after another, and batch k is slots [k*B, (k+1)*B) of that stream (a batch may
+span two epochs), so resuming at step k is arithmetic, not replay. A slot is named by its
+global id, epoch * n_slots + index, so whatever a slot's content depends on (the epoch's grid
+offset, a random start) is a function of that id and the seed: no state to save.
+
+Where a packed window starts (data.batching; N tokens, windows of T+1, targets w[1:]):
+  shifted  the grid of windows every T tokens, shifted each epoch by a seeded offset in [0, T)
+           and read around the stream as a circle: N // T windows an epoch, each target
+           position once; the N % T positions left over (a gap under T tokens) move with the
+           offset. The window across the end joins the last document's EOS to the first
+           document, a boundary like every other. The default.
+  random   a uniform random start in [0, N - T) per slot, a hash of (seed, slot id): nanoGPT's
+           sampler, seeded and resumable; an "epoch" is (N - 1) // T rows.
+  packed   the fixed grid, windows at 0, T, 2T, ... every epoch: (N - 1) // T windows, the same
+           contexts at the same positions each epoch (lmprof before `shifted`; for reproducing
+           old results).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmprof.config import PACKED_BATCHINGS
 from lmprof.errors import UserError
 from lmprof.ops import IGNORE_INDEX
 
@@ -74,7 +90,8 @@ def item_batches(
     start_step: int = 0,
     what: str = "training windows",
 ) -> Iterator[np.ndarray]:
-    """Endless batches of item indices for one rank (see the module docstring)."""
+    """Endless batches of global slot ids for one rank, epoch * n_items + index (see the
+    module docstring): `index = ids % n_items`, `epoch = ids // n_items`."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
     if batch_size < 1 or start_step < 0:
@@ -99,7 +116,8 @@ def _item_batches(
     start_step: int,
 ) -> Iterator[np.ndarray]:
     def share(epoch: int) -> np.ndarray:
-        return epoch_permutation(n_items, seed, epoch)[rank : per_rank * world_size : world_size]
+        mine = epoch_permutation(n_items, seed, epoch)[rank : per_rank * world_size : world_size]
+        return mine.astype(np.int64) + epoch * n_items
 
     epoch, off = divmod(start_step * batch_size, per_rank)
     items = share(epoch)
@@ -154,10 +172,53 @@ class SyntheticTokens:
         return hashed_ints(index, self.key, self.n_symbols)
 
 
-def windows(tokens: Any, starts: np.ndarray, width: int) -> np.ndarray:
-    """Rows tokens[s : s + width] for each start, as int64 (B, width)."""
+def windows(tokens: Any, starts: np.ndarray, width: int, *, wrap: bool = False) -> np.ndarray:
+    """Rows tokens[s : s + width] for each start, as int64 (B, width); wrap: read the stream
+    as a circle, so a row may run past the end into the start."""
     offsets = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(width, dtype=np.int64)
+    if wrap:
+        offsets %= len(tokens)
     return np.asarray(tokens[offsets], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where packed windows start (the module docstring's table)
+
+_SHIFT_SALT, _RANDOM_SALT = 0x5E1F7, 0x2A4D0
+
+
+@functools.cache
+def _key(seed: int, salt: int) -> int:
+    """A 64-bit key per (seed, salt), hashed so that nearby seeds give unrelated streams."""
+    x = np.array([(seed & _U64) ^ salt], dtype=np.uint64)
+    return int(_splitmix64(_splitmix64(x))[0])
+
+
+def n_windows(batching: str, n_tokens: int, width: int) -> int:
+    """Packed windows (slots) an epoch for `batching` over n_tokens, T = width."""
+    if batching == "shifted":
+        return n_tokens // width
+    return (n_tokens - 1) // width
+
+
+def grid_offset(seed: int, epoch: np.ndarray | int, width: int) -> np.ndarray:
+    """The shifted grid's offset in [0, T) of each epoch: the same on every rank."""
+    return hashed_ints(np.asarray(epoch, dtype=np.int64), _key(seed, _SHIFT_SALT), width)
+
+
+def window_starts(
+    batching: str, slots: np.ndarray, n_tokens: int, width: int, seed: int
+) -> np.ndarray:
+    """The first token of each slot's window (slots: global ids from item_batches). Starts of
+    `shifted` may pass the end: read them with windows(..., wrap=True)."""
+    n = n_windows(batching, n_tokens, width)
+    if batching == "packed":
+        return (slots % n) * width
+    if batching == "shifted":
+        return grid_offset(seed, slots // n, width) + (slots % n) * width
+    if batching == "random":
+        return hashed_ints(slots, _key(seed, _RANDOM_SALT), n_tokens - width)
+    raise ValueError(f"{batching!r} is not packed batching ({', '.join(PACKED_BATCHINGS)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +231,20 @@ def packed_batch(rows: np.ndarray) -> Batch:
     x = torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
     y = torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
     return Batch(x, y, None, b * t, b * t)
+
+
+def filled_batch(rows: np.ndarray, batch_size: int) -> Batch:
+    """packed_batch of (b, T+1) windows, b <= batch_size, filled up to batch_size rows that
+    repeat the first one with every target IGNORE_INDEX: a fixed shape, the same loss."""
+    b = rows.shape[0]
+    if b == batch_size:
+        return packed_batch(rows)
+    t = rows.shape[1] - 1
+    full = np.concatenate([rows, np.repeat(rows[:1], batch_size - b, axis=0)])
+    x = torch.from_numpy(np.ascontiguousarray(full[:, :-1]))
+    y = torch.from_numpy(np.ascontiguousarray(full[:, 1:]))
+    y[b:] = IGNORE_INDEX
+    return Batch(x, y, None, b * t, batch_size * t)
 
 
 def padded_rows(

@@ -1,16 +1,22 @@
 """`build_data(cfg) -> DataModule`: the trainer's one entry point to data.
 
 Training batches (data.batching):
-  packed  windows of T+1 tokens starting every T tokens of the training stream (documents
-          joined by EOS), so each token is a target exactly once per epoch; input = w[:-1],
-          targets = w[1:]; no padding, attention_mask None.
-  padded  one document per row (the seed's behaviour, to measure PAD waste): its tokens and
-          its EOS, truncated to T+1, then PAD; targets IGNORE_INDEX where the target is PAD.
+  shifted  windows of T+1 tokens of the training stream (documents joined by EOS) on a grid
+           every T tokens, shifted each epoch by a seeded offset (the default); input = w[:-1],
+           targets = w[1:]; no padding, attention_mask None. Each target position once an
+           epoch (lmprof/data/batching.py says how the stream's end is read).
+  random   windows at uniform random starts (nanoGPT's sampler), seeded and resumable.
+  packed   the fixed grid, windows at 0, T, 2T, ... every epoch (lmprof's sampler before
+           `shifted`: with learned positions, many epochs of the same windows are memorised).
+  padded   one document per row (the seed's behaviour, to measure PAD waste): its tokens and
+           its EOS, truncated to T+1, then PAD; targets IGNORE_INDEX where the target is PAD.
 Validation (and the test split, when the source has one) is always packed (so eval loss
 compares across batching modes): windows starting
 every T tokens of the validation stream, in order; the last partial window is dropped, as are
 the n_windows % world_size windows that would leave ranks with unequal shares (none on one
-rank). The last batch of a rank may have fewer rows than batch_size.
+rank). A rank's last batch is filled up to batch_size rows with rows whose targets are all
+IGNORE_INDEX (counted in n_tokens, not n_real_tokens), so every evaluation batch has one shape
+and a compiled model compiles one evaluation graph, not a second for the short batch.
 
 data.max_tokens > 0 keeps the first max_tokens tokens of the training stream (applied here, not
 in the cache, so changing it never re-tokenizes).
@@ -23,14 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from lmprof.config import BATCHINGS, PACKED_BATCHINGS
 from lmprof.data.batching import (
     Batch,
     SyntheticTokens,
+    filled_batch,
     hashed_ints,
     item_batches,
+    n_windows,
     packed_batch,
     padded_batch,
     padded_rows,
+    window_starts,
     windows,
 )
 from lmprof.data.cache import open_cache
@@ -54,7 +64,7 @@ class DataModule:
         train: Any,  # 1-D token array (memmap or SyntheticTokens)
         val: Any,
         sequence_length: int,
-        batching: str = "packed",
+        batching: str = "shifted",
         doc_start: np.ndarray | None = None,  # padded: training documents (start, length)
         doc_len: np.ndarray | None = None,
         info: dict[str, Any] | None = None,
@@ -84,7 +94,7 @@ class DataModule:
                 f"data.sequence_length+1={t + 1}: use more test text or a smaller "
                 "data.sequence_length"
             )
-        if batching == "packed":
+        if batching in PACKED_BATCHINGS:
             if self.n_train_tokens < t + 1:
                 raise UserError(
                     f"the training split has {self.n_train_tokens} tokens, fewer than one window "
@@ -99,11 +109,17 @@ class DataModule:
             if not len(self.doc_start):
                 raise UserError("the training split has no document of two or more tokens")
         else:
-            raise UserError(f"data.batching={batching!r}: packed or padded")
+            raise UserError(f"data.batching={batching!r}: allowed: {', '.join(BATCHINGS)}")
+
+    @property
+    def packed(self) -> bool:
+        return self.batching in PACKED_BATCHINGS
 
     @property
     def n_train_windows(self) -> int:
-        return (self.n_train_tokens - 1) // self.sequence_length
+        """Packed windows an epoch (for `padded`, those of the fixed grid)."""
+        kind = self.batching if self.packed else "packed"
+        return n_windows(kind, self.n_train_tokens, self.sequence_length)
 
     @property
     def n_val_windows(self) -> int:
@@ -115,7 +131,7 @@ class DataModule:
 
     def n_train_items(self) -> int:
         """Rows per epoch: windows (packed) or documents (padded)."""
-        return self.n_train_windows if self.batching == "packed" else len(self.doc_start)
+        return self.n_train_windows if self.packed else len(self.doc_start)
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         return max(self.n_train_items() // world_size // batch_size, 1)
@@ -132,24 +148,30 @@ class DataModule:
         """Endless, deterministic given (seed, rank, world_size); ranks read disjoint rows;
         start_step=k starts at exactly the k-th batch of a fresh iterator, without reading
         the batches before it."""
-        t = self.sequence_length
-        packed = self.batching == "packed"
+        t, n_items = self.sequence_length, self.n_train_items()
         order = item_batches(
-            self.n_train_items(),
+            n_items,
             batch_size,
             seed=seed,
             rank=rank,
             world_size=world_size,
             start_step=start_step,
-            what="training windows" if packed else "training documents",
+            what="training windows" if self.packed else "training documents",
         )
-        if packed:
-            return (packed_batch(windows(self.train, idx * t, t + 1)) for idx in order)
+        if self.packed:
+            kind, n = self.batching, self.n_train_tokens
+            wrap = kind == "shifted"
+            return (
+                packed_batch(
+                    windows(self.train, window_starts(kind, ids, n, t, seed), t + 1, wrap=wrap)
+                )
+                for ids in order
+            )
         return (
             padded_batch(
                 *padded_rows(self.train, self.doc_start[idx], self.doc_len[idx], t + 1, self.pad_id)
             )
-            for idx in order
+            for idx in (ids % n_items for ids in order)
         )
 
     def val_batches(
@@ -187,7 +209,10 @@ class DataModule:
         starts = range(0, per_rank, batch_size)
         if max_batches:
             starts = starts[:max_batches]
-        return (packed_batch(windows(stream, mine[i : i + batch_size] * t, t + 1)) for i in starts)
+        return (
+            filled_batch(windows(stream, mine[i : i + batch_size] * t, t + 1), batch_size)
+            for i in starts
+        )
 
     def __repr__(self) -> str:
         return (

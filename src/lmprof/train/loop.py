@@ -44,6 +44,7 @@ class TrainState:
     processed_tokens: int = 0  # B*T per micro-batch, PAD included, this rank
     train_time_s: float = 0.0  # wall clock in the training loop, evaluation excluded
     compile_time_s: float = 0.0
+    eval_time_s: float = 0.0  # wall clock in evaluations (validation and test), this process
     first_nonfinite_step: int | None = None
     logged: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
@@ -373,6 +374,7 @@ class Trainer:
     def _eval_pass(self, split: str, max_batches: int) -> tuple[float, float, float, int]:
         """(loss, perplexity, accuracy, tokens) per token over `split`, all ranks together."""
         cfg, ins = self.cfg, self.instruments
+        t0 = time.perf_counter()
         phase, ins.state_phase = ins.state_phase, "eval"
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -396,6 +398,7 @@ class Trainer:
         )
         self.model.train()
         ins.state_phase = phase
+        self.state.eval_time_s += time.perf_counter() - t0  # .tolist() above waited for it
         loss = total_loss / max(total_tokens, 1)
         ppl = math.exp(min(loss, 50.0))
         return loss, ppl, total_correct / max(total_tokens, 1), int(total_tokens)

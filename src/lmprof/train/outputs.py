@@ -160,6 +160,33 @@ def _rate(v: float | None) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
 
 
+def _time_line(row: dict) -> str:
+    """The whole run's time beside the steady one, and where the difference went."""
+    wall, steady = _num(row, "wall_time_sec"), _num(row, "steady_time_sec")
+    if wall is None:
+        return "  time: n/a"
+    line = f"  time: {wall:.1f} s end to end (process start to this row)"
+    if steady is not None:
+        line += f", {steady:.1f} s of steps at the steady step time"
+    parts = [
+        (name, _num(row, key))
+        for name, key in (
+            ("startup", "startup_sec"),
+            ("compile", "compile_time_sec"),
+            ("training", "training_time_sec"),
+            ("evaluation", "eval_time_sec"),
+        )
+    ]
+    # compile 0: not compiled (or nothing to say).
+    known = [(name, v) for name, v in parts if v is not None and (name != "compile" or v > 0)]
+    if known:
+        # compile_time_sec lies inside training_time_sec (the first step's extra time).
+        rest = wall - sum(v for name, v in known if name != "compile")
+        shown = ", ".join(f"{name} {v:.1f}" for name, v in known)
+        line += f"; {shown}, the rest {rest:.1f} s"
+    return line
+
+
 def format_run_summary(row: dict, paths: RunPaths) -> str:
     """The few lines a run ends with, on the console and in its log: how it ended, how fast,
     how much memory, how well it learned, and where its files are."""
@@ -168,8 +195,9 @@ def format_run_summary(row: dict, paths: RunPaths) -> str:
     lines = [f"run {paths.run_name} ended: {status}" + (f" ({detail})" if detail else "")]
     lines.append(
         f"  tokens/s: {_rate(_num(row, 'steady_tokens_per_sec'))} steady, "
-        f"{_rate(_num(row, 'throughput'))} end to end ({steps})"
+        f"{_rate(_num(row, 'throughput'))} over the training loop ({steps})"
     )
+    lines.append(_time_line(row))
     mfu = _num(row, "mfu")
     lines.append(
         "  MFU: " + (f"{mfu:.1%}" if mfu is not None else "n/a (no GPU peak for this device)")

@@ -15,6 +15,7 @@ import traceback
 
 import torch
 
+from lmprof import clock
 from lmprof.columns import config_row, now
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
@@ -72,6 +73,12 @@ SUMMARY_COLUMNS = ColumnGroup(
         "peak_gpu_mem_gb",
         "peak_gpu_reserved_gb",
         "peak_host_mem_gb",
+        # The whole process (lmprof/clock.py): start to the first step (imports, data, model),
+        # time in evaluations, and start to this row, beside the steady time at the median step.
+        "startup_sec",
+        "eval_time_sec",
+        "wall_time_sec",
+        "steady_time_sec",
     ),
 )
 
@@ -113,6 +120,9 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
         else float("nan"),
     }
     row.update(trainer.steady_state())
+    row["eval_time_sec"] = st.eval_time_s
+    # What the steps would take at the steady step time: the floor the wall time is read against.
+    row["steady_time_sec"] = st.step * row["step_time_p50_ms"] / 1e3
     row.update(_flops_row(trainer, row))
     if eval_point:
         row.update({k: eval_point[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy")})
@@ -248,6 +258,7 @@ def run(cfg: RunConfig) -> int:
             from lmprof.train.debug_flash import log_attention_table
 
             log_attention_table(trainer)
+        row["startup_sec"] = clock.since_process_start()
         trainer.fit(checkpoints=ckpt)
         eval_point = trainer.evaluate()
         row |= _summary_row(trainer, eval_point) | trainer.test_row()
@@ -285,6 +296,7 @@ def run(cfg: RunConfig) -> int:
             trainer.instruments.close(oom=status == OOM)
             row |= trainer.instruments.summary()
         row |= {"status": status, "status_detail": detail, "finished_at": now()}
+        row["wall_time_sec"] = clock.since_process_start()
         if dist.is_main and status != USER_ERROR:
             try:
                 append_row(RunPaths.of(cfg).results_csv, _finite(row))

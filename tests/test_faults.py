@@ -144,6 +144,79 @@ CLI_CASES = {
         "given twice",
     ),
     "sweep that is not UTF-8": ({"s.yaml": b"\x80\x81"}, ["sweep", "s.yaml"], 2, "not UTF-8"),
+    # hostile bytes and text in a config: one line with the byte offset (lmprof.yamlio)
+    "a NUL byte": (
+        {"c.yaml": b"model:\n  d_model: 64\x00\n"},
+        ["run", "c.yaml"],
+        2,
+        "NUL byte at byte offset 20",
+    ),
+    "a control character": (
+        {"c.yaml": b"\xef\xbb\xbfa: 1\nb: x\x1b[31m\n"},
+        ["run", "c.yaml"],
+        2,
+        "U+001B at byte offset 12 (line 2)",  # the byte-order mark counted
+    ),
+    "a C1 control character": ({"c.yaml": "a: \x85\x9b\n"}, ["run", "c.yaml"], 2, "U+009B"),
+    "a lone surrogate's bytes": (
+        {"c.yaml": b'tag: "\xed\xa0\x80"\n'},
+        ["run", "c.yaml"],
+        2,
+        "not UTF-8 text (byte 0xed at offset 6)",
+    ),
+    "a lone surrogate escaped": ({"c.yaml": 'tag: "\\ud800"\n'}, ["run", "c.yaml"], 2, "U+D800"),
+    "a NUL escaped": ({"c.yaml": 'data:\n  cache_dir: "a\\0b"\n'}, ["run", "c.yaml"], 2, "U+0000"),
+    "a sweep with a NUL byte": ({"s.yaml": b"experiments: []\x00"}, ["sweep", "s.yaml"], 2, "NUL"),
+    # run names are file names, on every system (config.RUN_NAME_RULE)
+    "run name with a newline": (
+        {"c.yaml": 'logging:\n  run_name: "abc\\n"\n'},
+        ["run", "c.yaml"],
+        2,
+        "run_name='abc\\n' is invalid",
+    ),
+    "run name a device name": ({}, ["run", "run_name=nul"], 2, "Windows device name"),
+    "run name a device name with an extension": ({}, ["run", "run_name=COM1.x"], 2, "device"),
+    "run name ending in a dot": ({}, ["run", "run_name=abc."], 2, "not ending in '.'"),
+    "run name of dots": (
+        {},
+        ["run", "run_name=.."],
+        2,
+        "plain file name that every system accepts",
+    ),
+    "run name too long": ({}, ["run", "run_name=" + "a" * 201], 2, "at most 200 characters"),
+    "a value of 100001 characters": (
+        {},
+        ["estimate", "tag=\x01" + "x" * 10**5],
+        2,
+        "(100001 characters) is invalid",  # the line stays a line
+    ),
+    # a path naming an unknown user's home
+    "data.path of an unknown user": (
+        {},
+        ["run", "data.source=text", "data.path=~nosuchuser25/corpus.txt"],
+        2,
+        "user 'nosuchuser25' is unknown here",
+    ),
+    "tokenizer_path of an unknown user": (
+        {},
+        ["run", "tokenizer=file", "data.tokenizer_path=~nosuchuser25/t.json"],
+        2,
+        "cannot be expanded",
+    ),
+    # a data key the chosen source does not read
+    "data.path without data.source=text": (
+        {},
+        ["run", "data.path=my.txt"],
+        2,
+        "data.path='my.txt' is invalid: is read by data.source=text only, and data.source is stdlib",
+    ),
+    "an hf key with the text source": (
+        {},
+        ["run", "data.source=text", "data.path=x", "data.hf_config=y"],
+        2,
+        "is read by data.source=hf only",
+    ),
+    "streaming without hf": ({}, ["run", "data.streaming=true"], 2, "data.source=hf only"),
     "estimate of a bad value": ({}, ["estimate", "weight_decay=nan"], 2, "finite"),
 }
 
@@ -204,6 +277,23 @@ def test_the_config_refuses_a_bad_value_in_one_line(key, value):
     with pytest.raises(ConfigError) as info:
         build_config({section: {name: value}})
     assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_later_source_replaces_the_keys_of_the_earlier_one():
+    # The README's offline run of the seed's WikiText config: data.source=synthetic on top.
+    seed = {"dataset_name": "wikitext", "dataset_config": "wikitext-103-raw-v1"}
+    cfg = build_config(seed, overrides=["data.source=synthetic"])
+    assert (cfg.data.source, cfg.data.hf_config) == ("synthetic", "")
+    assert cfg.hash() == build_config({"data": {"source": "synthetic"}}).hash()
+    # A saved config from before the rule (stdlib with a WikiText config name) still loads.
+    from lmprof.config import from_dict
+
+    old = build_config().to_dict()
+    old["data"]["hf_config"] = "wikitext-103-raw-v1"
+    assert from_dict(old).data.hf_config == ""
+    # Given after the source was chosen, the key is meant: refused, naming it.
+    with pytest.raises(ConfigError, match="data.hf_config"):
+        build_config({"data": {"source": "synthetic"}}, overrides=["data.hf_config=x"])
 
 
 def test_an_empty_config_file_is_the_defaults(tmp_path):
@@ -591,6 +681,46 @@ def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch,
     out, err = capsys.readouterr()
     assert "is a file, not a folder" in _one_error_line(err)
     assert _files(tmp_path) == {"blocker", "s.yaml"}
+
+
+def test_a_byte_order_mark_is_read_as_the_text_it_starts(tmp_path):
+    import codecs
+
+    from lmprof.sweep.plan import plan_sweep
+    from lmprof.yamlio import load_mapping
+
+    (tmp_path / "c.yaml").write_bytes(codecs.BOM_UTF8 + b"model:\n  d_model: 64\n")
+    assert load_mapping(tmp_path / "c.yaml") == {"model": {"d_model": 64}}
+    sweep = (
+        "base_config: {data.source: synthetic}\nexperiments:\n- {name: g, params: {seed: [1]}}\n"
+    )
+    (tmp_path / "s.yaml").write_bytes(codecs.BOM_UTF8 + sweep.encode())
+    assert [p.name for p in plan_sweep(tmp_path / "s.yaml", check_env=False)] == ["g_seed1"]
+
+
+def test_a_sweep_whose_run_names_a_missing_data_file_is_refused_before_any_row(
+    tmp_path, monkeypatch, capsys
+):
+    sweep = {
+        "base_config": {"data.source": "synthetic", "logging.output_dir": str(tmp_path)},
+        "experiments": [
+            {
+                "name": "g",
+                "runs": [
+                    {"name": "fine", "params": {}},
+                    {"name": "typo", "params": {"data.source": "text", "data.path": "corpuz.txt"}},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(tmp_path / "never.py"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "s.yaml"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    # The config's mistake, named with its run, not "cannot start on this machine".
+    assert "run 'typo'" in line and "'corpuz.txt' does not exist" in line, line
+    assert _files(tmp_path) == {"s.yaml"}
 
 
 def test_a_plain_key_given_twice_keeps_the_later_value_and_says_so(capsys):

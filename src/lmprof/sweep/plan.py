@@ -132,7 +132,10 @@ def plan_sweep(
         from lmprof.environment import check_environment
 
         for p in plans:
-            p.unrunnable = check_environment(p.cfg)
+            try:
+                p.unrunnable = check_environment(p.cfg)
+            except UserError as exc:  # the config's mistake (a data path), not the machine's
+                raise UserError(f"run '{p.name}': {exc}") from None
     return plans
 
 

@@ -630,6 +630,101 @@ def test_sigterm_during_setup_stops_at_once_as_interrupted(tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
 
 
+def _sigterm_in_evaluation(monkeypatch, split: str) -> list[int]:
+    """Make every pass over `split` endless (its first batch again and again), with a SIGTERM
+    after its first batch: the run must stop at the next batch. Returns the batches served."""
+    from lmprof.data.datamodule import DataModule
+
+    served: list[int] = []
+    original = DataModule.eval_batches
+
+    def endless(self, which, *args, **kwargs):
+        if which != split:
+            yield from original(self, which, *args, **kwargs)
+            return
+        first = next(iter(original(self, which, *args, **kwargs)))
+        for i in range(500):  # a bound, so a stop that is not honoured fails instead of hanging
+            served.append(i)
+            yield first
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DataModule, "eval_batches", endless)
+    return served
+
+
+@pytest.mark.parametrize("interval", [0, 100], ids=["no checkpoints", "checkpoints on"])
+def test_sigterm_during_the_final_evaluation_stops_at_the_next_batch(
+    tmp_path, monkeypatch, capsys, interval
+):
+    from lmprof.train.checkpoint import list_checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    served = _sigterm_in_evaluation(monkeypatch, "val")
+    ck = [f"checkpoint.interval={interval}", "checkpoint.resume=auto", "run_name=ev"]
+    code, out, err = _main(capsys, *ck)
+    assert code == 130 and err == "" and len(served) == 2  # the batch in hand, then the stop
+    (row,) = _rows(tmp_path / "results.csv")
+    assert (row["status"], row["steps_done"]) == ("interrupted", "2")
+    said = [ln for ln in out.splitlines() if "ended: interrupted" in ln]
+    assert len(said) == 1 and "SIGTERM during evaluation at step 2" in said[0], out
+    found = [s for s, _ in list_checkpoints(tmp_path / "checkpoints" / "ev")]
+    assert found == ([2] if interval else [])
+    if interval:  # the resumed run trains no step again: it evaluates and ends ok
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
+        assert _main(capsys, *ck)[0] == 0
+        assert [(r["status"], r["steps_done"]) for r in _rows(tmp_path / "results.csv")] == [
+            ("interrupted", "2"),
+            ("ok", "2"),
+        ]
+
+
+def test_sigterm_during_an_evaluation_in_training_and_the_test_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    served = _sigterm_in_evaluation(monkeypatch, "val")
+    code, out, _ = _main(capsys, "max_steps=6", "eval_interval=3", "run_name=mid")
+    assert code == 130 and len(served) == 2
+    assert "SIGTERM during evaluation at step 3" in out
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    text = "".join(f"line {i} of a small corpus, long enough to split.\n" for i in range(200))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "test.txt").write_text(text[:2000])
+    served = _sigterm_in_evaluation(monkeypatch, "test")
+    data = ["data.source=text", "data.path=train.txt", "data.test_path=test.txt"]
+    code, out, _ = _main(capsys, *data, "run_name=tst")
+    assert code == 130 and len(served) == 2
+    assert "SIGTERM during the test split at step 2" in out
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["run_name"], r["status"]) for r in rows] == [
+        ("mid", "interrupted"),
+        ("tst", "interrupted"),
+    ]
+
+
+def test_sigterm_during_a_checkpoint_write_stops_once_it_is_written(tmp_path, monkeypatch, capsys):
+    from lmprof.train import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    write = checkpoint.CheckpointManager._write
+
+    def write_then_term(self, step):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the checkpoint is written
+        return write(self, step)
+
+    monkeypatch.setattr(checkpoint.CheckpointManager, "_write", write_then_term)
+    code, out, _ = _main(capsys, "max_steps=10", "checkpoint.interval=2", "run_name=cw")
+    assert code == 130
+    (row,) = _rows(tmp_path / "results.csv")
+    # Stopped after the checkpoint of step 2, not at step 4's nor at the end.
+    assert (row["status"], row["steps_done"]) == ("interrupted", "2")
+    assert row["status_detail"] == "SIGTERM: checkpoint at step 2"
+    found = checkpoint.list_checkpoints(tmp_path / "checkpoints" / "cw")
+    assert [s for s, _ in found] == [2]
+    assert not list((tmp_path / "checkpoints" / "cw").glob(".tmp_*"))
+
+
 SLOW_CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -764,6 +764,70 @@ def test_two_sweeps_at_once_run_each_run_once(tmp_path):
     assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["only"]
 
 
+LINGERING_CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from lmprof.config import load_config
+    from lmprof.results import append_row
+
+    cfg = load_config(sys.argv[1])
+    out = Path(cfg.logging.output_dir)
+    # A run slow to stop: the SIGTERM its dead sweep's kernel sends is noted, and it goes on.
+    signal.signal(signal.SIGTERM, lambda *a: (out / "term.txt").write_text("x"))
+    with open(out / "calls.txt", "a") as f:
+        f.write(f"{cfg.logging.run_name} {os.getpid()}\\n")
+    deadline = time.monotonic() + 30
+    while not (out / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    append_row(out / "results.csv", {"run_name": cfg.logging.run_name, "status": "ok",
+                                     "config_hash": cfg.hash()})
+""")
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_rerun_after_a_sigkilled_sweep_never_starts_its_still_running_child(tmp_path):
+    (tmp_path / "child.py").write_text(LINGERING_CHILD)
+    sweep = {
+        "base_config": {"data.source": "synthetic", "logging.output_dir": str(tmp_path)},
+        "experiments": [{"name": "g", "tag": "t", "runs": [{"name": "only", "params": {}}]}],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    env = _env() | {"LMPROF_SWEEP_CHILD": str(tmp_path / "child.py")}
+    cmd = [sys.executable, "-m", "lmprof", "sweep", "s.yaml"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (tmp_path / "calls.txt").exists():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    while time.monotonic() < deadline and not (tmp_path / "term.txt").exists():
+        time.sleep(0.05)
+    assert (tmp_path / "term.txt").exists()  # the kernel told the orphan to stop
+    # The child holds the claim its sweep handed it: the rerun leaves the run to it.
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "running elsewhere" in again.stdout, again.stdout
+    assert "Traceback" not in again.stderr
+    (tmp_path / "go").touch()
+    name, pid = (tmp_path / "calls.txt").read_text().split()
+    assert name == "only" and _gone(int(pid), 10)
+    assert [(r["run_name"], r["status"]) for r in _rows(tmp_path / "results.csv")] == [
+        ("only", "ok")
+    ]
+    # Once it has ended, the claim is free: the next rerun finds the run done.
+    last = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert "done earlier" in last.stdout and len((tmp_path / "calls.txt").read_text().split()) == 2
+
+
 def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch, capsys):
     (tmp_path / "blocker").write_text("x")
     sweep = {

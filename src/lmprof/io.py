@@ -178,20 +178,30 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def try_lock(path: str | Path) -> Iterator[bool]:
-    """Hold the lock on `path` (paths.lock_path) if no one else does: yields True (held until the block ends)
-    or False at once (another process holds it). The OS drops the lock when its holder dies, so
-    a killed sweep leaves no stale claim."""
-    from filelock import FileLock, Timeout
+def claim(path: str | Path) -> Iterator[int | None]:
+    """Claim `path` (its lock file: paths.lock_path) if no one else does: yields the locked
+    file descriptor, held until the block ends, or None at once when another process holds it.
+
+    The claim is an flock(2) on an open file, which belongs to that open file and not to this
+    process: a child given the descriptor (`subprocess.Popen(pass_fds=...)`) keeps the claim for
+    as long as it lives, so a sweep killed by SIGKILL leaves its running child holding it, and
+    a rerun does not start the same run beside it. The OS drops it when the last holder exits,
+    so no claim goes stale. The block's end closes this process's descriptor only: unlocking
+    would release a child's claim too. (flock: the sweep's process handling is POSIX already.)
+    """
+    import fcntl
 
     lock = _lock_file(path)
-    fl = FileLock(str(lock), thread_local=False)
     try:
-        fl.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise output_error(lock, exc) from None
     try:
-        yield True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+        else:
+            yield fd
     finally:
-        fl.release()
+        os.close(fd)

@@ -564,6 +564,51 @@ def test_a_torn_last_line_and_foreign_columns_survive_an_append(tmp_path, monkey
     assert rows[0]["mine"] == "kept" and rows[2]["status"] == "oom"
 
 
+def test_a_read_only_results_csv_is_refused_before_the_run_and_left_alone(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text("run_name,status\nold,ok\n")
+    (tmp_path / "results.csv").chmod(0o444)  # root could write it: the owner's mode decides
+    code, _, err = _main(capsys, HUGE, "run_name=new")
+    assert code == 2 and "read-only (mode 444)" in _one_error_line(err)
+    assert (tmp_path / "results.csv").read_text() == "run_name,status\nold,ok\n"
+    assert _files(tmp_path) == {"results.csv"}
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o444
+
+
+def test_a_private_results_csv_stays_private_when_a_row_is_added(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text("run_name,status\nold,ok\n")
+    (tmp_path / "results.csv").chmod(0o600)
+    assert _main(capsys, HUGE, "run_name=new")[0] == 3
+    assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["old", "new"]
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_row_with_a_cell_more_than_the_header_is_refused_and_left_alone(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    damaged = "run_name,status\nold,ok,extra\n"
+    (tmp_path / "results.csv").write_text(damaged)
+    code, _, err = _main(capsys, HUGE, "run_name=new")
+    assert code == 2 and "line 2 has 3 cells but the header names 2" in _one_error_line(err)
+    assert (tmp_path / "results.csv").read_text() == damaged
+
+
+def test_an_excel_byte_order_mark_is_read_and_the_table_keeps_one_run_name(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_bytes("\ufeffrun_name,status\r\nold,ok\r\n".encode())
+    assert _main(capsys, HUGE, "run_name=new")[0] == 3
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert header.count("run_name") == 1 and header[0] == "run_name"
+    assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["old", "new"]
+
+
 def test_resuming_from_an_incompatible_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ck = ["checkpoint.interval=1", "checkpoint.resume=auto", "run_name=ck"]

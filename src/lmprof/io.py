@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,25 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
         errno.ELOOP: "it is a symbolic link (lmprof does not write through links)",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return OutputError(f"cannot write '{path}': {reason}")
+
+
+def existing_mode(path: str | Path) -> int | None:
+    """The permission bits of the file at `path` that a write would replace (None: no file, or a
+    link, which is replaced and not followed). One its owner made read-only (no owner write
+    bit) is refused: lmprof keeps the owner's choice, even as root, who could write it anyway."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & stat.S_IWUSR:
+        raise OutputError(
+            f"cannot write '{path}': it is read-only (mode {mode:o}); lmprof does not replace a "
+            "file its owner made read-only (chmod u+w it, or choose another output folder)"
+        )
+    return mode
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,7 +79,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
+        # The owner's mode where the file exists (a private 600 results.csv stays private);
+        # else what the umask allows (mkstemp makes 0600; results are for everyone to read).
+        mode = existing_mode(path)
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)  # replaces a link planted at `path`; never writes through it
     except BaseException as exc:
         if tmp is not None:
@@ -111,6 +134,7 @@ def open_stream(path: str | Path, append: bool = False) -> _NoFollowFile:
     path = Path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     flags |= os.O_APPEND if append else os.O_TRUNC
+    existing_mode(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o666)

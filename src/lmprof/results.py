@@ -114,21 +114,46 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a results table; an absent file is an empty table."""
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a results table; an absent file is an empty table.
+
+    A damaged table (a NUL byte, another encoding, a folder, a row with more cells than the
+    header has names) is the user's to fix: one line, and it is never rewritten (append_row
+    reads it first, so it stops there too). A torn last line or foreign columns read fine: their
+    cells are kept as they are. A UTF-8 byte order mark (Excel's "CSV UTF-8") is read.
+    """
     p = Path(path)
     if not p.exists():
-        return []
-    # A damaged table (a NUL byte, another encoding, a folder) is the user's to fix: one line,
-    # and it is never rewritten (append_row reads it first, so it stops there too). A torn
-    # last line or foreign columns read fine: their cells are kept as they are.
+        return [], []
     try:
-        with open(p, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = []
+            for cells in reader:
+                if not cells:
+                    continue  # a blank line, as csv.DictReader skips it
+                if len(cells) > len(header):
+                    # A cell without a column name cannot be placed; rewritten under a nameless
+                    # column it would be read as a column called "" by every tool after us.
+                    raise UserError(
+                        f"'{p}' line {reader.line_num} has {len(cells)} cells but the header "
+                        f"names {len(header)} columns; remove the extra cells or move the file "
+                        "away"
+                    )
+                # A short row (a torn last line) reads as DictReader reads it: missing is None.
+                row = dict(zip(header, cells, strict=False))
+                rows.append(row | dict.fromkeys(header[len(cells) :]))
     except (csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"'{p}' is not a readable CSV table ({exc}); move it away") from None
     except OSError as exc:
         raise UserError(f"'{p}' cannot be read: {exc.strerror or exc}") from None
+    return header, rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """All rows of a results table (read_table's rules)."""
+    return read_table(path)[1]
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
@@ -144,11 +169,7 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
     """Append one row to the table at `path`, atomically and under a lock."""
     path = Path(path)
     with file_lock(path):
-        rows = read_rows(path)
-        header = list(rows[0].keys()) if rows else []
-        if not header and path.exists() and path.stat().st_size:
-            with open(path, newline="") as f:
-                header = next(csv.reader(f), [])
+        header, rows = read_table(path)
         cols = _ordered(header, list(row.keys()))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")

@@ -218,6 +218,59 @@ CLI_CASES = {
     ),
     "streaming without hf": ({}, ["run", "data.streaming=true"], 2, "data.source=hf only"),
     "estimate of a bad value": ({}, ["estimate", "weight_decay=nan"], 2, "finite"),
+    # every count has a ceiling (sweep.plan.MAX_RUNS), checked before anything is expanded
+    "a huge repeat": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- {name: g, repeat: 1000000000000, runs: [{name: a}]}\n"
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "expands to 1,000,000,000,000 runs, more than a sweep file may hold (10,000",
+    ),
+    "a huge grid": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- name: g\n  params:\n"
+            + "".join(f"    k{i}.x: [{', '.join(['1'] * 40)}]\n" for i in range(12))
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "more than a sweep file may hold",
+    ),
+    "many seeds times a repeat": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- name: g\n  repeat: 200\n  seeds: ["
+            + ", ".join(map(str, range(100)))
+            + "]\n  runs: [{name: a}]\n"
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "expands to 20,000 runs",
+    ),
+    "runs over the ceiling across groups": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n"
+            + "".join(f"- {{name: g{i}, repeat: 4000, runs: [{{name: r{i}}}]}}\n" for i in range(3))
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "group 'g2', run 'r2' brings the sweep to 12,000 runs",
+    ),
+    "find-max with a billion probes": (
+        {},
+        ["find-max", "data.source=synthetic", "--vary", "batch_size", "--max-probes", str(10**9)],
+        2,
+        "--max-probes from 2 to 124",
+    ),
+    "--repeat 0": (
+        {"s.yaml": SWEEP_HEAD + "experiments:\n- {name: g, runs: [{name: a}]}\n"},
+        ["sweep", "s.yaml", "--repeat", "0"],
+        2,
+        "repeat must be a positive integer (got 0)",
+    ),
 }
 
 

@@ -423,6 +423,22 @@ def test_html_in_a_tag_is_data_and_never_a_path(tmp_path):
         expand_sweep(doc)
 
 
+def test_mathtext_and_html_in_a_tag_are_shown_as_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lmprof.analysis.core import analyze
+
+    tag = "$\\frac{a$<b>&"  # even dollars: mathtext to matplotlib, whose parser fails on it
+    (tmp_path / "results.csv").write_text(
+        "run_name,tag,status,sequence_length,batch_size,throughput,peak_gpu_mem_gb,config_hash\n"
+        f"baseline,{tag},ok,128,2,1000,1,h1\nfast,{tag},ok,128,4,1800,1,h2\n"
+    )
+    done = analyze(tmp_path / "results.csv", tmp_path / "out")
+    assert [p.file for p in done.plots] == ["optimization_batch_4_comparison.png"]
+    assert done.plots[0].path.stat().st_size > 0
+    page = done.report.read_text()
+    assert "$\\frac{a$&lt;b&gt;&amp;" in page and tag not in page
+
+
 # ---------------------------------------------------------------------------------------------
 # Tier 2: `lmprof run` in this process: output folder, memory, links, a full disk, checkpoints
 

@@ -942,6 +942,103 @@ def test_a_rerun_after_a_sigkilled_sweep_never_starts_its_still_running_child(tm
     assert "done earlier" in last.stdout and len((tmp_path / "calls.txt").read_text().split()) == 2
 
 
+PHASED_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from lmprof.cli import main
+    from lmprof.config import load_config
+    from lmprof.data.datamodule import DataModule
+    from lmprof.train.loop import Trainer
+
+    cfg = load_config(sys.argv[1])
+    name, out = cfg.logging.run_name, Path(cfg.logging.output_dir)
+    with open(out / "calls.txt", "a") as f:
+        f.write(f"{name} {os.getpid()}\\n")
+    first = not (out / f"{name}.seen").exists()
+    (out / f"{name}.seen").touch()
+
+    def reached(phase):  # the test kills the sweep once it sees this
+        (out / f"{name}.in-{phase}").write_text(str(os.getpid()))
+
+    # The first attempt of each run stays in the phase it is named after (bounded waits, so a
+    # stop that is not honoured fails the test instead of hanging it); the real run code and
+    # its SIGTERM handling do the rest. The rerun is a plain `lmprof run`.
+    if first and name == "setup":
+        build = Trainer.__init__
+        def slow_build(self, *a, **k):
+            reached("setup")
+            time.sleep(30)
+            build(self, *a, **k)
+        Trainer.__init__ = slow_build
+    if first and name == "training":
+        step = Trainer._step
+        def slow_step(self, *a, **k):
+            step(self, *a, **k)
+            reached("training")
+            for _ in range(600):
+                if self.checkpoints.stop_requested:
+                    return
+                time.sleep(0.05)
+        Trainer._step = slow_step
+    if first and name == "evaluation":
+        batches = DataModule.eval_batches
+        def endless(self, which, *a, **k):
+            if which != "val":
+                yield from batches(self, which, *a, **k)
+                return
+            one = next(iter(batches(self, which, *a, **k)))
+            for _ in range(600):
+                reached("evaluation")
+                yield one
+                time.sleep(0.05)
+        DataModule.eval_batches = endless
+    sys.exit(main(["run", sys.argv[1]]))
+""")
+
+
+def test_a_sweep_killed_in_each_phase_of_a_child_ends_with_every_run_once_ok(tmp_path):
+    """SIGKILL the sweep while its child is in setup, then training, then evaluation; rerun
+    after each. The dead sweep's child stops (PDEATHSIG: SIGTERM, recorded `interrupted`) and
+    the rerun starts it again: every run ends exactly once `ok`, and no process is left."""
+    (tmp_path / "child.py").write_text(PHASED_CHILD)
+    base = dict(a.split("=", 1) for a in TINY) | {"logging.output_dir": str(tmp_path)}
+    runs = [{"name": n, "params": {}} for n in ("setup", "training", "evaluation")]
+    sweep = {"base_config": base, "experiments": [{"name": "g", "tag": "t", "runs": runs}]}
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    env = _env() | {"LMPROF_SWEEP_CHILD": str(tmp_path / "child.py")}
+    cmd = [sys.executable, "-m", "lmprof", "sweep", "s.yaml"]
+    for phase in ("setup", "training", "evaluation"):
+        sweep_proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+        marker = tmp_path / f"{phase}.in-{phase}"
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and sweep_proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), f"the {phase} run never reached {phase}"
+        sweep_proc.send_signal(signal.SIGKILL)
+        sweep_proc.wait(timeout=10)
+        assert _gone(int(marker.read_text()), 30), f"the orphan in {phase} did not stop"
+    last = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0 and "Traceback" not in last.stderr, last.stdout + last.stderr
+    by_run: dict[str, list[str]] = {}
+    for r in _rows(tmp_path / "results.csv"):
+        by_run.setdefault(r["run_name"], []).append(r["status"])
+    assert by_run == {
+        "setup": ["interrupted", "ok"],
+        "training": ["interrupted", "ok"],
+        "evaluation": ["interrupted", "ok"],
+    }
+    started = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert [n for n, _ in started] == [
+        "setup",
+        "setup",
+        "training",
+        "training",
+        "evaluation",
+        "evaluation",
+    ]
+    assert all(_gone(int(pid), 10) for _, pid in started)  # no process left running
+
+
 def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch, capsys):
     (tmp_path / "blocker").write_text("x")
     sweep = {

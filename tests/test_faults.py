@@ -144,7 +144,133 @@ CLI_CASES = {
         "given twice",
     ),
     "sweep that is not UTF-8": ({"s.yaml": b"\x80\x81"}, ["sweep", "s.yaml"], 2, "not UTF-8"),
+    # hostile bytes and text in a config: one line with the byte offset (lmprof.yamlio)
+    "a NUL byte": (
+        {"c.yaml": b"model:\n  d_model: 64\x00\n"},
+        ["run", "c.yaml"],
+        2,
+        "NUL byte at byte offset 20",
+    ),
+    "a control character": (
+        {"c.yaml": b"\xef\xbb\xbfa: 1\nb: x\x1b[31m\n"},
+        ["run", "c.yaml"],
+        2,
+        "U+001B at byte offset 12 (line 2)",  # the byte-order mark counted
+    ),
+    "a C1 control character": ({"c.yaml": "a: \x85\x9b\n"}, ["run", "c.yaml"], 2, "U+009B"),
+    "a lone surrogate's bytes": (
+        {"c.yaml": b'tag: "\xed\xa0\x80"\n'},
+        ["run", "c.yaml"],
+        2,
+        "not UTF-8 text (byte 0xed at offset 6)",
+    ),
+    "a lone surrogate escaped": ({"c.yaml": 'tag: "\\ud800"\n'}, ["run", "c.yaml"], 2, "U+D800"),
+    "a NUL escaped": ({"c.yaml": 'data:\n  cache_dir: "a\\0b"\n'}, ["run", "c.yaml"], 2, "U+0000"),
+    "a sweep with a NUL byte": ({"s.yaml": b"experiments: []\x00"}, ["sweep", "s.yaml"], 2, "NUL"),
+    # run names are file names, on every system (config.RUN_NAME_RULE)
+    "run name with a newline": (
+        {"c.yaml": 'logging:\n  run_name: "abc\\n"\n'},
+        ["run", "c.yaml"],
+        2,
+        "run_name='abc\\n' is invalid",
+    ),
+    "run name a device name": ({}, ["run", "run_name=nul"], 2, "Windows device name"),
+    "run name a device name with an extension": ({}, ["run", "run_name=COM1.x"], 2, "device"),
+    "run name ending in a dot": ({}, ["run", "run_name=abc."], 2, "not ending in '.'"),
+    "run name of dots": (
+        {},
+        ["run", "run_name=.."],
+        2,
+        "plain file name that every system accepts",
+    ),
+    "run name too long": ({}, ["run", "run_name=" + "a" * 201], 2, "at most 200 characters"),
+    "a value of 100001 characters": (
+        {},
+        ["estimate", "tag=\x01" + "x" * 10**5],
+        2,
+        "(100001 characters) is invalid",  # the line stays a line
+    ),
+    # a path naming an unknown user's home
+    "data.path of an unknown user": (
+        {},
+        ["run", "data.source=text", "data.path=~nosuchuser25/corpus.txt"],
+        2,
+        "user 'nosuchuser25' is unknown here",
+    ),
+    "tokenizer_path of an unknown user": (
+        {},
+        ["run", "tokenizer=file", "data.tokenizer_path=~nosuchuser25/t.json"],
+        2,
+        "cannot be expanded",
+    ),
+    # a data key the chosen source does not read
+    "data.path without data.source=text": (
+        {},
+        ["run", "data.path=my.txt"],
+        2,
+        "data.path='my.txt' is invalid: is read by data.source=text only, and data.source is stdlib",
+    ),
+    "an hf key with the text source": (
+        {},
+        ["run", "data.source=text", "data.path=x", "data.hf_config=y"],
+        2,
+        "is read by data.source=hf only",
+    ),
+    "streaming without hf": ({}, ["run", "data.streaming=true"], 2, "data.source=hf only"),
     "estimate of a bad value": ({}, ["estimate", "weight_decay=nan"], 2, "finite"),
+    # every count has a ceiling (sweep.plan.MAX_RUNS), checked before anything is expanded
+    "a huge repeat": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- {name: g, repeat: 1000000000000, runs: [{name: a}]}\n"
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "expands to 1,000,000,000,000 runs, more than a sweep file may hold (10,000",
+    ),
+    "a huge grid": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- name: g\n  params:\n"
+            + "".join(f"    k{i}.x: [{', '.join(['1'] * 40)}]\n" for i in range(12))
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "more than a sweep file may hold",
+    ),
+    "many seeds times a repeat": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n- name: g\n  repeat: 200\n  seeds: ["
+            + ", ".join(map(str, range(100)))
+            + "]\n  runs: [{name: a}]\n"
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "expands to 20,000 runs",
+    ),
+    "runs over the ceiling across groups": (
+        {
+            "s.yaml": SWEEP_HEAD
+            + "experiments:\n"
+            + "".join(f"- {{name: g{i}, repeat: 4000, runs: [{{name: r{i}}}]}}\n" for i in range(3))
+        },
+        ["sweep", "s.yaml"],
+        2,
+        "group 'g2', run 'r2' brings the sweep to 12,000 runs",
+    ),
+    "find-max with a billion probes": (
+        {},
+        ["find-max", "data.source=synthetic", "--vary", "batch_size", "--max-probes", str(10**9)],
+        2,
+        "--max-probes from 2 to 124",
+    ),
+    "--repeat 0": (
+        {"s.yaml": SWEEP_HEAD + "experiments:\n- {name: g, runs: [{name: a}]}\n"},
+        ["sweep", "s.yaml", "--repeat", "0"],
+        2,
+        "repeat must be a positive integer (got 0)",
+    ),
 }
 
 
@@ -204,6 +330,23 @@ def test_the_config_refuses_a_bad_value_in_one_line(key, value):
     with pytest.raises(ConfigError) as info:
         build_config({section: {name: value}})
     assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_later_source_replaces_the_keys_of_the_earlier_one():
+    # The README's offline run of the seed's WikiText config: data.source=synthetic on top.
+    seed = {"dataset_name": "wikitext", "dataset_config": "wikitext-103-raw-v1"}
+    cfg = build_config(seed, overrides=["data.source=synthetic"])
+    assert (cfg.data.source, cfg.data.hf_config) == ("synthetic", "")
+    assert cfg.hash() == build_config({"data": {"source": "synthetic"}}).hash()
+    # A saved config from before the rule (stdlib with a WikiText config name) still loads.
+    from lmprof.config import from_dict
+
+    old = build_config().to_dict()
+    old["data"]["hf_config"] = "wikitext-103-raw-v1"
+    assert from_dict(old).data.hf_config == ""
+    # Given after the source was chosen, the key is meant: refused, naming it.
+    with pytest.raises(ConfigError, match="data.hf_config"):
+        build_config({"data": {"source": "synthetic"}}, overrides=["data.hf_config=x"])
 
 
 def test_an_empty_config_file_is_the_defaults(tmp_path):
@@ -278,6 +421,22 @@ def test_html_in_a_tag_is_data_and_never_a_path(tmp_path):
     doc["experiments"][0]["tag"] = "<script>"  # a name would start with '-': refused, one line
     with pytest.raises(ConfigError, match="plain file name"):
         expand_sweep(doc)
+
+
+def test_mathtext_and_html_in_a_tag_are_shown_as_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lmprof.analysis.core import analyze
+
+    tag = "$\\frac{a$<b>&"  # even dollars: mathtext to matplotlib, whose parser fails on it
+    (tmp_path / "results.csv").write_text(
+        "run_name,tag,status,sequence_length,batch_size,throughput,peak_gpu_mem_gb,config_hash\n"
+        f"baseline,{tag},ok,128,2,1000,1,h1\nfast,{tag},ok,128,4,1800,1,h2\n"
+    )
+    done = analyze(tmp_path / "results.csv", tmp_path / "out")
+    assert [p.file for p in done.plots] == ["optimization_batch_4_comparison.png"]
+    assert done.plots[0].path.stat().st_size > 0
+    page = done.report.read_text()
+    assert "$\\frac{a$&lt;b&gt;&amp;" in page and tag not in page
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,6 +633,51 @@ def test_a_torn_last_line_and_foreign_columns_survive_an_append(tmp_path, monkey
     assert rows[0]["mine"] == "kept" and rows[2]["status"] == "oom"
 
 
+def test_a_read_only_results_csv_is_refused_before_the_run_and_left_alone(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text("run_name,status\nold,ok\n")
+    (tmp_path / "results.csv").chmod(0o444)  # root could write it: the owner's mode decides
+    code, _, err = _main(capsys, HUGE, "run_name=new")
+    assert code == 2 and "read-only (mode 444)" in _one_error_line(err)
+    assert (tmp_path / "results.csv").read_text() == "run_name,status\nold,ok\n"
+    assert _files(tmp_path) == {"results.csv"}
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o444
+
+
+def test_a_private_results_csv_stays_private_when_a_row_is_added(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_text("run_name,status\nold,ok\n")
+    (tmp_path / "results.csv").chmod(0o600)
+    assert _main(capsys, HUGE, "run_name=new")[0] == 3
+    assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["old", "new"]
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_row_with_a_cell_more_than_the_header_is_refused_and_left_alone(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    damaged = "run_name,status\nold,ok,extra\n"
+    (tmp_path / "results.csv").write_text(damaged)
+    code, _, err = _main(capsys, HUGE, "run_name=new")
+    assert code == 2 and "line 2 has 3 cells but the header names 2" in _one_error_line(err)
+    assert (tmp_path / "results.csv").read_text() == damaged
+
+
+def test_an_excel_byte_order_mark_is_read_and_the_table_keeps_one_run_name(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results.csv").write_bytes("\ufeffrun_name,status\r\nold,ok\r\n".encode())
+    assert _main(capsys, HUGE, "run_name=new")[0] == 3
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f))
+    assert header.count("run_name") == 1 and header[0] == "run_name"
+    assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["old", "new"]
+
+
 def test_resuming_from_an_incompatible_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ck = ["checkpoint.interval=1", "checkpoint.resume=auto", "run_name=ck"]
@@ -540,6 +744,101 @@ def test_sigterm_during_setup_stops_at_once_as_interrupted(tmp_path, monkeypatch
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
 
 
+def _sigterm_in_evaluation(monkeypatch, split: str) -> list[int]:
+    """Make every pass over `split` endless (its first batch again and again), with a SIGTERM
+    after its first batch: the run must stop at the next batch. Returns the batches served."""
+    from lmprof.data.datamodule import DataModule
+
+    served: list[int] = []
+    original = DataModule.eval_batches
+
+    def endless(self, which, *args, **kwargs):
+        if which != split:
+            yield from original(self, which, *args, **kwargs)
+            return
+        first = next(iter(original(self, which, *args, **kwargs)))
+        for i in range(500):  # a bound, so a stop that is not honoured fails instead of hanging
+            served.append(i)
+            yield first
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DataModule, "eval_batches", endless)
+    return served
+
+
+@pytest.mark.parametrize("interval", [0, 100], ids=["no checkpoints", "checkpoints on"])
+def test_sigterm_during_the_final_evaluation_stops_at_the_next_batch(
+    tmp_path, monkeypatch, capsys, interval
+):
+    from lmprof.train.checkpoint import list_checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    served = _sigterm_in_evaluation(monkeypatch, "val")
+    ck = [f"checkpoint.interval={interval}", "checkpoint.resume=auto", "run_name=ev"]
+    code, out, err = _main(capsys, *ck)
+    assert code == 130 and err == "" and len(served) == 2  # the batch in hand, then the stop
+    (row,) = _rows(tmp_path / "results.csv")
+    assert (row["status"], row["steps_done"]) == ("interrupted", "2")
+    said = [ln for ln in out.splitlines() if "ended: interrupted" in ln]
+    assert len(said) == 1 and "SIGTERM during evaluation at step 2" in said[0], out
+    found = [s for s, _ in list_checkpoints(tmp_path / "checkpoints" / "ev")]
+    assert found == ([2] if interval else [])
+    if interval:  # the resumed run trains no step again: it evaluates and ends ok
+        monkeypatch.undo()
+        monkeypatch.chdir(tmp_path)
+        assert _main(capsys, *ck)[0] == 0
+        assert [(r["status"], r["steps_done"]) for r in _rows(tmp_path / "results.csv")] == [
+            ("interrupted", "2"),
+            ("ok", "2"),
+        ]
+
+
+def test_sigterm_during_an_evaluation_in_training_and_the_test_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    served = _sigterm_in_evaluation(monkeypatch, "val")
+    code, out, _ = _main(capsys, "max_steps=6", "eval_interval=3", "run_name=mid")
+    assert code == 130 and len(served) == 2
+    assert "SIGTERM during evaluation at step 3" in out
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    text = "".join(f"line {i} of a small corpus, long enough to split.\n" for i in range(200))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "test.txt").write_text(text[:2000])
+    served = _sigterm_in_evaluation(monkeypatch, "test")
+    data = ["data.source=text", "data.path=train.txt", "data.test_path=test.txt"]
+    code, out, _ = _main(capsys, *data, "run_name=tst")
+    assert code == 130 and len(served) == 2
+    assert "SIGTERM during the test split at step 2" in out
+    rows = _rows(tmp_path / "results.csv")
+    assert [(r["run_name"], r["status"]) for r in rows] == [
+        ("mid", "interrupted"),
+        ("tst", "interrupted"),
+    ]
+
+
+def test_sigterm_during_a_checkpoint_write_stops_once_it_is_written(tmp_path, monkeypatch, capsys):
+    from lmprof.train import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    write = checkpoint.CheckpointManager._write
+
+    def write_then_term(self, step):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the checkpoint is written
+        return write(self, step)
+
+    monkeypatch.setattr(checkpoint.CheckpointManager, "_write", write_then_term)
+    code, out, _ = _main(capsys, "max_steps=10", "checkpoint.interval=2", "run_name=cw")
+    assert code == 130
+    (row,) = _rows(tmp_path / "results.csv")
+    # Stopped after the checkpoint of step 2, not at step 4's nor at the end.
+    assert (row["status"], row["steps_done"]) == ("interrupted", "2")
+    assert row["status_detail"] == "SIGTERM: checkpoint at step 2"
+    found = checkpoint.list_checkpoints(tmp_path / "checkpoints" / "cw")
+    assert [s for s, _ in found] == [2]
+    assert not list((tmp_path / "checkpoints" / "cw").glob(".tmp_*"))
+
+
 SLOW_CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -579,6 +878,167 @@ def test_two_sweeps_at_once_run_each_run_once(tmp_path):
     assert [r["run_name"] for r in _rows(tmp_path / "results.csv")] == ["only"]
 
 
+LINGERING_CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from lmprof.config import load_config
+    from lmprof.results import append_row
+
+    cfg = load_config(sys.argv[1])
+    out = Path(cfg.logging.output_dir)
+    # A run slow to stop: the SIGTERM its dead sweep's kernel sends is noted, and it goes on.
+    signal.signal(signal.SIGTERM, lambda *a: (out / "term.txt").write_text("x"))
+    with open(out / "calls.txt", "a") as f:
+        f.write(f"{cfg.logging.run_name} {os.getpid()}\\n")
+    deadline = time.monotonic() + 30
+    while not (out / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    append_row(out / "results.csv", {"run_name": cfg.logging.run_name, "status": "ok",
+                                     "config_hash": cfg.hash()})
+""")
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_rerun_after_a_sigkilled_sweep_never_starts_its_still_running_child(tmp_path):
+    (tmp_path / "child.py").write_text(LINGERING_CHILD)
+    sweep = {
+        "base_config": {"data.source": "synthetic", "logging.output_dir": str(tmp_path)},
+        "experiments": [{"name": "g", "tag": "t", "runs": [{"name": "only", "params": {}}]}],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    env = _env() | {"LMPROF_SWEEP_CHILD": str(tmp_path / "child.py")}
+    cmd = [sys.executable, "-m", "lmprof", "sweep", "s.yaml"]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (tmp_path / "calls.txt").exists():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    while time.monotonic() < deadline and not (tmp_path / "term.txt").exists():
+        time.sleep(0.05)
+    assert (tmp_path / "term.txt").exists()  # the kernel told the orphan to stop
+    # The child holds the claim its sweep handed it: the rerun leaves the run to it.
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "running elsewhere" in again.stdout, again.stdout
+    assert "Traceback" not in again.stderr
+    (tmp_path / "go").touch()
+    name, pid = (tmp_path / "calls.txt").read_text().split()
+    assert name == "only" and _gone(int(pid), 10)
+    assert [(r["run_name"], r["status"]) for r in _rows(tmp_path / "results.csv")] == [
+        ("only", "ok")
+    ]
+    # Once it has ended, the claim is free: the next rerun finds the run done.
+    last = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert "done earlier" in last.stdout and len((tmp_path / "calls.txt").read_text().split()) == 2
+
+
+PHASED_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from lmprof.cli import main
+    from lmprof.config import load_config
+    from lmprof.data.datamodule import DataModule
+    from lmprof.train.loop import Trainer
+
+    cfg = load_config(sys.argv[1])
+    name, out = cfg.logging.run_name, Path(cfg.logging.output_dir)
+    with open(out / "calls.txt", "a") as f:
+        f.write(f"{name} {os.getpid()}\\n")
+    first = not (out / f"{name}.seen").exists()
+    (out / f"{name}.seen").touch()
+
+    def reached(phase):  # the test kills the sweep once it sees this
+        (out / f"{name}.in-{phase}").write_text(str(os.getpid()))
+
+    # The first attempt of each run stays in the phase it is named after (bounded waits, so a
+    # stop that is not honoured fails the test instead of hanging it); the real run code and
+    # its SIGTERM handling do the rest. The rerun is a plain `lmprof run`.
+    if first and name == "setup":
+        build = Trainer.__init__
+        def slow_build(self, *a, **k):
+            reached("setup")
+            time.sleep(30)
+            build(self, *a, **k)
+        Trainer.__init__ = slow_build
+    if first and name == "training":
+        step = Trainer._step
+        def slow_step(self, *a, **k):
+            step(self, *a, **k)
+            reached("training")
+            for _ in range(600):
+                if self.checkpoints.stop_requested:
+                    return
+                time.sleep(0.05)
+        Trainer._step = slow_step
+    if first and name == "evaluation":
+        batches = DataModule.eval_batches
+        def endless(self, which, *a, **k):
+            if which != "val":
+                yield from batches(self, which, *a, **k)
+                return
+            one = next(iter(batches(self, which, *a, **k)))
+            for _ in range(600):
+                reached("evaluation")
+                yield one
+                time.sleep(0.05)
+        DataModule.eval_batches = endless
+    sys.exit(main(["run", sys.argv[1]]))
+""")
+
+
+def test_a_sweep_killed_in_each_phase_of_a_child_ends_with_every_run_once_ok(tmp_path):
+    """SIGKILL the sweep while its child is in setup, then training, then evaluation; rerun
+    after each. The dead sweep's child stops (PDEATHSIG: SIGTERM, recorded `interrupted`) and
+    the rerun starts it again: every run ends exactly once `ok`, and no process is left."""
+    (tmp_path / "child.py").write_text(PHASED_CHILD)
+    base = dict(a.split("=", 1) for a in TINY) | {"logging.output_dir": str(tmp_path)}
+    runs = [{"name": n, "params": {}} for n in ("setup", "training", "evaluation")]
+    sweep = {"base_config": base, "experiments": [{"name": "g", "tag": "t", "runs": runs}]}
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    env = _env() | {"LMPROF_SWEEP_CHILD": str(tmp_path / "child.py")}
+    cmd = [sys.executable, "-m", "lmprof", "sweep", "s.yaml"]
+    for phase in ("setup", "training", "evaluation"):
+        sweep_proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL)
+        marker = tmp_path / f"{phase}.in-{phase}"
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and sweep_proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), f"the {phase} run never reached {phase}"
+        sweep_proc.send_signal(signal.SIGKILL)
+        sweep_proc.wait(timeout=10)
+        assert _gone(int(marker.read_text()), 30), f"the orphan in {phase} did not stop"
+    last = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0 and "Traceback" not in last.stderr, last.stdout + last.stderr
+    by_run: dict[str, list[str]] = {}
+    for r in _rows(tmp_path / "results.csv"):
+        by_run.setdefault(r["run_name"], []).append(r["status"])
+    assert by_run == {
+        "setup": ["interrupted", "ok"],
+        "training": ["interrupted", "ok"],
+        "evaluation": ["interrupted", "ok"],
+    }
+    started = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert [n for n, _ in started] == [
+        "setup",
+        "setup",
+        "training",
+        "training",
+        "evaluation",
+        "evaluation",
+    ]
+    assert all(_gone(int(pid), 10) for _, pid in started)  # no process left running
+
+
 def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch, capsys):
     (tmp_path / "blocker").write_text("x")
     sweep = {
@@ -591,6 +1051,46 @@ def test_a_sweep_into_an_unwritable_folder_starts_nothing(tmp_path, monkeypatch,
     out, err = capsys.readouterr()
     assert "is a file, not a folder" in _one_error_line(err)
     assert _files(tmp_path) == {"blocker", "s.yaml"}
+
+
+def test_a_byte_order_mark_is_read_as_the_text_it_starts(tmp_path):
+    import codecs
+
+    from lmprof.sweep.plan import plan_sweep
+    from lmprof.yamlio import load_mapping
+
+    (tmp_path / "c.yaml").write_bytes(codecs.BOM_UTF8 + b"model:\n  d_model: 64\n")
+    assert load_mapping(tmp_path / "c.yaml") == {"model": {"d_model": 64}}
+    sweep = (
+        "base_config: {data.source: synthetic}\nexperiments:\n- {name: g, params: {seed: [1]}}\n"
+    )
+    (tmp_path / "s.yaml").write_bytes(codecs.BOM_UTF8 + sweep.encode())
+    assert [p.name for p in plan_sweep(tmp_path / "s.yaml", check_env=False)] == ["g_seed1"]
+
+
+def test_a_sweep_whose_run_names_a_missing_data_file_is_refused_before_any_row(
+    tmp_path, monkeypatch, capsys
+):
+    sweep = {
+        "base_config": {"data.source": "synthetic", "logging.output_dir": str(tmp_path)},
+        "experiments": [
+            {
+                "name": "g",
+                "runs": [
+                    {"name": "fine", "params": {}},
+                    {"name": "typo", "params": {"data.source": "text", "data.path": "corpuz.txt"}},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "s.yaml").write_text(json.dumps(sweep))
+    monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(tmp_path / "never.py"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "s.yaml"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    # The config's mistake, named with its run, not "cannot start on this machine".
+    assert "run 'typo'" in line and "'corpuz.txt' does not exist" in line, line
+    assert _files(tmp_path) == {"s.yaml"}
 
 
 def test_a_plain_key_given_twice_keeps_the_later_value_and_says_so(capsys):

@@ -625,13 +625,6 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
                             "system.memory_limit_gb": 1.5,
                         },
                     },
-                    {
-                        "name": "tiny_missing_data",
-                        "params": {
-                            "data.source": "text",
-                            "data.path": str(tmp_path / "absent.txt"),
-                        },
-                    },
                 ],
             }
         ],
@@ -639,8 +632,7 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     )
     report = run_sweep(plan_sweep(path))
     status = {o.plan.name: o.status for o in report.outcomes}
-    # A missing data path is found before anything starts: skipped, with the path.
-    assert status == {"tiny_ok": "ok", "tiny_oom": "oom", "tiny_missing_data": "skipped"}
+    assert status == {"tiny_ok": "ok", "tiny_oom": "oom"}
     rows = rows_by_name(out)
     assert {n: len(rs) for n, rs in rows.items()} == {n: 1 for n in status}
     ok = rows["tiny_ok"][0]
@@ -650,12 +642,11 @@ def test_real_runs_ok_host_oom_and_a_runtime_failure(tmp_path, monkeypatch):
     log = (out / "logs" / "tiny_ok.log").read_text()
     # our header survives (the child did not reopen the file) and the child's output follows
     assert log.startswith("# lmprof sweep") and "ended: ok" in log
-    assert "absent.txt" in rows["tiny_missing_data"][0]["status_detail"]
-    assert report.exit_code == 0  # ok, oom and skipped: the sweep did all it could
+    assert report.exit_code == 0  # ok and oom: the sweep did all it could
 
     again = run_sweep(plan_sweep(path))
     assert [o.note for o in again.outcomes][:2] == ["done earlier", "done earlier"]
-    assert len(read_rows(out / "results.csv")) == 3
+    assert len(read_rows(out / "results.csv")) == 2
 
 
 def test_an_override_is_checked_only_against_the_selected_runs(tmp_path, monkeypatch, capsys):
@@ -712,15 +703,14 @@ def test_what_cannot_start_here_is_skipped_with_its_reason_before_the_first_run(
                     {"name": "first"},
                     {"name": "many", "num_gpus": 1000},
                     {"name": "gpt2", "params": {"data.source": "stdlib", "tokenizer": "gpt2"}},
-                    {"name": "nofile", "params": {"data.source": "text", "data.path": "nowhere"}},
                 ],
             }
         ],
     )
     assert lmprof_main(["sweep", str(path), "--dry-run"]) == 0
     plan_text = capsys.readouterr().out
-    assert plan_text.count("not runnable here") == 3
-    assert "CPU" in plan_text and "tiktoken" in plan_text and "nowhere" in plan_text
+    assert plan_text.count("not runnable here") == 2
+    assert "CPU" in plan_text and "tiktoken" in plan_text
 
     out = io.StringIO()
     report = run_sweep(plan_sweep(path), out=out)
@@ -729,12 +719,11 @@ def test_what_cannot_start_here_is_skipped_with_its_reason_before_the_first_run(
         "first": "ok",
         "many": "skipped",
         "gpt2": "skipped",
-        "nofile": "skipped",
     }
     assert report.exit_code == 0 and calls(fake) == ["first"]
-    # All three said before the first run starts, each with its reason.
-    before_first = printed.split("[1/4] first started", 1)[0]
-    for name, why in (("many", "1000"), ("gpt2", "tiktoken"), ("nofile", "nowhere")):
+    # Both said before the first run starts, each with its reason.
+    before_first = printed.split("[1/3] first started", 1)[0]
+    for name, why in (("many", "1000"), ("gpt2", "tiktoken")):
         line = next(ln for ln in before_first.splitlines() if f" {name} " in ln)
         assert "skipped" in line and why in line
     rows = rows_by_name(fake)
@@ -807,7 +796,8 @@ def test_prerequisites_know_tokenizer_files_packages_and_built_caches(tmp_path, 
     hf = build_config({"data.source": "hf", "tokenizer": "byte", "data.cache_dir": cache})
     assert "datasets" in environment.check_prerequisites(hf)
     missing = build_config({"tokenizer": "file", "data.tokenizer_path": str(tmp_path / "t.json")})
-    assert "t.json" in environment.check_prerequisites(missing)
+    with pytest.raises(UserError, match="t.json"):  # the config's mistake, not the machine's
+        environment.check_prerequisites(missing)
     # A token cache built earlier (on a machine with tiktoken) is all the run reads.
     d = gpt2.data
     built = cache_path(

@@ -59,6 +59,9 @@ class Spec:
     above: float | None = None  # value > above
     below: float | None = None  # value < below
     at_most: float | None = None  # value <= at_most
+    # The data sources that read this key (None: all). Given for another source, the key is
+    # refused rather than ignored: `data.path=my.txt` alone would train on the stdlib corpus.
+    read_by: tuple[str, ...] | None = None
 
     def allowed(self) -> str:
         """The rule in words: "positive", "in [0, 1)", or the choices."""
@@ -90,6 +93,8 @@ def option(default: Any, help: str, **rules: Any) -> Any:
 
 POSITIVE = {"above": 0}
 NON_NEGATIVE = {"at_least": 0}
+TEXT_ONLY = {"read_by": ("text",)}
+HF_ONLY = {"read_by": ("hf",)}
 
 
 @dataclass
@@ -124,29 +129,48 @@ class ModelConfig:
 class DataConfig:
     source: str = option("stdlib", "where the text comes from", choices=SOURCES)
     path: str = option(
-        "", "source=text: training files or folders (a folder of train/valid/test files: all)"
+        "",
+        "source=text: training files or folders (a folder of train/valid/test files: all)",
+        **TEXT_ONLY,
     )
-    val_path: str = option("", "source=text: validation files; empty: data.val_fraction of path")
-    test_path: str = option("", "source=text: test files, evaluated once at the end")
-    encoding: str = option("", "text files' encoding; empty: UTF-8, and other bytes are refused")
+    val_path: str = option(
+        "", "source=text: validation files; empty: data.val_fraction of path", **TEXT_ONLY
+    )
+    test_path: str = option("", "source=text: test files, evaluated once at the end", **TEXT_ONLY)
+    encoding: str = option(
+        "", "text files' encoding; empty: UTF-8, and other bytes are refused", **TEXT_ONLY
+    )
     documents: str = option(
         "auto",
         "what a document is: file (a JSONL line, a row); wikitext: an article; auto: wikitext "
         "for WikiText's files and dataset",
         choices=DOCUMENTS,
+        read_by=("text", "hf"),
     )
     hf_dataset: str = option(
-        "wikitext", "source=hf: a hub name, a save_to_disk folder, or json/parquet/text/csv"
+        "wikitext",
+        "source=hf: a hub name, a save_to_disk folder, or json/parquet/text/csv",
+        **HF_ONLY,
     )
-    hf_config: str = option("", "the dataset's config name; empty: none (wikitext-103-raw-v1)")
-    hf_revision: str = option("", "the dataset's revision on the hub (a tag, branch or commit)")
-    hf_split: str = option("", "split names train[,validation[,test]]; empty: the usual names")
+    hf_config: str = option(
+        "", "the dataset's config name; empty: none (wikitext-103-raw-v1)", **HF_ONLY
+    )
+    hf_revision: str = option(
+        "", "the dataset's revision on the hub (a tag, branch or commit)", **HF_ONLY
+    )
+    hf_split: str = option(
+        "", "split names train[,validation[,test]]; empty: the usual names", **HF_ONLY
+    )
     data_files: str = option(
-        "", "files for json/parquet/text/csv: a,b (training) or train=a,validation=b,test=c"
+        "",
+        "files for json/parquet/text/csv: a,b (training) or train=a,validation=b,test=c",
+        **HF_ONLY,
     )
-    text_column: str = option("text", "the dataset column that holds the text")
+    text_column: str = option("text", "the dataset column that holds the text", **HF_ONLY)
     streaming: bool = option(
-        False, "source=hf: stream the dataset into the cache, stopping at data.max_tokens"
+        False,
+        "source=hf: stream the dataset into the cache, stopping at data.max_tokens",
+        **HF_ONLY,
     )
     tokenizer: str = option("byte", "how text becomes token ids", choices=TOKENIZERS)
     tokenizer_path: str = option(
@@ -583,12 +607,14 @@ def build_config(
 ) -> RunConfig:
     """Apply mappings in order over the defaults, then `key=value` overrides, then validate."""
     cfg = RunConfig()
+    set_at: dict[str, int] = {}  # dotted key -> the layer (1, 2, ...) that set it last
     try:
-        for layer in layers:
+        for n, layer in enumerate(layers, 1):
             for key, value in _flatten(layer):
                 for dotted, v in expand_key(key, value):
                     _set(cfg, dotted, v)
-        for text in overrides:
+                    set_at[dotted] = n
+        for n, text in enumerate(overrides, len(layers) + 1):
             key, value = parse_override(text)
             if isinstance(value, Mapping):
                 items = list(_flatten(value, key + "."))
@@ -597,6 +623,8 @@ def build_config(
             for k, v in items:
                 for dotted, vv in expand_key(k, v):
                     _set(cfg, dotted, vv)
+                    set_at[dotted] = n
+        _unread_source_keys(cfg, set_at)
         validate(cfg)
     except ConfigError as exc:
         if run and not exc.run:
@@ -605,6 +633,32 @@ def build_config(
     if not cfg.logging.run_name:
         cfg.logging.run_name = default_run_name(cfg)
     return cfg
+
+
+def _unread_source_keys(cfg: RunConfig, set_at: Mapping[str, int]) -> None:
+    """A data key that data.source does not read (Spec.read_by) is refused, one line, when it
+    was given with or after the source's choice: the user meant it and it would be ignored. A
+    source chosen by a later layer (an override switching the seed's WikiText config to
+    `data.source=synthetic`) replaces the earlier source's keys: they return to their defaults,
+    so the saved config and the hash record only what the run reads."""
+    source, chosen_at = cfg.data.source, set_at.get("data.source", 0)
+    defaults = DataConfig()
+    for f in fields(DataConfig):
+        dotted = f"data.{f.name}"
+        read_by = spec(dotted).read_by
+        value, default = getattr(cfg.data, f.name), getattr(defaults, f.name)
+        if read_by is None or source in read_by or value == default:
+            continue
+        if set_at.get(dotted, 0) < chosen_at:
+            setattr(cfg.data, f.name, default)
+            continue
+        sources = " or ".join(f"data.source={r}" for r in read_by)
+        raise ConfigError(
+            dotted,
+            value,
+            f"is read by {sources} only, and data.source is {source}: set data.source "
+            f"or remove {dotted}",
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -617,8 +671,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def from_dict(d: Mapping[str, Any]) -> RunConfig:
-    """Rebuild a resolved config saved by `to_dict` (no aliases needed, still validated)."""
-    return build_config(d)
+    """Rebuild a resolved config saved by `to_dict` (no aliases needed, still validated). A
+    config saved before unread data keys were refused may hold some: its source, applied as the
+    last layer, drops them (see _unread_source_keys)."""
+    source = (d.get("data") or {}).get("source")
+    return build_config(d, {"data": {"source": source}} if source else {})
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -638,7 +695,30 @@ def default_run_name(cfg: RunConfig) -> str:
 # Validation: everything that can be checked without a device. What depends on the machine
 # (fp16 without a GPU, too few GPUs) is `check_environment`, so sweeps can plan for other hosts.
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A run name is a file name (logs/<run>.log, <run>_metrics.csv, <run>/ folders) on every system
+# the results may be copied to: ASCII letters, digits, '.', '_' and '-'; starting with a letter
+# or digit (no hidden file, no option); not ending in '.' (Windows drops it); not one of
+# Windows' device names, alone or before an extension ("nul.log" is the NUL device there); at
+# most 200 characters, so the longest file made of it (`<run>_profile_ops.csv`) fits 255 bytes.
+# \Z, not $: `$` also matches before a trailing newline ("abc\n").
+_RUN_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?\Z")
+_DEVICE_NAMES = re.compile(r"(?i)(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?\Z")
+RUN_NAME_MAX = 200
+RUN_NAME_RULE = (
+    "must be a plain file name that every system accepts: letters, digits, '.', '_' and '-', starting with a "
+    "letter or digit, not ending in '.', not a Windows device name (CON, NUL, COM1, ...), "
+    f"at most {RUN_NAME_MAX} characters"
+)
+# Text values become file names, paths, CSV cells and log lines: C0/C1 control characters
+# (NUL, a newline, an escape sequence) and lone surrogates (unencodable) are refused.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run's file name (RUN_NAME_RULE), or None."""
+    if len(name) > RUN_NAME_MAX or not _RUN_NAME.match(name) or _DEVICE_NAMES.match(name):
+        return RUN_NAME_RULE
+    return None
 
 
 def _get(cfg: RunConfig, dotted: str) -> Any:
@@ -656,6 +736,16 @@ def _check_field(dotted: str, value: Any) -> None:
     if s.choices is not None:
         if value not in s.choices:
             raise ConfigError(dotted, value, "allowed: " + s.allowed())
+        return
+    if isinstance(value, str):
+        bad = _CONTROL.search(value)
+        if bad:
+            raise ConfigError(
+                dotted,
+                value,
+                f"holds the character U+{ord(bad.group()):04X}: control characters and lone "
+                "surrogates are not allowed in text",
+            )
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         return
@@ -702,10 +792,6 @@ def validate(cfg: RunConfig) -> None:
             d.tokenizer_path,
             f"is read by tokenizer=file or gpt2, not {d.tokenizer}",
         )
-    if (d.val_path or d.test_path) and d.source != "text":
-        raise ConfigError("data.val_path", d.val_path or d.test_path, "is for data.source=text")
-    if d.streaming and d.source != "hf":
-        raise ConfigError("data.streaming", True, "streams a Hugging Face dataset (source=hf)")
     if d.streaming and d.tokenizer in ("char", "bpe"):
         raise ConfigError(
             "data.streaming",
@@ -736,12 +822,9 @@ def validate(cfg: RunConfig) -> None:
             f" (use {attention_kernels.or_list(others)} in {prec})",
         )
     name = cfg.logging.run_name
-    if name and (not _RUN_NAME.match(name) or len(name) > 200):
-        raise ConfigError(
-            "logging.run_name",
-            name,
-            "must be a plain file name: letters, digits, '.', '_' and '-', at most 200",
-        )
+    problem = run_name_problem(name) if name else None
+    if problem:
+        raise ConfigError("logging.run_name", name, problem)
     _validate_energy(cfg)
     # warmup_steps > max_steps is allowed: the seed's batch-size sweeps run 50 steps under its
     # 500-step warmup (the lr just never reaches its peak), and its config must load unchanged;

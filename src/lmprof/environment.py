@@ -33,7 +33,9 @@ ENVIRONMENT_COLUMNS = ColumnGroup(
 
 
 def check_environment(cfg: RunConfig) -> str | None:
-    """Why this machine cannot run `cfg`, or None. Cheap: initialises no CUDA context."""
+    """Why this machine cannot run `cfg` (a GPU, a kernel, a package it lacks), or None; a
+    mistake in the config (a data path that does not exist) raises UserError instead. Cheap:
+    initialises no CUDA context."""
     has_cuda = torch.cuda.is_available()
     device = cfg.system.device
     if device == "cuda" and not has_cuda:
@@ -98,22 +100,18 @@ def has_package(name: str) -> bool:
 
 
 def check_prerequisites(cfg: RunConfig) -> str | None:
-    """Why `cfg` cannot start here for want of something other than a device: a data path or
-    tokenizer file that does not exist, or a package its data or tokenizer needs while no
-    token cache of them exists (a built cache needs neither). Reads no data."""
-    from lmprof.errors import UserError
-
+    """Why `cfg` cannot start here for want of something other than a device: a package its
+    data or tokenizer needs while no token cache of them exists (a built cache needs neither).
+    Reads no data. A data path or tokenizer file that does not exist is the config's mistake,
+    not the machine's: it raises UserError (one line, exit 2, in `lmprof run` and the sweep)."""
     data = cfg.data
     if data.source == "synthetic":
         return None  # ids are the text: no source and no tokenizer to load
-    try:
-        from lmprof.data.sources import make_source
-        from lmprof.data.tokenizers import tokenizer_spec
+    from lmprof.data.sources import make_source
+    from lmprof.data.tokenizers import tokenizer_spec
 
-        source = make_source(data)  # a source checks that its paths exist
-        spec = tokenizer_spec(data.tokenizer, data.vocab_size, data.tokenizer_path)
-    except UserError as exc:
-        return str(exc)
+    source = make_source(data)  # a source checks that its paths exist
+    spec = tokenizer_spec(data.tokenizer, data.vocab_size, data.tokenizer_path)
     if _token_cache_exists(cfg, source, spec):
         return None
     gpt2_tools = has_package("tiktoken") or has_package("transformers")

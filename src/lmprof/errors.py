@@ -13,7 +13,11 @@ class ConfigError(UserError):
     def __init__(self, key: str, value: object, allowed: str, run: str | None = None):
         self.key, self.value, self.allowed, self.run = key, value, allowed, run
         where = f"run '{run}': " if run else ""
-        super().__init__(f"{where}{key}={value!r} is invalid: {allowed}")
+        shown = repr(value)
+        if len(shown) > 120:  # a pasted file in a value: the line stays a line
+            n = len(value) if isinstance(value, str) else len(shown)
+            shown = f"{shown[:100]}... ({n} characters)"
+        super().__init__(f"{where}{key}={shown} is invalid: {allowed}")
 
 
 class EnvironmentMismatch(UserError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,25 @@ def output_error(path: str | Path, exc: OSError) -> OutputError:
         errno.ELOOP: "it is a symbolic link (lmprof does not write through links)",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return OutputError(f"cannot write '{path}': {reason}")
+
+
+def existing_mode(path: str | Path) -> int | None:
+    """The permission bits of the file at `path` that a write would replace (None: no file, or a
+    link, which is replaced and not followed). One its owner made read-only (no owner write
+    bit) is refused: lmprof keeps the owner's choice, even as root, who could write it anyway."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & stat.S_IWUSR:
+        raise OutputError(
+            f"cannot write '{path}': it is read-only (mode {mode:o}); lmprof does not replace a "
+            "file its owner made read-only (chmod u+w it, or choose another output folder)"
+        )
+    return mode
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -59,7 +79,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
+        # The owner's mode where the file exists (a private 600 results.csv stays private);
+        # else what the umask allows (mkstemp makes 0600; results are for everyone to read).
+        mode = existing_mode(path)
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)  # replaces a link planted at `path`; never writes through it
     except BaseException as exc:
         if tmp is not None:
@@ -111,6 +134,7 @@ def open_stream(path: str | Path, append: bool = False) -> _NoFollowFile:
     path = Path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     flags |= os.O_APPEND if append else os.O_TRUNC
+    existing_mode(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, flags, 0o666)
@@ -178,20 +202,30 @@ def file_lock(path: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def try_lock(path: str | Path) -> Iterator[bool]:
-    """Hold the lock on `path` (paths.lock_path) if no one else does: yields True (held until the block ends)
-    or False at once (another process holds it). The OS drops the lock when its holder dies, so
-    a killed sweep leaves no stale claim."""
-    from filelock import FileLock, Timeout
+def claim(path: str | Path) -> Iterator[int | None]:
+    """Claim `path` (its lock file: paths.lock_path) if no one else does: yields the locked
+    file descriptor, held until the block ends, or None at once when another process holds it.
+
+    The claim is an flock(2) on an open file, which belongs to that open file and not to this
+    process: a child given the descriptor (`subprocess.Popen(pass_fds=...)`) keeps the claim for
+    as long as it lives, so a sweep killed by SIGKILL leaves its running child holding it, and
+    a rerun does not start the same run beside it. The OS drops it when the last holder exits,
+    so no claim goes stale. The block's end closes this process's descriptor only: unlocking
+    would release a child's claim too. (flock: the sweep's process handling is POSIX already.)
+    """
+    import fcntl
 
     lock = _lock_file(path)
-    fl = FileLock(str(lock), thread_local=False)
     try:
-        fl.acquire(timeout=0)
-    except Timeout:
-        yield False
-        return
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise output_error(lock, exc) from None
     try:
-        yield True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+        else:
+            yield fd
     finally:
-        fl.release()
+        os.close(fd)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmprof.errors import UserError
+
 RESULTS_CSV = "results.csv"
 # Set by the sweep for its child: the sweep already writes the child's output to its log, so
 # the run must not open the same file a second time.
@@ -30,6 +32,21 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 # lmprof's own bookkeeping beside a user's files (locks): hidden, and it ignores itself in git.
 STATE_DIR = ".lmprof"
+
+
+def user_path(given: str, key: str) -> Path:
+    """A path the user gave (`key` names where), `~` and `~user` expanded: the one place a
+    user's path is expanded, so an unknown user is one line naming the key, never
+    pathlib's RuntimeError."""
+    p = Path(given)
+    if not given.startswith("~"):
+        return p
+    try:
+        return p.expanduser()
+    except RuntimeError:
+        user = given[1:].split("/", 1)[0]
+        who = f"user '{user}' is unknown here" if user else "this user has no home folder"
+        raise UserError(f"{key} '{given}': {who}, so '~' cannot be expanded") from None
 
 
 def lock_path(path: str | Path) -> Path:

@@ -2,10 +2,10 @@
 
 `check_outputs(paths)` is the one output-folder check; `lmprof run` calls it before it builds
 anything and the sweep before its first child, so a mistake costs one line, not a run. It
-refuses a file where a folder belongs, a results.csv that is a folder or not a CSV table, a
-symbolic link planted where the run writes a file or folder (lmprof.io would not write through
-it anyway: better said now than after training), a folder that takes no writes (read-only, no
-permission) and a disk with less than `MIN_FREE_BYTES` free.
+refuses a file where a folder belongs, a results.csv that is a folder or not a CSV table, a file
+its owner made read-only, a symbolic link planted where the run writes a file or folder
+(lmprof.io would not write through it anyway: better said now than after training), a folder
+that takes no writes (read-only, no permission) and a disk with less than `MIN_FREE_BYTES` free.
 
 `predicted_oom(cfg)` asks the memory model (milliseconds, nothing allocated) whether the run
 needs clearly more memory than the device has.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lmprof.errors import OutputError
-from lmprof.io import output_error, probe_writable
+from lmprof.io import existing_mode, output_error, probe_writable
 from lmprof.paths import RunPaths
 
 # A run writes a few MiB (CSV rows, logs, the config); less free space than this fails it late.
@@ -56,6 +56,7 @@ def _check_file(path: Path) -> None:
         )
     if path.is_dir():
         raise OutputError(f"'{path}' is a folder where lmprof writes a file: move it away")
+    existing_mode(path)  # one its owner made read-only is refused
 
 
 def check_outputs(paths: Iterable[RunPaths]) -> None:

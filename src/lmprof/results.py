@@ -114,31 +114,55 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _read(path: Path, reader: Callable[[TextIO], list]) -> list:
-    """`reader` over the table's text; an absent file is an empty table."""
+def _cells(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, rows as lists of cells): the one reader of a table's text; an absent file is an
+    empty table.
+
+    A damaged table (a NUL byte, another encoding, a folder, a row with more cells than the
+    header has names) is the user's to fix: one line, and it is never rewritten (append_rows
+    reads it first, so it stops there too). A torn last line or foreign columns read fine: their
+    cells are kept as they are. A UTF-8 byte order mark (Excel's "CSV UTF-8") is read.
+    """
     if not path.exists():
-        return []
-    # A damaged table (a NUL byte, another encoding, a folder) is the user's to fix: one line,
-    # and it is never rewritten (append_row reads it first, so it stops there too). A torn
-    # last line or foreign columns read fine: their cells are kept as they are.
+        return [], []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            return reader(f)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = []
+            width = len(header)
+            for cells in reader:
+                if not cells:
+                    continue  # a blank line, as csv.DictReader skips it
+                if len(cells) > width:
+                    # A cell without a column name cannot be placed; rewritten under a nameless
+                    # column it would be read as a column called "" by every tool after us.
+                    raise UserError(
+                        f"'{path}' line {reader.line_num} has {len(cells)} cells but the header "
+                        f"names {width} columns; remove the extra cells or move the file away"
+                    )
+                rows.append(cells)
     except (csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"'{path}' is not a readable CSV table ({exc}); move it away") from None
     except OSError as exc:
         raise UserError(f"'{path}' cannot be read: {exc.strerror or exc}") from None
+    return header, rows
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a results table (`_cells`' rules); a short row (a torn last line)
+    reads as csv.DictReader reads it: its missing cells are None."""
+    header, rows = _cells(Path(path))
+    n = len(header)
+    return header, [
+        dict(zip(header, r)) | dict.fromkeys(header[len(r) :]) if len(r) < n else dict(zip(header, r))
+        for r in rows
+    ]
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a results table; an absent file is an empty table."""
-    return _read(Path(path), lambda f: list(csv.DictReader(f)))
-
-
-def _lines(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, rows as lists of cells, blank lines left out): append_row's cheaper read."""
-    lines = _read(path, lambda f: list(csv.reader(f)))
-    return (lines[0], [r for r in lines[1:] if r]) if lines else ([], [])
+    """All rows of a results table (read_table's rules)."""
+    return read_table(path)[1]
 
 
 def _ordered(existing: Sequence[str], new: Sequence[str]) -> list[str]:
@@ -165,7 +189,7 @@ def append_rows(path: str | Path, new_rows: Sequence[Mapping[str, Any]]) -> None
     table's cells: the rows are copied as lists, remapped only when the header widens."""
     path = Path(path)
     with file_lock(path):
-        header, rows = _lines(path)
+        header, rows = _cells(path)
         cols = _ordered(header, list(dict.fromkeys(k for row in new_rows for k in row)))
         width = len(header)
         if cols != header:

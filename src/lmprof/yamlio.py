@@ -5,7 +5,9 @@ work starts, never a traceback and never a process that hangs or eats the host's
 
 - not a readable regular file (missing, a directory, no permission);
 - larger than `MAX_BYTES` (a config is a few KiB; a huge file is a mistake, e.g. a data file);
-- not UTF-8 (the line names the byte offset of the first bad byte);
+- not UTF-8, or holding a character YAML forbids (NUL, other control characters, a lone
+  surrogate): the line names the byte offset of the first bad byte. A UTF-8 byte-order mark, as
+  Windows editors write it, is read as the text it starts;
 - a section (a mapping) given twice in one mapping: YAML keeps the last silently, so the first
   section's keys would vanish; the line names both lines. A plain key given twice keeps YAML's
   rule, the later value wins, since the seed's own config.yaml overrides its defaults that way
@@ -21,6 +23,8 @@ Only PyYAML's safe constructors are used (no Python objects from tags).
 
 from __future__ import annotations
 
+import codecs
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,9 @@ MAX_BYTES = 1024**2
 MAX_DEPTH = 64
 MAX_ALIASES = 200
 MAX_NODES = 200_000
+# What YAML's reader refuses (PyYAML's Reader.NON_PRINTABLE): matched here first, so the line
+# names the byte offset and the file, not a PyYAML traceback from the loader's constructor.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class _Refused(yaml.YAMLError):
@@ -146,10 +153,20 @@ def _flow_depth(text: str) -> int:
 
 def parse(text: str, source: str = "YAML text") -> Any:
     """The value of one YAML document in `text`; `source` names it in the error line."""
+    bad = _UNPRINTABLE.search(text)
+    if bad:
+        where = len(text[: bad.start()].encode("utf-8", "surrogatepass"))
+        line = text.count("\n", 0, bad.start()) + 1
+        raise UserError(
+            f"{source} holds {_describe(bad.group())} at byte offset {where} (line {line}): "
+            "YAML allows printable text, tabs and line breaks only"
+        )
+    text = text.removeprefix(codecs.BOM_UTF8.decode())  # as Windows editors write it
     if _flow_depth(text) > MAX_DEPTH:
         raise UserError(f"{source}: nested deeper than {MAX_DEPTH} levels: refused")
-    loader = _SafeLoader(text)
+    loader = None
     try:
+        loader = _SafeLoader(text)  # its reader checks the text too: inside the handlers
         node = loader.get_single_node()
         if node is None:
             return None
@@ -172,7 +189,17 @@ def parse(text: str, source: str = "YAML text") -> Any:
     except RecursionError:  # belt and braces: MAX_DEPTH stops it long before
         raise UserError(f"{source}: nested too deeply: refused") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _describe(ch: str) -> str:
+    code = ord(ch)
+    if 0xD800 <= code <= 0xDFFF:
+        return f"a lone surrogate U+{code:04X}"
+    if code == 0:
+        return "a NUL byte"
+    return f"the control character U+{code:04X}"
 
 
 def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_BYTES) -> str:
@@ -195,7 +222,7 @@ def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_BYTES) 
     if len(data) > max_bytes:
         raise UserError(f"{label} is larger than {max_bytes // 1024} KiB: refused")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8")  # a byte-order mark stays: `parse` counts it, then drops it
     except UnicodeDecodeError as exc:
         raise UserError(
             f"{label} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from . import compare, curves, energy, plots, quality
 from .common import Context, Plot, Skip
 from .load import load_table
 from .report import write_report
-from .style import matplotlib_missing
+from .style import matplotlib_missing, plain_text
 from .tables import write_tables
 
 # In report order; the name is what a skip message calls the plot.
@@ -71,14 +72,15 @@ def analyze(
     # Plots are optional: without matplotlib the tables and the report still answer the
     # questions in words and numbers, and say which plots they lack.
     done = Analysis(no_plots=matplotlib_missing())
-    for name, plotter in PLOTTERS:
-        if done.no_plots:
-            done.skipped.append((name, done.no_plots))
-            continue
-        try:
-            done.plots += plotter(ctx)
-        except Skip as why:
-            done.skipped.append((name, str(why)))
+    with contextlib.nullcontext() if done.no_plots else plain_text():
+        for name, plotter in PLOTTERS:
+            if done.no_plots:
+                done.skipped.append((name, done.no_plots))
+                continue
+            try:
+                done.plots += plotter(ctx)
+            except Skip as why:
+                done.skipped.append((name, str(why)))
     done.quality = quality.groups(ctx)
     done.tables = write_tables(table, out, done.quality)
     done.notes = [

@@ -102,7 +102,13 @@ def _panels(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logy:
+            from matplotlib.ticker import LogFormatter
+
             ax.set_yscale("log")
+            # The log scale's own labels, as plain numbers: its default ones are mathtext,
+            # which style.plain_text turns off.
+            ax.yaxis.set_major_formatter(LogFormatter())
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         if x[0] == "tokens_seen":
             from matplotlib.ticker import EngFormatter
 

@@ -18,7 +18,7 @@ from lmprof.columns import EVAL_COLUMNS
 from lmprof.errors import UserError
 from lmprof.paths import eval_csv, metrics_csv
 from lmprof.profiling.energy import ENERGY_COLUMNS
-from lmprof.results import ColumnGroup, read_rows
+from lmprof.results import ColumnGroup, read_table
 
 
 def _declared(name: str, columns: ColumnGroup | tuple[str, ...]) -> str:
@@ -229,12 +229,7 @@ def _read(path: Path) -> list[dict[str, str]]:
         raise UserError(f"no results table at {path}: run `lmprof sweep` first, or pass --results")
     if path.is_dir():
         raise UserError(f"{path} is a directory; --results takes the results.csv file")
-    try:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        rows = read_rows(path)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
+    header, rows = read_table(path)  # its one line for a damaged table (extra cells, encoding)
     if not header:
         raise UserError(f"{path} is empty: no header and no runs")
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -242,12 +237,6 @@ def _read(path: Path) -> list[dict[str, str]]:
         raise UserError(
             f"{path} is not an lmprof results table: missing column(s) {', '.join(missing)}"
         )
-    for i, row in enumerate(rows, start=2):
-        if None in row:
-            raise UserError(
-                f"{path} line {i} has {len(header) + len(row[None])} cells but the header has "
-                f"{len(header)}: the file is malformed"
-            )
     if not rows:
         raise UserError(f"{path} has a header but no runs")
     return rows

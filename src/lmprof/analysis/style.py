@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,19 @@ def matplotlib_missing() -> str | None:
     except UserError as e:
         return str(e)
     return None
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Every figure drawn inside shows its text as written: tags and run names are the user's
+    text, and matplotlib would parse `$...$` in them as mathtext (a crash on `$\\frac{a$`) or
+    send all of it through LaTeX where a matplotlibrc sets text.usetex. The rcParam is read as
+    each text is made, from the first title to the tick labels drawn at save time, so the whole
+    plotting pass runs inside. (No axis of ours uses mathtext: the log axes' ticks are plain.)"""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        yield
 
 
 def figure(

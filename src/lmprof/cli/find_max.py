@@ -44,13 +44,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_find_max(args: argparse.Namespace) -> int:
-    from lmprof.config import load_config
+    from lmprof.config import INT_CEILING, load_config
     from lmprof.sweep.find_max import find_max
 
     words = split_args(args)
     cfg = load_config(words.config, words.overrides)
-    if args.limit < 1 or args.steps < 1 or args.max_probes < 2:
-        raise UserError("--limit and --steps must be positive, --max-probes at least 2")
+    # A search doubles up to --limit and then bisects: 2 * 62 probes reach any value a config
+    # allows (INT_CEILING, 2**62); more are a typo that would start probes nobody asked for.
+    if not (
+        1 <= args.limit <= INT_CEILING
+        and 1 <= args.steps <= INT_CEILING
+        and 2 <= args.max_probes <= 2 * 62
+    ):
+        raise UserError(
+            f"--limit and --steps must be from 1 to {INT_CEILING} (2**62), --max-probes from 2 "
+            f"to {2 * 62} (got --limit {args.limit}, --steps {args.steps}, --max-probes "
+            f"{args.max_probes})"
+        )
     find_max(
         cfg, sorted(set(args.vary)), limit=args.limit, steps=args.steps, max_probes=args.max_probes
     )

@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 from lmprof.config import DOCUMENTS as DOCUMENT_MODES
 from lmprof.data.digest import files_digest, tree_files
 from lmprof.errors import UserError
+from lmprof.paths import user_path
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 # What a split file of a corpus folder may end with: WikiText's wiki.train.tokens / .raw too.
@@ -425,7 +426,7 @@ def _paths(spec: str) -> list[str]:
 
 def _resolve(given: str, split: str) -> Path:
     key = {"train": "data.path", "val": "data.val_path", "test": "data.test_path"}[split]
-    p = Path(given).expanduser()
+    p = user_path(given, key)
     if not p.exists():
         raise UserError(f"{key} '{given}' does not exist")
     return p.resolve()
@@ -495,7 +496,7 @@ class HFSource(Source):
         self.config = spec.config or (WIKITEXT_DEFAULT_CONFIG if name == "wikitext" else None)
         self.local: Path | None = None
         if name not in BUILDERS and (name.startswith((".", "/", "~")) or Path(name).exists()):
-            p = Path(name).expanduser()
+            p = user_path(name, "data.hf_dataset")
             if not p.exists():
                 raise UserError(f"data.hf_dataset '{name}' does not exist")
             self.local = p.resolve()
@@ -505,9 +506,10 @@ class HFSource(Source):
         for split, paths in spec.data_files:
             for p in paths:
                 # Globs are datasets' too (data/*.jsonl): expanded here for the fingerprint.
-                found = sorted(glob.glob(os.path.expanduser(p))) if glob.has_magic(p) else [p]
+                where = user_path(p, "data.data_files")
+                found = sorted(glob.glob(str(where))) if glob.has_magic(p) else [str(where)]
                 for q in found:
-                    rp = Path(q).expanduser()
+                    rp = Path(q)
                     if not rp.exists():
                         raise UserError(f"data.data_files: '{p}' does not exist")
                     self.files_resolved.append((f"{split}/{rp.name}", rp.resolve()))
@@ -523,7 +525,8 @@ class HFSource(Source):
         extra = {
             "revision": s.revision,
             "data_files": [
-                [sp, [str(Path(p).expanduser().resolve()) for p in ps]] for sp, ps in s.data_files
+                [sp, [str(user_path(p, "data.data_files").resolve()) for p in ps]]
+                for sp, ps in s.data_files
             ],
             "splits": list(s.splits),
             "text_column": s.text_column if s.text_column != "text" else None,

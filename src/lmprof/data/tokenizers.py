@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from lmprof.errors import UserError
+from lmprof.paths import user_path
 from lmprof.profiling.vocab import EOS_NAMES
 
 EOT = "<|endoftext|>"
@@ -219,7 +220,7 @@ VOCAB_FILES = ("vocab.json", "merges.txt")
 def tokenizer_files(path: str) -> list[Path]:
     """The file(s) data.tokenizer_path names: a tokenizer.json, or a folder holding one or
     GPT-2's vocab.json + merges.txt."""
-    p = Path(path).expanduser()
+    p = user_path(path, "data.tokenizer_path")
     if not p.exists():
         raise UserError(f"data.tokenizer_path '{path}' does not exist")
     if p.is_file():

@@ -48,9 +48,14 @@ def _file_vocab(path: str) -> int:
     """The vocabulary of data.tokenizer_path read as JSON (no tokenizers import), 0 if unreadable;
     the rule (ids, then EOS if missing, then PAD) is lmprof/data/tokenizers.py's file_tokenizer."""
     import json
-    from pathlib import Path
 
-    p = Path(path).expanduser()
+    from lmprof.errors import UserError
+    from lmprof.paths import user_path
+
+    try:
+        p = user_path(path, "data.tokenizer_path")
+    except UserError:
+        return 0
     p = p / "tokenizer.json" if (p / "tokenizer.json").is_file() else p
     try:
         if p.is_dir():

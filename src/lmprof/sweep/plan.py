@@ -20,6 +20,7 @@ with one line naming the run and the key.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ RUN_KEYS = ("name", "params", "num_gpus", "repeat", "seeds")
 # Set by the sweep for each run; an override would give every run the same name.
 SWEEP_OWNED = ("logging.run_name", "logging.tag")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+# The most runs one sweep file may expand to (grid combinations x seeds x repeats, all groups):
+# at a minute a run that is a week of work; more is a typo (`repeat: 1e9`, one more zero), and
+# expanding it would fill memory before the first run. Counted before anything is built.
+MAX_RUNS = 10_000
 
 
 @dataclass
@@ -132,7 +137,10 @@ def plan_sweep(
         from lmprof.environment import check_environment
 
         for p in plans:
-            p.unrunnable = check_environment(p.cfg)
+            try:
+                p.unrunnable = check_environment(p.cfg)
+            except UserError as exc:  # the config's mistake (a data path), not the machine's
+                raise UserError(f"run '{p.name}': {exc}") from None
     return plans
 
 
@@ -163,7 +171,7 @@ def expand_sweep(
 
     specs: list[_Spec] = []
     for i, group in enumerate(groups):
-        specs.extend(_expand_group(group, i, source, repeat))
+        specs.extend(_expand_group(group, i, source, repeat, MAX_RUNS - len(specs)))
     seen: dict[str, str] = {}
     for spec in specs:
         if spec.name in seen:
@@ -206,7 +214,21 @@ def select(plans: Sequence[_Selectable], tags: Sequence[str] | None) -> list[_Se
 # Groups
 
 
-def _expand_group(group: Any, i: int, source: str, repeat: int | None = None) -> list[_Spec]:
+def _check_count(n: int, room: int, where: str) -> None:
+    """Refuse `n` more runs where only `room` of MAX_RUNS are left."""
+    if n <= room:
+        return
+    total = n + MAX_RUNS - room
+    says = f"expands to {n:,} runs" if total == n else f"brings the sweep to {total:,} runs"
+    raise UserError(
+        f"{where} {says}, more than a sweep file may hold ({MAX_RUNS:,} runs in all); "
+        "split it into several sweeps"
+    )
+
+
+def _expand_group(
+    group: Any, i: int, source: str, repeat: int | None = None, room: int = MAX_RUNS
+) -> list[_Spec]:
     where = f"'{source}': experiments[{i}]"
     if not isinstance(group, Mapping):
         raise UserError(f"{where} must be a mapping with name, tag and params or runs")
@@ -238,6 +260,7 @@ def _expand_group(group: Any, i: int, source: str, repeat: int | None = None) ->
                     f"{where}: params.{key} must be a non-empty list of values "
                     f"(got {values!r}); a single value belongs in fixed_params"
                 )
+        _check_count(math.prod(len(v) for v in params.values()) * len(group_reps), room, where)
         prefix = tags[0] if tags else label
         for combo in itertools.product(*params.values()):
             current = dict(zip(params.keys(), combo, strict=True))
@@ -266,6 +289,7 @@ def _expand_group(group: Any, i: int, source: str, repeat: int | None = None) ->
             if "num_gpus" in run:
                 layers.append({"system.num_gpus": run["num_gpus"]})
             reps = _repetitions(run, rwhere) if ("repeat" in run or "seeds" in run) else group_reps
+            _check_count(len(specs) + len(reps), room, rwhere)
             for suffix, rep_layer in reps:
                 specs.append(
                     _Spec(_safe_name(str(run["name"]) + suffix), tags, label, [*layers, rep_layer])
@@ -296,9 +320,10 @@ def _repetitions(
 ) -> list[tuple[str, Mapping[str, Any]]]:
     """(name suffix, config layer) for each repetition asked for by `seeds` and/or `repeat`."""
     seeds = block.get("seeds")
-    repeat = block.get("repeat", default_repeat or 1)
+    repeat = block.get("repeat", 1 if default_repeat is None else default_repeat)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise UserError(f"{where}: repeat must be a positive integer (got {repeat!r})")
+    _check_count(repeat * (len(seeds) if isinstance(seeds, list) else 1), MAX_RUNS, where)
     if seeds is None:
         seed_layers: list[tuple[str, Mapping[str, Any]]] = [("", {})]
     else:

@@ -1,7 +1,13 @@
 """Process supervision: start a run's child, wait for it, stop it, kill its whole tree.
 
 The child runs in its own session (a Ctrl-C in the terminal reaches the sweep only, which then
-asks the child to stop), with an optional address-space cap, and dies with the sweep.
+asks the child to stop), with an optional address-space cap, and stops with the sweep: if the
+sweep dies (SIGKILL, a closed terminal), the kernel sends the child SIGTERM
+(PR_SET_PDEATHSIG), and the run stops within a step or an evaluation batch, recording itself
+`interrupted` (with a checkpoint where checkpointing is on). A signal from the kernel rather
+than a thread in the child watching its parent: it comes at once, whatever the child is doing,
+and needs nothing of the child's code (torchrun passes it on to its workers). The run's claim
+(lmprof.io.claim) is handed to the child, so until it has written its row a rerun skips it.
 """
 
 from __future__ import annotations
@@ -68,9 +74,14 @@ def _child_setup(limit_bytes: int, parent: int) -> Callable[[], None]:
 
 
 def start_child(
-    argv: Sequence[str], log: IO[str], env: Mapping[str, str], limit_bytes: int
+    argv: Sequence[str],
+    log: IO[str],
+    env: Mapping[str, str],
+    limit_bytes: int,
+    keep_fds: Sequence[int] = (),
 ) -> subprocess.Popen:
-    """Start a run's process with its output in `log`, capped at `limit_bytes` (0: no cap)."""
+    """Start a run's process with its output in `log`, capped at `limit_bytes` (0: no cap);
+    `keep_fds` are handed to it (the run's claim: it holds it as long as it lives)."""
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -79,6 +90,7 @@ def start_child(
         env=dict(env),
         start_new_session=True,
         preexec_fn=_child_setup(limit_bytes, os.getpid()),
+        pass_fds=tuple(keep_fds),
     )
 
 

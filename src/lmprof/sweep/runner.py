@@ -22,7 +22,7 @@ from typing import TextIO
 
 from lmprof.columns import now
 from lmprof.config import save_config
-from lmprof.io import open_stream, try_lock
+from lmprof.io import claim, open_stream
 from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
 from lmprof.preflight import check_outputs
 from lmprof.results import append_row, append_rows, read_rows
@@ -169,11 +169,13 @@ class SweepRunner:
     def _claimed(
         self, plan: RunPlan, i: int, n: int, force: bool, retry_failed: bool, left: int
     ) -> Outcome:
-        """Run `plan` if no other sweep has claimed it (a per-run lock, non-blocking). Once
-        claimed, the results are read again: another sweep may have finished it meanwhile."""
-        with try_lock(_paths(plan).claim) as mine:
-            if not mine:
-                # No row: the sweep that holds the claim writes the run's row.
+        """Run `plan` if no other sweep has claimed it (a per-run lock, non-blocking, handed to
+        the child: lmprof.io.claim). Once claimed, the results are read again: another sweep
+        may have finished it meanwhile."""
+        with claim(_paths(plan).claim) as fd:
+            if fd is None:
+                # No row: the process that holds the claim (another sweep, or the child of a
+                # sweep that died) writes the run's row.
                 return Outcome(plan, SKIPPED, "", note="running elsewhere (another sweep)")
             rows = [
                 r
@@ -192,7 +194,7 @@ class SweepRunner:
             tty = self.out.isatty()
             if not tty:
                 self._say(f"[{i}/{n}] {plan.name} started (log: {_paths(plan).log})")
-            o = self._execute(plan, self._progress(i, n, plan, left))
+            o = self._execute(plan, self._progress(i, n, plan, left), keep_fds=(fd,))
             if tty:
                 print("\r\033[K", end="", file=self.out)
             return o
@@ -258,7 +260,12 @@ class SweepRunner:
         this = pace if pace is not None else per_run
         return max(this - run_s, 0.0) + per_run * left
 
-    def _execute(self, plan: RunPlan, on_poll: Callable[[], None] | None = None) -> Outcome:
+    def _execute(
+        self,
+        plan: RunPlan,
+        on_poll: Callable[[], None] | None = None,
+        keep_fds: Sequence[int] = (),
+    ) -> Outcome:
         paths = _paths(plan)
         results, log_path = paths.results_csv, paths.log
         started_at, t0 = now(), time.monotonic()
@@ -276,7 +283,7 @@ class SweepRunner:
                 log.write(f"# lmprof sweep {started_at}: {shlex.join(argv)}\n")
                 log.flush()
                 header = log.tell()
-                proc = start_child(argv, log, env, limit)
+                proc = start_child(argv, log, env, limit, keep_fds)
             ended_by = wait_child(
                 proc,
                 plan.cfg.system.timeout_s,

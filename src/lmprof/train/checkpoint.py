@@ -1,5 +1,11 @@
 """Checkpoints: save a run every checkpoint.interval steps and on SIGTERM, resume it exactly.
 
+SIGTERM (Slurm's pre-emption, a sweep that died) stops a run within a step or an evaluation
+batch, in any phase: during setup at once; in training at the end of the step (the ranks agree
+on it at least every STOP_AGREE_STEPS steps); in an evaluation or the test split at the next
+batch (`poll`); during a checkpoint write once it is complete. With checkpointing on, the
+run's state at that step is saved first; the run records itself `interrupted`.
+
 Layout, one folder per checkpoint, written whole or not at all:
 
     <output_dir>/<checkpoint.dir>/<run_name>/step_<N>/
@@ -55,6 +61,9 @@ from lmprof.train.distributed import DistInfo
 log = logging.getLogger("lmprof")
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# Several ranks agree on a SIGTERM on logging and checkpoint steps, and at least this often:
+# a run logging every 250 steps still stops within seconds, at one CPU collective per 10 steps.
+STOP_AGREE_STEPS = 10
 FORMAT_VERSION = 2  # 2: the trainer's state is its own state_dict, one per rank
 
 
@@ -256,6 +265,7 @@ class CheckpointManager:
         self._stepping = False  # the loop has asked `due` once: a stop waits for the step
         self.stopping = False  # all ranks agreed to stop
         self._fresh = True  # nothing of this process saved or loaded yet
+        self._saved_step: int | None = None  # the step of the newest checkpoint written here
         self._group = None
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -312,17 +322,17 @@ class CheckpointManager:
         any rank)."""
         self._stepping = True
         stop = self.stop_requested
-        # Ranks agree on a stop only on logging steps (which sync anyway) and checkpoint steps:
-        # a collective every step would hold every rank's host thread to the slowest one.
-        agree = step % self.cfg.logging.logging_steps == 0 or (
-            self.interval and step % self.interval == 0
+        # Ranks agree on a stop on logging steps (which sync anyway), checkpoint steps and every
+        # STOP_AGREE_STEPS: a collective every step would hold every rank's host thread to the
+        # slowest one.
+        agree = (
+            step % self.cfg.logging.logging_steps == 0
+            or step % STOP_AGREE_STEPS == 0
+            or (self.interval and step % self.interval == 0)
         )
         if self._multi and not agree:
             return False
-        if self._multi:
-            self._flag[0] = int(stop)
-            dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
-            stop = bool(self._flag[0])
+        stop = self._agreed(stop)
         self.stopping = stop
         return stop or (self.interval > 0 and step % self.interval == 0)
 
@@ -336,9 +346,33 @@ class CheckpointManager:
             return None
         path = self._write(step)
         log.info("checkpoint: step %d -> %s", step, path)
-        if self.stopping:
+        if self.stopping or self._agreed(self.stop_requested):
+            # Stopping, or a SIGTERM came while it was written: that checkpoint is the one.
             raise Preempted(f"SIGTERM: checkpoint at step {step}")
         return path
+
+    def poll(self, step: int, phase: str) -> None:
+        """A stop point outside the training step (each evaluation batch; `phase` says which):
+        after a SIGTERM, save the checkpoint of `step` when checkpointing is on (evaluation
+        changes no state), then raise Preempted. A Python bool per call: no collective, no
+        device sync; each rank stops on its own signal (torchrun and Slurm signal every rank)."""
+        if not self.stop_requested:
+            return
+        self.stopping = True
+        where = f"SIGTERM during {phase} at step {step}"
+        if self.interval <= 0:
+            raise Preempted(f"{where} (no checkpoint: checkpoint.interval=0)")
+        if self._saved_step != step:
+            log.info("checkpoint: step %d -> %s", step, self._write(step))
+        raise Preempted(f"{where}: checkpoint at step {step}")
+
+    def _agreed(self, flag: bool) -> bool:
+        """`flag` on any rank (one CPU collective on several ranks)."""
+        if not self._multi:
+            return flag
+        self._flag[0] = int(flag)
+        dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(self._flag[0])
 
     def attach(
         self,
@@ -402,6 +436,7 @@ class CheckpointManager:
             _fsync_dir(self.root)
             self._prune()
         self._barrier()
+        self._saved_step = step
         return final
 
     def _clear_stale(self) -> None:

@@ -57,6 +57,8 @@ class Checkpoints(Protocol):
 
     def save(self, step: int) -> Path | None: ...
 
+    def poll(self, step: int, phase: str) -> None: ...
+
 
 def set_precision_flags(precision: str) -> None:
     """fp32 means IEEE fp32 matmuls; tf32 opts in to the tensor-core format explicitly."""
@@ -120,6 +122,8 @@ class Trainer:
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
         self.instruments.optimizer_bytes_per_step = _optimizer_bytes(self.optimizer, cfg)
+        # Where a stop request is checked outside the step (each evaluation batch): fit's.
+        self.checkpoints: Checkpoints | None = None
 
     # -- resumable state ---------------------------------------------------------------------
 
@@ -249,6 +253,7 @@ class Trainer:
     def fit(self, checkpoints: Checkpoints | None = None) -> TrainState:
         """Train up to training.max_steps from the state's step (0, or a restored checkpoint's)."""
         st, max_steps = self.state, self.cfg.training.max_steps
+        self.checkpoints = checkpoints
         batches = self.batches(st.step)
         self.model.train()
         meter = _Interval(self.device)
@@ -363,7 +368,7 @@ class Trainer:
         data has no test split."""
         if not self.data.has_test:
             return {}
-        loss, ppl, acc, n = self._eval_pass("test", max_batches=0)
+        loss, ppl, acc, n = self._eval_pass("test", max_batches=0, what="the test split")
         if self.dist.is_main:
             log.info("test: loss %.4f ppl %.2f acc %.3f over %d tokens", loss, ppl, acc, n)
         row = {"test_loss": loss, "test_ppl": ppl, "test_accuracy": acc, "test_tokens": n}
@@ -371,8 +376,11 @@ class Trainer:
         return row
 
     @torch.no_grad()
-    def _eval_pass(self, split: str, max_batches: int) -> tuple[float, float, float, int]:
-        """(loss, perplexity, accuracy, tokens) per token over `split`, all ranks together."""
+    def _eval_pass(
+        self, split: str, max_batches: int, what: str = "evaluation"
+    ) -> tuple[float, float, float, int]:
+        """(loss, perplexity, accuracy, tokens) per token over `split`, all ranks together. A
+        stop request (SIGTERM) is honoured at the next batch: an evaluation can take minutes."""
         cfg, ins = self.cfg, self.instruments
         t0 = time.perf_counter()
         phase, ins.state_phase = ins.state_phase, "eval"
@@ -387,6 +395,8 @@ class Trainer:
             world_size=self.dist.world_size,
             max_batches=max_batches,
         ):
+            if self.checkpoints is not None:
+                self.checkpoints.poll(self.state.step, what)
             batch = batch.to(self.device)
             with self.autocast():
                 loss, n_correct = self.model(batch.input_ids, batch.targets, batch.attention_mask)

@@ -98,7 +98,8 @@ def producer_of(column: str) -> ColumnGroup | None:
     return next((g for g in groups() if g.declares(column)), None)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as results.csv writes it (the name check compares a config with a row by it)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -155,5 +156,5 @@ def append_row(path: str | Path, row: Mapping[str, Any]) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (v if v is not None else "") for k, v in r.items() if k in cols})
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerow({k: cell(v) for k, v in row.items()})
         atomic_write_text(path, buf.getvalue())

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import signal
 import warnings
@@ -49,12 +48,11 @@ from torch import nn
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
-from lmprof.paths import RunPaths
+from lmprof.paths import RunPaths, list_checkpoints
 from lmprof.train.distributed import DistInfo
 
 log = logging.getLogger("lmprof")
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 2  # 2: the trainer's state is its own state_dict, one per rank
 
 
@@ -81,19 +79,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_root(cfg: RunConfig) -> Path:
     return RunPaths.of(cfg).checkpoints_dir
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root`, oldest first (a `step_<N>` folder is complete by
-    construction; the files are checked too, in case one was deleted by hand)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def latest_checkpoint(root: Path) -> Path | None:

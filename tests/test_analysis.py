@@ -3,6 +3,7 @@ errors on bad input, and a report that renders offline in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import math
 import os
@@ -366,6 +367,32 @@ def test_full_sweep_writes_every_artifact(full: tuple[Path, Analysis]) -> None:
     assert not re.search(r"(src|href)=['\"](https?:)?//", page)
     runs_table = page.split("id='runs'>", 1)[1].split("</table>", 1)[0]
     assert runs_table.count("<tr>") == 1 + len({(r["tag"], r["run_name"]) for r in full_rows()})
+
+
+def test_report_structure_each_section_once_and_every_figure_exists(
+    full: tuple[Path, Analysis],
+) -> None:
+    out, done = full
+    page = (out / "report.html").read_text()
+    sections = re.findall(r"<h2>([^<]+)</h2>", page)
+    assert len(sections) == len(set(sections)), sections
+    assert {"Runs", "Notes", "Plots", "Speed at equal quality"} <= set(sections)
+    # Each note, and each paragraph, is said once: no explanation repeated per ratio.
+    for item in re.findall(r"<li>(.*?)</li>", page):
+        if len(item) > 80:
+            assert page.count(item) == 1, item
+    # Every figure the page shows is a file beside it, embedded as that file's bytes, once.
+    figures = re.findall(r"<figure id='([^']+)'>", page)
+    assert sorted(figures) == sorted(p.file for p in done.plots)
+    for file in figures:
+        data = base64.b64encode((out / file).read_bytes()).decode("ascii")
+        assert page.count(data) == 1, file
+    # What the notes say is not plotted was not written.
+    for file in re.findall(r"Not plotted: <code>([^<]+)</code>", page):
+        assert not (out / file).exists() and file not in figures, file
+    # Every table the report links to exists.
+    for link in re.findall(r"<code>(tables/[^<]+)</code>", page):
+        assert (out / link).is_file(), link
 
 
 def test_partial_input_writes_only_what_applies(

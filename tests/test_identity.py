@@ -156,3 +156,60 @@ def test_identical_configurations_never_give_a_verdict_under_load(tmp_path, monk
             for col, value in row.items():
                 if col.endswith(("_change_pct", "_ratio_95ci")) and value:
                     assert "no verdict" in value, (table.name, col, value)
+
+
+def test_sweep_repeats_are_interleaved_and_it_says_so(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        "base_config: {max_steps: 2}\n"
+        "experiments:\n"
+        "  - {name: g, tag: t, runs: [{name: a, params: {}}, {name: b, params: {lr: 0.01}}]}\n"
+    )
+    assert (
+        main(["sweep", str(sweep), f"logging.output_dir={tmp_path}", "--repeat", "2", "--dry-run"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "repeats are interleaved: 2 rounds" in out
+    order = [n for n in re.findall(r"\b([ab]_rep\d)\b", out)]
+    assert list(dict.fromkeys(order)) == ["a_rep1", "b_rep1", "a_rep2", "b_rep2"]
+
+
+def _timed(name: str, h: str, tps: float, sweep: str, **extra: object) -> dict:
+    p50 = 1e5 / tps
+    return {
+        "run_name": name,
+        "tag": "opts",
+        "status": "ok",
+        "config_hash": h,
+        "seed": 42,
+        "repeat": 0,
+        "attempt": 1,
+        "sweep_id": sweep,
+        "steady_tokens_per_sec": tps,
+        "step_time_p50_ms": p50,
+        "step_time_p50_ci_low_ms": p50 * 0.99,
+        "step_time_p50_ci_high_ms": p50 * 1.01,
+        "noisy": False,
+        **extra,
+    }
+
+
+def test_a_comparison_two_sweeps_contradict_is_flagged_once_not_reported_twice(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lmprof.analysis import analyze
+
+    results = tmp_path / "results.csv"
+    # bf16 against fp32: 0.28x in one sweep, 2.37x in another, each interval tight.
+    for sweep, base, bf16 in (("s1", 1000, 280), ("s2", 1000, 2370)):
+        append_row(results, _timed("opts_baseline", "hb", base, sweep, precision="fp32"))
+        append_row(results, _timed("opts_bf16", "hf", bf16, sweep, precision="bf16"))
+    done = analyze(results, tmp_path / "out")
+    report = done.report.read_text()
+    assert report.count("<b>Contradiction:</b>") == 1
+    assert "sweep s1 measured 0.28x [" in report and "sweep s2 2.37x [" in report
+    (row,) = [r for r in _rows(tmp_path / "out/tables/opts.csv") if r["run_name"] == "opts_bf16"]
+    assert "contradiction: no verdict" in row["tokens_per_sec_ratio_95ci"]
+    assert row["tokens_per_sec_change_pct"] == "contradiction: no verdict"
+    reading = next(p.reading for p in done.plots if p.file.startswith("optimization_bf16"))
+    assert "contradiction: no verdict" in reading and "gives" not in reading

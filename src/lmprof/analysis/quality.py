@@ -341,7 +341,7 @@ def time_to_target_loss(ctx: Context) -> list[Plot]:
             meds = [c.median(m) for c in g.configs]
             right = max((v for v in meds if v is not None), default=1.0)
             rights = [ci[1] for c in g.configs if (ci := c.interval(m))]
-            right = max([right, *rights]) * 1.25
+            right = max([right, *rights]) * 1.6  # room for the value and ratio beside a bar
             for y, c, v in zip(ys, g.configs, meds, strict=True):
                 if v is None:
                     # Hatched to the end of the axis: the run went as far as it could.

@@ -118,3 +118,14 @@ def test_architecture_says_where_every_column_group_is_computed():
     text = (Path(__file__).resolve().parents[1] / "ARCHITECTURE.md").read_text()
     for g in groups():
         assert f"| {g.name} |" in text, g.name
+
+
+def test_every_column_the_readme_names_for_results_csv_is_a_declared_column():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (line,) = [t for t in text.splitlines() if t.startswith("| `results.csv` |")]
+    named = re.findall(r"`([a-z0-9_]+)`", line.split("|")[2])
+    assert len(named) > 20
+    assert [c for c in named if producer_of(c) is None] == []

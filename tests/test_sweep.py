@@ -55,6 +55,7 @@ FAKE_CHILD = textwrap.dedent("""
         time.sleep(float(os.environ.get("FAKE_SLEEP", "60")))
     append_row(out / "results.csv", {
         "run_name": name, "tag": cfg.logging.tag, "status": "ok", "config_hash": cfg.hash(),
+        "seed": cfg.training.seed, "repeat": cfg.logging.repeat, "attempt": cfg.logging.attempt,
         "throughput": 1234.5, "eval_perplexity": 42.0,
     })
 """)
@@ -204,15 +205,18 @@ def test_extensions_tag_lists_dotted_keys_seeds_repeats_and_group_gpus():
         ],
     }
     plans = expand_sweep(doc)
+    # Interleaved: round k runs every configuration's k-th seed or repeat (a b a b).
     assert [p.name for p in plans] == [
         "speed_attentionsdpa_seed1",
-        "speed_attentionsdpa_seed2",
         "speed_attentionvanilla_seed1",
-        "speed_attentionvanilla_seed2",
         "r_rep1",
+        "speed_attentionsdpa_seed2",
+        "speed_attentionvanilla_seed2",
         "r_rep2",
     ]
-    assert plans[1].cfg.training.seed == 2 and plans[0].num_gpus == 2
+    assert [p.round for p in plans] == [1, 1, 1, 2, 2, 2]
+    assert plans[3].cfg.training.seed == 2 and plans[0].num_gpus == 2
+    assert [p.cfg.logging.repeat for p in plans if p.name.startswith("r_")] == [1, 2]
     assert plans[0].cfg.logging.tag == "speed" and plans[0].tags == ("speed", "attention")
     from lmprof.sweep.plan import select
 
@@ -413,13 +417,14 @@ def test_every_status_is_recorded_once_and_a_rerun_resumes(tmp_path, fake, capsy
                 "name": "mixed",
                 "tag": "mix",
                 "runs": [
-                    {"name": "first", "params": {}},
-                    {"name": "hog", "params": {"system.memory_limit_gb": 1}},
-                    {"name": "boom", "params": {}},
-                    {"name": "usererr", "params": {}},
-                    {"name": "slow", "params": {"system.timeout_s": 1}},
-                    {"name": "half", "params": {"fp16": True, "system.device": "cpu"}},
-                    {"name": "last", "params": {}},
+                    # Each its own configuration (lr): a name does not make a run another.
+                    {"name": "first", "params": {"lr": 1e-3}},
+                    {"name": "hog", "params": {"lr": 2e-3, "system.memory_limit_gb": 1}},
+                    {"name": "boom", "params": {"lr": 3e-3}},
+                    {"name": "usererr", "params": {"lr": 4e-3}},
+                    {"name": "slow", "params": {"lr": 5e-3, "system.timeout_s": 1}},
+                    {"name": "half", "params": {"lr": 6e-3, "fp16": True, "system.device": "cpu"}},
+                    {"name": "last", "params": {"lr": 7e-3}},
                 ],
             }
         ],
@@ -490,9 +495,9 @@ def test_sigkill_of_the_sweep_mid_run_then_rerun_completes_without_duplicates(tm
                 "name": "k",
                 "tag": "k",
                 "runs": [
-                    {"name": "before", "params": {}},
-                    {"name": "slow", "params": {}},
-                    {"name": "after", "params": {}},
+                    {"name": "before", "params": {"lr": 1e-3}},
+                    {"name": "slow", "params": {"lr": 2e-3}},
+                    {"name": "after", "params": {"lr": 3e-3}},
                 ],
             }
         ],
@@ -527,9 +532,9 @@ def test_ctrl_c_stops_the_run_records_interrupted_and_exits_130(tmp_path, fake):
                 "name": "c",
                 "tag": "c",
                 "runs": [
-                    {"name": "before", "params": {}},
-                    {"name": "slow", "params": {}},
-                    {"name": "after", "params": {}},
+                    {"name": "before", "params": {"lr": 1e-3}},
+                    {"name": "slow", "params": {"lr": 2e-3}},
+                    {"name": "after", "params": {"lr": 3e-3}},
                 ],
             }
         ],
@@ -671,7 +676,10 @@ def test_a_failed_run_reruns_by_itself_and_the_summary_gives_its_whole_reason(
     child.write_text(
         child.read_text().replace("'nowhere.txt' does not exist", reason.replace("'", "\\'"))
     )
-    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "usererr"}, {"name": "fine"}]}])
+    path = sweep_file(
+        tmp_path,
+        [{"name": "g", "runs": [{"name": "usererr", "params": {"lr": 1e-3}}, {"name": "fine"}]}],
+    )
     assert run_sweep(plan_sweep(path)).exit_code == 1
     summary = capsys.readouterr().out.split("Summary", 1)[1]
     assert reason in summary
@@ -745,7 +753,8 @@ PROGRESS_CHILD = textwrap.dedent("""
         f.flush()
         time.sleep(1.2)
     append_row(paths.results_csv, {"run_name": cfg.logging.run_name, "status": "ok",
-                                   "config_hash": cfg.hash(), "throughput": 10.0})
+                                   "config_hash": cfg.hash(), "seed": cfg.training.seed,
+                                   "repeat": cfg.logging.repeat, "throughput": 10.0})
 """)
 
 
@@ -758,7 +767,9 @@ def test_progress_shows_the_running_step_and_the_sweeps_eta(tmp_path, monkeypatc
     monkeypatch.setenv("LMPROF_SWEEP_CHILD", str(script))
     monkeypatch.setenv("COLUMNS", "200")  # the status line is cut at the terminal's width
     (tmp_path / "out").mkdir()
-    path = sweep_file(tmp_path, [{"name": "g", "runs": [{"name": "a"}, {"name": "b"}]}])
+    path = sweep_file(
+        tmp_path, [{"name": "g", "runs": [{"name": "a"}, {"name": "b", "params": {"lr": 1e-3}}]}]
+    )
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -5,17 +5,19 @@ with the same names the run uses."""
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 from lmprof import attention_kernels
 from lmprof.config import RunConfig
+from lmprof.paths import SWEEP_ID_ENV
 from lmprof.results import ColumnGroup
 
 OUTCOME_COLUMNS = ColumnGroup(
     "outcome",
     "the status and when it was reached: train/run.py, or sweep/classify.py for a child that "
     "could not write its row",
-    ("status", "status_detail", "started_at", "finished_at"),
+    ("status", "status_detail", "started_at", "finished_at", "sweep_id"),
 )
 
 CONFIG_COLUMNS = ColumnGroup(
@@ -48,6 +50,11 @@ CONFIG_COLUMNS = ColumnGroup(
         "tokenizer",
         "batching",
         "config_hash",
+        # With the hash, the run's identity (lmprof.identity.run_key); the attempt names its
+        # files (lmprof.paths.RunPaths.stem; 0: it wrote none).
+        "seed",
+        "repeat",
+        "attempt",
     ),
 )
 
@@ -110,4 +117,8 @@ def config_row(cfg: RunConfig) -> dict[str, Any]:
         "tokenizer": cfg.data.tokenizer,
         "batching": cfg.data.batching,
         "config_hash": cfg.hash(),
+        "seed": cfg.training.seed,
+        "repeat": cfg.logging.repeat,
+        "attempt": cfg.logging.attempt,
+        "sweep_id": os.environ.get(SWEEP_ID_ENV, ""),
     }

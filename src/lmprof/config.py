@@ -248,6 +248,23 @@ class SystemConfig:
 class LoggingConfig:
     run_name: str = option("", "the run's file name; empty: derived from the config")
     tag: str = option("", "the experiment group the analysis plots together")
+    # A run is its configuration (the hash), its seed and its repeat; the name only files it.
+    repeat: int = option(
+        0,
+        "which repeat of its configuration this run is (a sweep's repeat: N sets 1..N)",
+        at_least=0,
+        at_most=10**6,
+    )
+    fresh_name: bool = option(
+        False, "a run name already used by another configuration: pick a new one (not refuse)"
+    )
+    attempt: int = option(
+        0,
+        "which attempt of its run name this is; its files are <run>@<k> from the second "
+        "(0: the first free one, chosen at start)",
+        at_least=0,
+        at_most=10**6,
+    )
     output_dir: str = option(".", "folder for results.csv, logs/, results/details/")
     logging_steps: int = option(10, "steps between log lines and metrics rows", **POSITIVE)
     eval_interval: int = option(0, "steps between evaluations; 0: once, at the end", **NON_NEGATIVE)
@@ -328,15 +345,26 @@ class RunConfig:
         return self.model.max_seq_len or self.data.sequence_length
 
     def hash(self) -> str:
-        """Identity of the experiment: what it computes, not where it writes or how it shows."""
+        """The configuration: what it computes, not where it writes, how it shows, its name, or
+        which seed and repeat of the configuration it is (`identity` adds those two)."""
         d = self.to_dict()
         for section, key in IDENTITY_EXCLUDED:
             d[section].pop(key, None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def identity(self) -> tuple[str, str, str]:
+        """The run: its configuration's hash, seed and repeat (the results row's `config_hash`,
+        `seed` and `repeat`, as `lmprof.identity.run_key` reads them back)."""
+        return (self.hash(), str(self.training.seed), str(self.logging.repeat))
+
 
 IDENTITY_EXCLUDED = (
+    ("logging", "run_name"),
+    ("logging", "repeat"),
+    ("logging", "fresh_name"),
+    ("logging", "attempt"),
+    ("training", "seed"),
     ("logging", "output_dir"),
     ("logging", "progress"),
     ("logging", "tensorboard"),

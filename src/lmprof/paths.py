@@ -10,13 +10,21 @@ Layout under logging.output_dir (the seed's, extended):
   results/details/<run>_config.yaml        the resolved config
   results/tensorboard/<run>/               logging.tensorboard
   results/traces/<run>/                    torch.profiler traces, memory snapshots
-  results/tables/<run>_profile_ops.{md,csv}
+  results/tables/<run>_profile_ops.{md,csv}, <run>_roofline.{md,csv}
   results/find_max/<run>/                  find-max's probes and boundary
   <checkpoint.dir>/<run>/step_<N>/         checkpoints
+
+<run> above is the run's file stem: its name for the first attempt of that name (the seed's
+layout), `<name>@<k>` for the k-th, so no attempt ever writes over an earlier one's files (a
+name cannot hold '@'). The results row's `attempt` column says which files are its; a row that
+wrote none has attempt 0. A run resumed from a checkpoint continues its last attempt's files.
+Checkpoints, the sweep's claim and find-max belong to the name, across attempts.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,9 @@ RESULTS_CSV = "results.csv"
 # Set by the sweep for its child: the sweep already writes the child's output to its log, so
 # the run must not open the same file a second time.
 LOG_CAPTURED_ENV = "LMPROF_LOG_CAPTURED"
+# Set by the sweep for its children: every row of one sweep says which sweep wrote it, so the
+# analysis can tell a comparison repeated by a later sweep from one measured once.
+SWEEP_ID_ENV = "LMPROF_SWEEP_ID"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 
 
@@ -67,37 +78,82 @@ def details_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "results" / "details"
 
 
-def metrics_csv(details: str | Path, run_name: str) -> Path:
+def stem(run_name: str, attempt: int = 1) -> str:
+    """The file stem of a run name's attempt: the name itself for the first (or 0: none)."""
+    return run_name if attempt <= 1 else f"{run_name}@{attempt}"
+
+
+def metrics_csv(details: str | Path, run_stem: str) -> Path:
     """A run's per-step CSV in a details folder (the analysis may be given any folder)."""
-    return Path(details) / f"{run_name}_metrics.csv"
+    return Path(details) / f"{run_stem}_metrics.csv"
 
 
-def eval_csv(details: str | Path, run_name: str) -> Path:
-    return Path(details) / f"{run_name}_eval.csv"
+def eval_csv(details: str | Path, run_stem: str) -> Path:
+    return Path(details) / f"{run_stem}_eval.csv"
+
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under `root`, oldest first (a `step_<N>` folder is complete by
+    construction; the files are checked too, in case one was deleted by hand)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The paths of one run, from its output folder and name (nothing is created here)."""
+    """The paths of one run, from its output folder, name and attempt (nothing is created)."""
 
     output_dir: Path
     run_name: str
     checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR  # checkpoint.dir, relative to output_dir
+    attempt: int = 1  # logging.attempt: which files are this run's (see the module's doc)
 
     def __init__(
         self,
         output_dir: str | Path,
         run_name: str,
         checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR,
+        attempt: int = 1,
     ) -> None:
         object.__setattr__(self, "output_dir", Path(output_dir))
         object.__setattr__(self, "run_name", run_name)
         object.__setattr__(self, "checkpoint_dir", checkpoint_dir)
+        object.__setattr__(self, "attempt", attempt)
 
     @classmethod
     def of(cls, cfg: Any) -> RunPaths:
         """The paths of a RunConfig (typed Any: importing lmprof.config here would cycle)."""
-        return cls(cfg.logging.output_dir, cfg.logging.run_name, cfg.checkpoint.dir)
+        lg = cfg.logging
+        return cls(lg.output_dir, lg.run_name, cfg.checkpoint.dir, lg.attempt)
+
+    @property
+    def stem(self) -> str:
+        return stem(self.run_name, self.attempt)
+
+    def with_attempt(self, attempt: int) -> RunPaths:
+        return RunPaths(self.output_dir, self.run_name, self.checkpoint_dir, attempt)
+
+    def own_files(self) -> tuple[Path, ...]:
+        """What this attempt writes under its stem: one of them present means it is taken."""
+        return (
+            self.log,
+            self.metrics_csv,
+            self.eval_csv,
+            self.config_yaml,
+            self.tensorboard_dir,
+            self.traces_dir,
+            self.profile_ops_table("md"),
+            self.tables_dir / f"{self.stem}_roofline.md",
+        )
 
     # -- shared by every run of the output folder ----------------------------------------------
 
@@ -121,7 +177,7 @@ class RunPaths:
 
     @property
     def log(self) -> Path:
-        return self.output_dir / "logs" / f"{self.run_name}.log"
+        return self.output_dir / "logs" / f"{self.stem}.log"
 
     @property
     def claim(self) -> Path:
@@ -131,24 +187,24 @@ class RunPaths:
 
     @property
     def metrics_csv(self) -> Path:
-        return metrics_csv(self.details_dir, self.run_name)
+        return metrics_csv(self.details_dir, self.stem)
 
     @property
     def eval_csv(self) -> Path:
-        return eval_csv(self.details_dir, self.run_name)
+        return eval_csv(self.details_dir, self.stem)
 
     @property
     def config_yaml(self) -> Path:
         """The resolved config: the run saves it, and the sweep hands it to the run."""
-        return self.details_dir / f"{self.run_name}_config.yaml"
+        return self.details_dir / f"{self.stem}_config.yaml"
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.output_dir / "results" / "tensorboard" / self.run_name
+        return self.output_dir / "results" / "tensorboard" / self.stem
 
     @property
     def traces_dir(self) -> Path:
-        return self.output_dir / "results" / "traces" / self.run_name
+        return self.output_dir / "results" / "traces" / self.stem
 
     @property
     def profiler_trace(self) -> Path:
@@ -161,7 +217,7 @@ class RunPaths:
 
     def profile_ops_table(self, suffix: str) -> Path:
         """The profiler's per-op table, `suffix` "md" or "csv"."""
-        return self.tables_dir / f"{self.run_name}_profile_ops.{suffix}"
+        return self.tables_dir / f"{self.stem}_profile_ops.{suffix}"
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -170,3 +226,28 @@ class RunPaths:
     @property
     def find_max_dir(self) -> Path:
         return self.output_dir / "results" / "find_max" / self.run_name
+
+
+def attempt_of(row: Mapping[str, str]) -> int:
+    """The attempt whose files a results row owns; 0 for none. A row written before attempts
+    were recorded owns its name's first files unless it never started (skipped)."""
+    text = (row.get("attempt") or "").strip()
+    if not text:
+        return 0 if (row.get("status") or "").strip() == "skipped" else 1
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def choose_attempt(paths: RunPaths, rows: Iterable[Mapping[str, str]], resume: bool) -> int:
+    """The attempt a new run of this name takes: the first whose files do not exist and that
+    no row of results.csv owns, so it overwrites nothing. `resume` (checkpoint.resume=auto
+    with a checkpoint to resume from): the last taken one, whose files it continues."""
+    owned = {attempt_of(r) for r in rows if r.get("run_name") == paths.run_name}
+    k = 1
+    while k in owned or any(p.exists() for p in paths.with_attempt(k).own_files()):
+        k += 1
+    if resume and list_checkpoints(paths.checkpoints_dir):
+        return max(k - 1, 1)
+    return k

@@ -13,10 +13,10 @@ import importlib
 import io
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_text, file_lock
@@ -98,7 +98,8 @@ def producer_of(column: str) -> ColumnGroup | None:
     return next((g for g in groups() if g.declares(column)), None)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as results.csv writes it (the name check compares a config with a row by it)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -153,10 +154,8 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and rows of a results table (`_cells`' rules); a short row (a torn last line)
     reads as csv.DictReader reads it: its missing cells are None."""
     header, rows = _cells(Path(path))
-    n = len(header)
     return header, [
-        dict(zip(header, r)) | dict.fromkeys(header[len(r) :]) if len(r) < n else dict(zip(header, r))
-        for r in rows
+        dict(zip(header, r, strict=False)) | dict.fromkeys(header[len(r) :]) for r in rows
     ]
 
 
@@ -204,5 +203,5 @@ def append_rows(path: str | Path, new_rows: Sequence[Mapping[str, Any]]) -> None
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(cols)
         writer.writerows(rows)
-        writer.writerows([_cell(row.get(c)) if c in row else "" for c in cols] for row in new_rows)
+        writer.writerows([cell(row.get(c)) if c in row else "" for c in cols] for row in new_rows)
         atomic_write_text(path, buf.getvalue())

@@ -9,8 +9,10 @@ sort a run's step times in `noise`).
 * `noise`: a run's steady-window step times summarised, with the `noisy` verdict.
 * `Estimate`: a value on the log scale with its standard error and degrees of freedom, from
   replicate runs (t interval of the log values) or from one run's own step-time spread.
-* `ratio`: the ratio of two estimates with its 95% interval (Welch on the log scale), and
-  `verdict`: what the text may say about it ("no measurable difference" where it includes 1).
+* `ratio`: the ratio of two estimates with its 95% interval (Welch on the log scale) and its
+  basis: a verdict only between repeats, or between single runs both steady with a small
+  spread ("single runs"); a noisy side gives "noisy: no verdict", whatever the interval says.
+  `verdict`: what the text may say ("no measurable difference" where the interval includes 1).
 * `bootstrap_ratio`: the percentile bootstrap of the ratio of medians, with a fixed seed.
 """
 
@@ -231,13 +233,16 @@ class Estimate:
 
     `n` is the number of runs behind it; `source` says where the uncertainty came from:
     'runs' (spread across replicate runs), 'steps' (one run's own step-time spread, which does
-    not see run-to-run variation) or 'none' (nothing recorded: the interval is unknown)."""
+    not see run-to-run variation) or 'none' (nothing recorded: the interval is unknown).
+    `noisy`: one run whose timing cannot support a comparison (its `noisy` flag, or a median
+    interval wider than +-COMPARE_PCT/2): no ratio with it is a verdict."""
 
     log: float
     se: float
     df: float
     n: int
     source: str
+    noisy: bool = False
 
     @property
     def value(self) -> float:
@@ -268,9 +273,12 @@ def from_runs(values: Sequence[float]) -> Estimate | None:
     return Estimate(m, math.sqrt(var / n), n - 1, n, "runs")
 
 
-def from_spread(value: float, low: float | None, high: float | None) -> Estimate:
+def from_spread(
+    value: float, low: float | None, high: float | None, noisy: bool = False
+) -> Estimate:
     """One run: its value with the 95% interval of its median step time (a rate's interval is
-    the step time's, inverted: the relative width is the same)."""
+    the step time's, inverted: the relative width is the same). `noisy`: the run's own flag;
+    an interval wider than +-COMPARE_PCT/2 makes it noisy too."""
     if (
         low is None
         or high is None
@@ -278,24 +286,41 @@ def from_spread(value: float, low: float | None, high: float | None) -> Estimate
         or not math.isfinite(low + high)
         or value <= 0
     ):
-        return Estimate(math.log(value), float("nan"), float("nan"), 1, "none")
+        return Estimate(math.log(value), float("nan"), float("nan"), 1, "none", noisy)
     mid = math.sqrt(low * high)
     half = max(math.log(high / mid), 1e-9)
-    return Estimate(math.log(value), half / 1.96, math.inf, 1, "steps")
+    wide = math.expm1(half) * 100 > COMPARE_PCT / 2
+    return Estimate(math.log(value), half / 1.96, math.inf, 1, "steps", noisy or wide)
+
+
+# A ratio's basis: what it rests on, and whether that supports a verdict.
+REPEATS = "repeats"  # both sides repeated (interleaved): run-to-run variation is in the interval
+SINGLE = "single runs"  # one run a side, both steady with a small spread: labelled as such
+NOISY = "noisy"  # a single run whose timing is noisy: no verdict
+UNKNOWN = "unknown"  # a side recorded no spread: no interval, no verdict
+VERDICT_BASES = (REPEATS, SINGLE)
 
 
 @dataclass
 class Ratio:
-    """new / base with its 95% interval; `known` False when either side has no uncertainty."""
+    """new / base with its 95% interval and its basis; `source` is where the interval came
+    from ('runs', 'steps', 'none'); `why` says what stops a verdict, where something does."""
 
     value: float
     low: float
     high: float
     source: str  # 'runs', 'steps', or 'none'
+    basis: str = SINGLE
+    why: str = ""
 
     @property
     def known(self) -> bool:
         return self.source != "none"
+
+    @property
+    def is_verdict(self) -> bool:
+        """Whether a table, a sentence or a plot may state what this ratio says."""
+        return self.known and self.basis in VERDICT_BASES
 
     @property
     def includes_one(self) -> bool:
@@ -306,31 +331,62 @@ class Ratio:
             return f"{self.value:.{digits}f}x (interval unknown)"
         return f"{self.value:.{digits}f}x [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
+    def withheld(self, basis: str, why: str) -> Ratio:
+        """The same numbers with no verdict (a contradiction, repeats not interleaved, ...)."""
+        return Ratio(self.value, self.low, self.high, self.source, basis, why)
+
+    @property
+    def no_verdict(self) -> str:
+        """The mark a withheld ratio carries wherever it is shown."""
+        if not self.known:
+            return "interval unknown: no verdict"
+        if self.basis == NOISY:
+            return "noisy: no verdict"
+        return f"{self.basis}: no verdict"
+
+
+def _basis(new: Estimate, base: Estimate) -> tuple[str, str]:
+    noisy = [e for e in (new, base) if e.n < 2 and e.noisy]
+    if noisy:
+        return NOISY, (
+            "a single run with noisy timing: its median step time is too spread, or its "
+            "steady window too short, for a comparison; repeat with --repeat"
+        )
+    if new.n >= 2 and base.n >= 2:
+        return REPEATS, ""
+    return SINGLE, ""
+
 
 def ratio(new: Estimate, base: Estimate) -> Ratio:
     """new/base; the interval is Welch's on the log scale (normal where both are single runs)."""
     r = math.exp(new.log - base.log)
+    basis, why = _basis(new, base)
     if not (new.known and base.known):
-        return Ratio(r, float("nan"), float("nan"), "none")
+        why = why or "a side recorded no step-time spread to bound it"
+        return Ratio(
+            r, float("nan"), float("nan"), "none", UNKNOWN if basis != NOISY else basis, why
+        )
     var = new.se**2 + base.se**2
+    source = "runs" if "runs" in (new.source, base.source) else "steps"
     if var == 0:
-        return Ratio(r, r, r, "runs" if "runs" in (new.source, base.source) else "steps")
+        return Ratio(r, r, r, source, basis, why)
     # Welch-Satterthwaite; an infinite df (one run's spread) contributes no term.
     terms = [e.se**4 / e.df for e in (new, base) if math.isfinite(e.df) and e.df > 0]
     df = var**2 / sum(terms) if terms else math.inf
     w = t975(df) * math.sqrt(var)
-    source = "runs" if "runs" in (new.source, base.source) else "steps"
-    return Ratio(r, math.exp(math.log(r) - w), math.exp(math.log(r) + w), source)
+    return Ratio(r, math.exp(math.log(r) - w), math.exp(math.log(r) + w), source, basis, why)
 
 
 def verdict(rt: Ratio, more: str = "faster", less: str = "slower") -> str:
-    """What a sentence may claim: a change only where the interval excludes 1."""
-    if not rt.known:
-        return f"{rt.text()}: not a finding (no step-time spread recorded to bound it)"
+    """What a sentence may claim: a change only where the ratio is a verdict and its interval
+    excludes 1; single runs say so."""
+    if not rt.is_verdict:
+        return f"{rt.no_verdict} ({rt.text()}{': ' + rt.why if rt.why else ''})"
+    single = rt.basis == SINGLE
     if rt.includes_one:
-        return f"no measurable difference ({rt.text()})"
+        return f"no measurable difference ({rt.text()}{', single runs' if single else ''})"
     word = more if rt.value > 1 else less
-    return f"{rt.text()}, {word}"
+    return f"{rt.text()}, {word}{' (single runs)' if single else ''}"
 
 
 def bootstrap_ratio(

@@ -32,11 +32,13 @@ class Context:
     _curves: dict[str, Curve | None] = field(default_factory=dict)
 
     def curve(self, run: Run) -> Curve | None:
-        if self.details is None:
+        """The curves of exactly this row: the files of its attempt (None: it wrote none)."""
+        stem = run.stem
+        if self.details is None or stem is None:
             return None
-        if run.name not in self._curves:
-            self._curves[run.name] = read_curve(self.details, run.name)
-        return self._curves[run.name]
+        if stem not in self._curves:
+            self._curves[stem] = read_curve(self.details, stem)
+        return self._curves[stem]
 
 
 STATUS_WORDS = {
@@ -76,6 +78,9 @@ class Series:
 
     def at(self, x: float) -> float | None:
         return next((y for px, y, _ in self.points if px == x), None)
+
+    def run_at(self, x: float) -> Run | None:
+        return next((r for px, _, r in self.points if px == x), None)
 
 
 def series_of(

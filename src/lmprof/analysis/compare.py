@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmprof.attention_kernels import names_where
+from lmprof.stats import SINGLE, Ratio
 
 from . import uncertainty
 from .common import STATUS_WORDS, Context, Plot, Skip, more_less, pct_change
@@ -121,7 +122,17 @@ def pairs(table: Table) -> list[Pair]:
     return found
 
 
-def _bars(ax: Any, pair: Pair, value: Any, ylabel: str, fmt: Any, ctx: Context) -> None:
+def _bars(
+    ax: Any,
+    pair: Pair,
+    value: Any,
+    ylabel: str,
+    fmt: Any,
+    ctx: Context,
+    rt: Ratio | None = None,
+) -> None:
+    """Baseline and run side by side; `rt`: the ratio whose verdict the change's label obeys
+    (None for a value that does not wander with the machine's load, as peak memory)."""
     runs = (pair.base, pair.run)
     vals = [value(r) if r.measured else None for r in runs]
     colors = [ctx.palette("baseline"), ctx.palette(pair.color_key)]
@@ -155,11 +166,31 @@ def _bars(ax: Any, pair: Pair, value: Any, ylabel: str, fmt: Any, ctx: Context) 
             continue
         ci = uncertainty.spread(r, value)
         err = None if ci is None else [[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]]
-        ax.bar(i, v, color=c, edgecolor="black", linewidth=0.6, yerr=err, capsize=6)
+        withheld = i == 1 and rt is not None and not rt.is_verdict
+        # A change with no verdict is drawn hatched and says so, never as a bare percentage.
+        ax.bar(
+            i,
+            v,
+            color=c,
+            edgecolor="black",
+            linewidth=0.6,
+            yerr=err,
+            capsize=6,
+            hatch="xx" if withheld else None,
+            alpha=0.55 if withheld else 1.0,
+        )
         text = fmt(v)
         if i == 1 and vals[0] is not None:
-            text += f"\n{pct_change(v, vals[0]):+.1f}%"
-        ax.text(i, v, text, ha="center", va="bottom", fontsize=11 if i == 1 else 10)
+            text += f"\n{rt.no_verdict}" if withheld else f"\n{pct_change(v, vals[0]):+.1f}%"
+        ax.text(
+            i,
+            v,
+            text,
+            ha="center",
+            va="bottom",
+            fontsize=11 if i == 1 else 10,
+            color=FAIL_COLOR if withheld else "black",
+        )
     ax.set_xticks([0, 1], [f"{pair.base.name}\n(baseline)", pair.run.name], fontsize=9)
     ax.set_ylabel(ylabel)
     if ylabel == TOKENS_LABEL:
@@ -191,33 +222,36 @@ def _reading(pair: Pair) -> str:
     parts = []
     if run.mem_gb is not None and base.mem_gb is not None:
         parts.append(f"uses {more_less(run.mem_gb, base.mem_gb, 'peak memory', base.name)}")
-    extra = ""
     if run.tokens_per_sec is not None and base.tokens_per_sec is not None:
         whose = "its" if parts else f"{base.name}'s"
         rt = uncertainty.compare(run, base)
-        if rt is None or not rt.known:
-            parts.append(
-                f"gives {run.tokens_per_sec / base.tokens_per_sec:.2f}x {whose} tokens/s "
-                "(interval unknown: the runs recorded no step-time spread; not a finding)"
-            )
-        elif rt.includes_one:
-            parts.append(f"shows no measurable difference in tokens/s ({rt.text()})")
+        if rt is None or not rt.is_verdict:
+            value = run.tokens_per_sec / base.tokens_per_sec if rt is None else rt.value
+            why = f" ({rt.why})" if rt is not None and rt.why else ""
+            mark = rt.no_verdict if rt is not None else "no verdict"
+            parts.append(f"shows {value:.2f}x {whose} tokens/s, {mark}{why}")
         elif not pair_differs(pair):
             parts.append(
-                f"differs from {base.name} only in settings the row does not show, yet gives "
-                f"{rt.text()} the tokens/s: flagged as implausible for identical settings, "
-                "not a speedup"
+                f"differs from {base.name} only in settings the row does not show, yet has "
+                f"{rt.text()} the tokens/s: flagged as implausible, no verdict"
             )
+        elif rt.includes_one:
+            single = ", single runs" if rt.basis == SINGLE else ""
+            parts.append(f"shows no measurable difference in tokens/s ({rt.text()}{single})")
         else:
-            parts.append(f"gives {rt.text()} {whose} tokens/s")
-        if rt is not None and rt.source == "steps":
-            extra = (
-                " One run per configuration: the 95% interval comes from each run's own "
-                "step-time spread and does not see run-to-run variation (use --repeat)."
-            )
+            parts.append(f"gives {rt.text()} {whose} tokens/s{_basis_words(rt)}")
     if not parts:
         return f"{run.name} and {base.name} recorded neither memory nor throughput."
-    return f"With {pair.title}, {run.name} {' and '.join(parts)}.{extra}"
+    return f"With {pair.title}, {run.name} {' and '.join(parts)}."
+
+
+def _basis_words(rt: Ratio) -> str:
+    if rt.basis == SINGLE:
+        return (
+            " (single runs, both steady: the interval is each run's own step-time spread, "
+            "blind to run-to-run variation; --repeat 3 measures that)"
+        )
+    return " (across interleaved repeats)"
 
 
 def pair_differs(pair: Pair) -> bool:
@@ -242,7 +276,8 @@ def optimization_comparisons(ctx: Context) -> list[Plot]:
         _bars(
             axes[0][0], pair, lambda r: r.mem_gb, "peak memory (GB)", lambda v: f"{v:.2f} GB", ctx
         )
-        _bars(axes[0][1], pair, lambda r: r.tokens_per_sec, TOKENS_LABEL, fmt_num, ctx)
+        rt = uncertainty.compare(pair.run, pair.base)
+        _bars(axes[0][1], pair, lambda r: r.tokens_per_sec, TOKENS_LABEL, fmt_num, ctx, rt)
         fig.suptitle(
             f"Optimisation: {pair.title} vs baseline {pair.base.name} (tag {pair.tag})", fontsize=13
         )

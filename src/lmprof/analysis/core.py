@@ -83,9 +83,14 @@ def analyze(
                 done.skipped.append((name, str(why)))
     done.quality = quality.groups(ctx)
     done.tables = write_tables(table, out, done.quality)
+    # What was read as one and what was kept apart, for the console (the report says more).
     done.notes = [
-        f"{rep.name}: {len(rep.lines)} rows in {results.name}, using line {rep.used}"
-        for rep in table.repeats
+        f"merged: {' = '.join(m.names)}: {len(m.lines)} rows of one run in {results.name}, "
+        f"using line {m.used}"
+        for m in table.merged
+    ] + [
+        f"kept apart: {name} names more than one configuration (shown with its config hash)"
+        for name in table.shared_names
     ]
     done.report = write_report(
         table, done.plots, done.skipped, done.tables, results, out, done.quality, done.no_plots

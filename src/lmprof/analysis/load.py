@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmprof.columns import EVAL_COLUMNS
+from lmprof.columns import CONFIG_COLUMNS, EVAL_COLUMNS
 from lmprof.errors import UserError
-from lmprof.paths import eval_csv, metrics_csv
+from lmprof.identity import REPLICATE_SUFFIX, run_key
+from lmprof.paths import attempt_of, eval_csv, metrics_csv, stem
 from lmprof.profiling.energy import ENERGY_COLUMNS
 from lmprof.results import ColumnGroup, read_table
 
@@ -68,6 +68,10 @@ class Run:
     line: int  # the row's line in results.csv (header is line 1), for the report
     # The replicate runs (repeats, seeds) this one stands for; the row holds their medians.
     members: list[Run] = field(default_factory=list)
+    # Every row of this run (lmprof.identity.run_key), in file order: reruns, resumes, sweeps.
+    rows: list[Run] = field(default_factory=list)
+    label: str = ""  # the name shown, where one name holds several configurations
+    owns_files: bool = True  # False: the details under its name are another row's
 
     def get(self, column: str) -> str:
         return (self.row.get(column) or "").strip()
@@ -83,7 +87,15 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.get("run_name")
+        return self.label or self.get("run_name")
+
+    @property
+    def stem(self) -> str | None:
+        """The file stem of the details this row wrote (lmprof.paths), None for none."""
+        attempt = attempt_of(self.row)
+        if not attempt or not self.owns_files:
+            return None
+        return stem(self.get("run_name"), attempt)
 
     @property
     def tag(self) -> str:
@@ -142,13 +154,23 @@ class Run:
         return self.pos("mfu")
 
     @property
-    def identity(self) -> tuple[str, str]:
-        return (self.tag, self.get("config_hash") or self.name)
+    def key(self) -> tuple[str, ...]:
+        """The run this row is of: lmprof.identity.run_key, or its tag, name and settings for
+        the seed's rows, which have no hash."""
+        found = run_key(self.row)
+        if found is not None:
+            return found
+        return ("", self.tag, self.get("run_name"), *(self.get(c) for c in LEGACY_SETTINGS))
 
     @property
-    def group_key(self) -> tuple[str, str]:
-        """Replicates share it: the tag and the name without its _rep<k>/_seed<s> suffixes."""
-        return (self.tag, _REPLICATE_SUFFIX.sub("", self.name))
+    def config_key(self) -> tuple[str, ...]:
+        """Replicates (repeats, seeds) of one configuration share it: the tag and config hash;
+        for rows written before runs had a seed column, the name without its _rep<k>/_seed<s>
+        and the settings the row shows (one name may hold two configurations)."""
+        if run_key(self.row) is not None and self.get("seed"):
+            return ("config", self.tag, self.get("config_hash"))
+        base = REPLICATE_SUFFIX.sub("", self.get("run_name"))
+        return ("legacy", self.tag, base, *(self.get(c) for c in LEGACY_SETTINGS))
 
     @property
     def replicates(self) -> list[Run]:
@@ -158,8 +180,17 @@ class Run:
     def noisy(self) -> bool:
         return _flag(self.get("noisy"))
 
+    @property
+    def sweep(self) -> str:
+        return self.get("sweep_id")
 
-_REPLICATE_SUFFIX = re.compile(r"(_seed-?\d+|_rep\d+)+$")
+
+# What tells two configurations of one name apart in a row written before runs had a seed.
+LEGACY_SETTINGS = tuple(
+    c
+    for c in CONFIG_COLUMNS.columns
+    if c not in ("run_name", "tag", "config_hash", "seed", "repeat", "attempt")
+)
 # Columns whose replicate median the representative row holds.
 MEDIAN_COLUMNS = (
     "steady_tokens_per_sec",
@@ -192,18 +223,20 @@ def _representative(group: list[Run]) -> Run:
             row[col] = repr(median(values))
     if done:
         row["status"] = "ok" if any(r.status == "ok" for r in done) else done[0].status
-    row["run_name"] = _REPLICATE_SUFFIX.sub("", first.name) or first.name
-    return Run(row, first.line, list(group))
+    name = first.get("run_name")
+    row["run_name"] = REPLICATE_SUFFIX.sub("", name) or name
+    return Run(row, first.line, list(group), owns_files=False)
 
 
 @dataclass
-class Repeat:
-    """A configuration that has several rows; `used` is the one the analysis reads."""
+class Merged:
+    """Rows the analysis reads as one run (a rerun, a resumed run, another sweep, another
+    name); `used` is the line it reads."""
 
-    name: str
-    tag: str
+    run: Run
     lines: list[int]
     statuses: list[str]
+    names: list[str]
     used: int
 
 
@@ -212,9 +245,9 @@ class Table:
     runs: list[Run]  # one per configuration (replicates merged), in first-seen order
     n_rows: int
     columns: list[str]
-    repeats: list[Repeat] = field(default_factory=list)
-    all_runs: list[Run] = field(default_factory=list)  # every replicate, latest row each
-    superseded: list[Run] = field(default_factory=list)  # a run name's older configuration
+    merged: list[Merged] = field(default_factory=list)  # runs with more than one row
+    all_runs: list[Run] = field(default_factory=list)  # every replicate, its row in use
+    shared_names: list[str] = field(default_factory=list)  # names holding two configurations
 
     def tagged(self, *prefixes: str) -> list[Run]:
         return [r for r in self.runs if any(r.tag.startswith(p) for p in prefixes)]
@@ -242,47 +275,72 @@ def _read(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _used(rows: list[Run]) -> Run:
+    """The row a run is read from: its latest ok one, else its latest measured one, else its
+    latest (rows are appended in time order): a later skipped or failed attempt never hides
+    an earlier measurement of the same run."""
+    for wanted in (("ok",), MEASURED):
+        found = [r for r in rows if r.status in wanted]
+        if found:
+            return found[-1]
+    return rows[-1]
+
+
 def load_table(path: str | Path) -> Table:
-    """The runs of a results table, one per configuration: the latest ok row of each."""
+    """The runs of a results table, one per configuration. Rows are one run when
+    lmprof.identity.run_key says so (whatever their names); replicates of a configuration are
+    merged into their medians; configurations are never merged, even under one name."""
     path = Path(path)
     rows = _read(path)
-    groups: dict[tuple[str, str], list[Run]] = {}
+    by_run: dict[tuple[str, ...], list[Run]] = {}
     for i, row in enumerate(rows, start=2):
         run = Run({k: v or "" for k, v in row.items()}, i)
-        groups.setdefault(run.identity, []).append(run)
-    runs, repeats = [], []
-    for group in groups.values():
-        ok = [r for r in group if r.status == "ok"]
-        # Rows are appended in time order, so the last one is the latest.
-        used = (ok or group)[-1]
-        runs.append(used)
+        by_run.setdefault(run.key, []).append(run)
+    _own_legacy_files([r for g in by_run.values() for r in g])
+    current, merged = [], []
+    for group in by_run.values():
+        used = _used(group)
+        used.rows = group
+        current.append(used)
         if len(group) > 1:
-            repeats.append(
-                Repeat(
-                    used.name,
-                    used.tag,
-                    [r.line for r in group],
-                    [r.status for r in group],
-                    used.line,
-                )
-            )
-    # A run name whose configuration changed since: only its latest configuration is current
-    # (an earlier attempt's failure must not be drawn on today's plots).
-    latest: dict[tuple[str, str], int] = {}
-    for r in runs:
-        latest[(r.tag, r.name)] = max(latest.get((r.tag, r.name), 0), max_line(groups[r.identity]))
-    current = [r for r in runs if max_line(groups[r.identity]) == latest[(r.tag, r.name)]]
-    kept = {id(r) for r in current}  # by identity: `in` on the list compared whole rows
-    superseded = [r for r in runs if id(r) not in kept]
-    by_key: dict[tuple[str, str], list[Run]] = {}
+            names = list(dict.fromkeys(r.get("run_name") for r in group))
+            statuses = [r.status for r in group]
+            merged.append(Merged(used, [r.line for r in group], statuses, names, used.line))
+    by_config: dict[tuple[str, ...], list[Run]] = {}
     for r in current:
-        by_key.setdefault(r.group_key, []).append(r)
-    merged = [_representative(g) for g in by_key.values()]
-    return Table(merged, len(rows), list(rows[0].keys()), repeats, current, superseded)
+        by_config.setdefault(r.config_key, []).append(r)
+    configs = [_representative(g) for g in by_config.values()]
+    shared = _label_shared_names(configs)
+    return Table(configs, len(rows), list(rows[0].keys()), merged, current, shared)
 
 
-def max_line(group: list[Run]) -> int:
-    return max(r.line for r in group)
+def _own_legacy_files(runs: list[Run]) -> None:
+    """A row without an `attempt` cell wrote its name's only files, which the next run of the
+    name wrote over: they are the latest such row's alone (a skipped row wrote none)."""
+    last: dict[str, Run] = {}
+    for r in sorted(runs, key=lambda r: r.line):
+        if not r.get("attempt") and attempt_of(r.row):
+            last[r.get("run_name")] = r
+    for r in runs:
+        if not r.get("attempt"):
+            r.owns_files = last.get(r.get("run_name")) is r
+
+
+def _label_shared_names(configs: list[Run]) -> list[str]:
+    """Configurations of one tag that share a name get their hash (or line) beside it."""
+    count: dict[tuple[str, str], int] = {}
+    for r in configs:
+        count[(r.tag, r.name)] = count.get((r.tag, r.name), 0) + 1
+    shared = []
+    for r in configs:
+        if count[(r.tag, r.name)] > 1:
+            shared.append(r.name)
+            h = r.get("config_hash")
+            label = f"{r.name} [{h[:6]}]" if h else f"{r.name} [line {r.line}]"
+            r.label = label
+            for m in r.replicates:
+                m.label = m.label or label
+    return list(dict.fromkeys(shared))
 
 
 @dataclass
@@ -319,10 +377,10 @@ def _read_numeric_csv(path: Path) -> dict[str, np.ndarray]:
     return cols
 
 
-def read_curve(details_dir: Path, run_name: str) -> Curve | None:
-    """The run's details CSVs, or None when it logged no step."""
-    train = _read_numeric_csv(metrics_csv(details_dir, run_name))
-    evals = _read_numeric_csv(eval_csv(details_dir, run_name))
+def read_curve(details_dir: Path, run_stem: str) -> Curve | None:
+    """The run's details CSVs (lmprof.paths.stem names them), or None when it logged no step."""
+    train = _read_numeric_csv(metrics_csv(details_dir, run_stem))
+    evals = _read_numeric_csv(eval_csv(details_dir, run_stem))
     # The seed logged loss but older rows may lack perplexity; it is exp(loss) either way.
     for data, loss, ppl in ((train, "loss", "perplexity"), (evals, "eval_loss", "eval_perplexity")):
         if loss in data and ppl not in data:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from lmprof.stats import SINGLE
+
 from . import uncertainty
 from .common import (
     Context,
@@ -34,6 +36,7 @@ from .style import (
     tokens_axis,
 )
 
+NOISY_COLOR = "#888888"
 MEM_LABEL = "peak memory (GB: GPU allocated; host RSS for CPU runs)"
 MFU_LABEL = "MFU (% of peak FLOP/s)"
 
@@ -50,8 +53,10 @@ def _mfu_pct(r: Run) -> float | None:
     return None if r.mfu is None else r.mfu * 100.0
 
 
-def _ring(ax: Any, points: Sequence[tuple[float, float]], label: str) -> None:
-    """A red ring round points that stay on the chart but are flagged as implausible."""
+def _ring(
+    ax: Any, points: Sequence[tuple[float, float]], label: str, color: str = FAIL_COLOR
+) -> None:
+    """A ring round points that stay on the chart but are flagged (red: implausible)."""
     if points:
         ax.plot(
             [p[0] for p in points],
@@ -60,7 +65,7 @@ def _ring(ax: Any, points: Sequence[tuple[float, float]], label: str) -> None:
             marker="o",
             markersize=15,
             markerfacecolor="none",
-            markeredgecolor=FAIL_COLOR,
+            markeredgecolor=color,
             markeredgewidth=2,
             label=label,
             zorder=6,
@@ -102,6 +107,12 @@ def _draw(
                     ax,
                     [(x, y) for x, y, r in s.points if uncertainty.disagreements(r)],
                     "flagged: repeats disagree beyond their intervals",
+                )
+                _ring(
+                    ax,
+                    [(x, y) for x, y, r in s.points if uncertainty.is_noisy(r)],
+                    "noisy timing: no verdict from this point",
+                    NOISY_COLOR,
                 )
         mark_failures(ax, [(x, r.status, s.color) for x, r in s.failed])
     ax.set_ylabel(ylabel)
@@ -319,9 +330,7 @@ def _versus(series: Sequence[Series], mem_series: Sequence[Series] | None) -> st
         if not common:
             continue
         x = max(common)
-        text = (
-            f"{s.label} gives {s.at(x) / ref.at(x):.2g}x the tokens/s of {ref.label} at {_batch(x)}"
-        )
+        text = _speed_words(s, ref, x)
         if mem_series is not None:
             ms = next((m for m in mem_series if m.label == s.label), None)
             mr = next((m for m in mem_series if m.label == ref.label), None)
@@ -329,6 +338,27 @@ def _versus(series: Sequence[Series], mem_series: Sequence[Series] | None) -> st
                 text += f" and {more_less(ms.at(x), mr.at(x), 'memory')}"
         parts.append(text)
     return "; ".join(parts)
+
+
+def _speed_words(s: Series, ref: Series, x: float) -> str:
+    """'fp16 gives 2.2x [2.1, 2.3] the tokens/s of fp32 at batch 32 (single runs)', or the
+    ratio marked with why it is no verdict."""
+    new, old = s.run_at(x), ref.run_at(x)
+    rt = uncertainty.compare(new, old) if new is not None and old is not None else None
+    at = _batch(x)
+    if rt is None or not rt.is_verdict:
+        mark = rt.no_verdict if rt is not None else "no verdict"
+        ratio = s.at(x) / ref.at(x)
+        return f"{s.label} has {ratio:.2g}x the tokens/s of {ref.label} at {at} ({mark})"
+    single = rt.basis == SINGLE
+    if rt.includes_one:
+        return (
+            f"{s.label} and {ref.label} show no measurable difference in tokens/s at {at} "
+            f"({rt.text()}{', single runs' if single else ''})"
+        )
+    return f"{s.label} gives {rt.text()} the tokens/s of {ref.label} at {at}" + (
+        " (single runs)" if single else ""
+    )
 
 
 def _batch_runs(ctx: Context) -> list[Run]:
@@ -509,16 +539,18 @@ def scaling_efficiency_vs_gpus(ctx: Context) -> list[Plot]:
     (x0, y0, r0), (x1, y1, r1) = s.points[0], s.points[-1]
     eff = 100.0 * (y1 / x1) / (y0 / x0)
     rt = uncertainty.compare(r1, r0)
-    if rt is not None and rt.known:
+    if rt is not None and rt.is_verdict:
         lo, hi = 100 * rt.low * x0 / x1, 100 * rt.high * x0 / x1
         eff_text = f"{eff:.0f}% scaling efficiency, 95% interval [{lo:.0f}%, {hi:.0f}%]"
+        if rt.basis == SINGLE:
+            eff_text += ", single runs"
         if lo > 100:
             eff_text += (
                 "; above 100% beyond its interval, which is implausible for data parallelism: "
                 "flagged, not a finding (check the runs' load and batch sizes)"
             )
     else:
-        eff_text = f"{eff:.0f}% scaling efficiency, interval unknown"
+        eff_text = f"{eff:.0f}% scaling efficiency, {rt.no_verdict if rt else 'no verdict'}"
         if eff > 100:
             eff_text += "; above 100%: implausible, flagged, not a finding"
     reading = sentence(

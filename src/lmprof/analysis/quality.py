@@ -200,16 +200,25 @@ def groups(ctx: Context) -> list[Group]:
     return out
 
 
+# Said once, where the section starts: every ratio of a configuration run once would repeat it.
+SINGLE_RUN_NOTE = (
+    "A configuration run once has no spread for its cost to the target, so its ratios carry "
+    "no interval and are marked 'interval unknown: no verdict'; repeat the runs (seeds: [..] "
+    "or --repeat 3) for 95% intervals."
+)
+
+
 def ratio_words(rt: Ratio | None, metric: str) -> str:
-    """The verdict a sentence may state; single runs have no interval to state one with."""
+    """The verdict a sentence may state; a ratio that is none is shown with its mark."""
     if rt is None:
         return ""
-    if not rt.known:
-        return (
-            f"{rt.value:.2f}x (interval unknown: a configuration with one run has no spread to "
-            "bound it; repeat with seeds)"
-        )
+    if not rt.is_verdict:
+        return f"{rt.value:.2f}x ({rt.no_verdict})"
     return verdict(rt, *WORDS[metric])
+
+
+def has_single_runs(found: Sequence[Group]) -> bool:
+    return any(len(c.reaches) < 2 for g in found for c in g.configs)
 
 
 def _amount(value: float | None, metric: str) -> str:
@@ -300,7 +309,8 @@ def table_rows(found: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
 
 
 def time_to_target_loss(ctx: Context) -> list[Plot]:
-    """Bars of tokens, seconds (and joules) to the target per configuration, a row per tag."""
+    """Horizontal bars of tokens, seconds (and joules) to the target per configuration, a row
+    of panels per tag: names on the y axis stay legible however many configurations a tag has."""
     from matplotlib.ticker import FuncFormatter
 
     from .style import FAIL_COLOR, figure, fmt_num, save
@@ -316,46 +326,58 @@ def time_to_target_loss(ctx: Context) -> list[Plot]:
         "seconds": "seconds to target",
         "joules": "joules to target",
     }
+    most = max(len(g.configs) for g in found)
     fig, axes = figure(
-        ncols=len(panel_metrics), nrows=len(found), width=max(4.2, 5.5 - len(panel_metrics) * 0.3)
+        ncols=len(panel_metrics),
+        nrows=len(found),
+        width=max(4.6, 6.0 - len(panel_metrics) * 0.4),
+        height=max(2.0, 0.42 * most + 1.1),
     )
+    whiskers = False
     for row, g in zip(axes, found, strict=True):
-        names = [c.name + ("\n(baseline)" if c is g.base else "") for c in g.configs]
-        for ax, m in zip(row, panel_metrics, strict=True):
+        names = [c.name + (" (baseline)" if c is g.base else "") for c in g.configs]
+        ys = list(range(len(g.configs)))[::-1]  # the first configuration on top
+        for col, (ax, m) in enumerate(zip(row, panel_metrics, strict=True)):
             meds = [c.median(m) for c in g.configs]
-            top = max((v for v in meds if v is not None), default=1.0)
-            tops = [ci[1] for c in g.configs if (ci := c.interval(m))]
-            top = max([top, *tops]) * 1.2
-            for i, (c, v) in enumerate(zip(g.configs, meds, strict=True)):
+            right = max((v for v in meds if v is not None), default=1.0)
+            rights = [ci[1] for c in g.configs if (ci := c.interval(m))]
+            right = max([right, *rights]) * 1.6  # room for the value and ratio beside a bar
+            for y, c, v in zip(ys, g.configs, meds, strict=True):
                 if v is None:
-                    # Hatched to the top of the axis: the run went as far as it could.
-                    ax.bar(i, top, color="none", edgecolor=FAIL_COLOR, hatch="//", linewidth=1.2)
+                    # Hatched to the end of the axis: the run went as far as it could.
+                    ax.barh(y, right, color="none", edgecolor=FAIL_COLOR, hatch="//", linewidth=1)
                     why = NOT_REACHED if not c.reached else "not recorded"
-                    ax.text(i, top * 0.5, why, ha="center", va="center", rotation=90,
-                            color=FAIL_COLOR, fontsize=9, fontweight="bold")  # fmt: skip
+                    ax.text(right * 0.5, y, why, ha="center", va="center", color=FAIL_COLOR,
+                            fontsize=8, fontweight="bold")  # fmt: skip
                     continue
                 ci = c.interval(m)
                 err = None if ci is None else [[max(v - ci[0], 0)], [max(ci[1] - v, 0)]]
+                whiskers = whiskers or err is not None
                 color = ctx.palette("baseline" if c is g.base else c.name)
-                ax.bar(i, v, color=color, edgecolor="black", linewidth=0.6, yerr=err, capsize=5)
+                ax.barh(y, v, color=color, edgecolor="black", linewidth=0.6, xerr=err, capsize=4)
                 rt = g.ratio(c, m) if c.reached and g.base.reached else None
-                text = fmt_num(v) + (f"\n{rt.value:.2f}x" if rt is not None else "")
-                # Inside the bar: above it, the whiskers would cross the text.
-                ax.text(i, v / 2, text, ha="center", va="center", fontsize=9,
-                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})  # fmt: skip
-            ax.set_xticks(
-                range(len(names)), names, fontsize=8, rotation=20 if len(names) > 3 else 0
-            )
-            ax.set_ylim(0, top)
-            ax.set_ylabel(labels[m])
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: fmt_num(y) if y else "0"))
-            ax.grid(False, axis="x")
-            ax.set_title(f"tag {g.tag or '(untagged)'}: loss {g.target:.4g}", fontsize=9)
-    fig.suptitle(
-        "Cost to reach the target evaluation loss (bars: median; whiskers: 95% interval)",
-        fontsize=12,
+                text = fmt_num(v)
+                if rt is not None:
+                    text += f"  {rt.value:.2f}x" + ("" if rt.is_verdict else " (no verdict)")
+                ax.text(v, y, "  " + text, ha="left", va="center", fontsize=8)
+            ax.set_yticks(ys, names if col == 0 else [""] * len(names), fontsize=8)
+            ax.set_ylim(-0.6, len(ys) - 0.4)
+            ax.set_xlim(0, right)
+            ax.set_xlabel(labels[m], fontsize=9)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_num(x) if x else "0"))
+            ax.grid(False, axis="y")
+            ax.set_title(f"tag {g.tag or '(untagged)'}: target loss {g.target:.4g}", fontsize=9)
+    how = (
+        "bars: median; whiskers: 95% interval across repeats"
+        if whiskers
+        else "one run per configuration: no interval, ratios are no verdict"
     )
+    fig.suptitle(f"Cost to reach the target evaluation loss ({how})", fontsize=12)
     file = "time_to_target_loss.png"
     save(fig, ctx.out / file)
-    reading = " ".join(s for g in found for s in sentences(g))
+    reading = (
+        f"Per tag, the tokens and seconds each configuration needed to reach the tag's target "
+        f"evaluation loss, with its ratio to the tag's baseline ({len(found)} tag(s)); the "
+        "section 'Speed at equal quality' states each in words and a table."
+    )
     return [Plot(file, "Speed at equal quality", reading, ctx.out / file)]

@@ -14,8 +14,9 @@ from lmprof.stats import sig
 
 from . import uncertainty
 from .common import Plot
+from .compare import pairs
 from .load import Run, Table
-from .quality import Group, sentences, table_rows
+from .quality import SINGLE_RUN_NOTE, Group, has_single_runs, sentences, table_rows
 
 ENV_COLUMNS = (
     ("device", "device_name"),
@@ -127,7 +128,6 @@ def _status_class(status: str) -> str:
 
 def _runs_table(table: Table) -> str:
     runs = table.runs
-    repeated = {(rep.tag, rep.name): len(rep.lines) for rep in table.repeats}
     cols = [c for c in RUN_COLUMNS if c[0] in ("run", "status") or any(c[1](r) for r in runs)]
     head = "".join(f"<th title='click to sort'>{_e(h)}</th>" for h, _, _ in cols)
     body = []
@@ -142,10 +142,10 @@ def _runs_table(table: Table) -> str:
                     f"<td>{_e(value)} <small title='replicates'>"
                     f"(median of {len(r.replicates)})</small></td>"
                 )
-            elif header == "run" and (r.tag, r.name) in repeated:
+            elif header == "run" and len(r.rows) > 1:
                 cells.append(
-                    f"<td>{_e(value)} <small title='rows in results.csv'>"
-                    f"(latest of {repeated[(r.tag, r.name)]})</small></td>"
+                    f"<td>{_e(value)} <small title='rows of this run in results.csv'>"
+                    f"(line {r.line} of {len(r.rows)} rows)</small></td>"
                 )
             elif header == "detail":
                 short = value if len(value) <= 60 else value[:57] + "..."
@@ -171,7 +171,8 @@ def _figure(plot: Plot) -> str:
     )
 
 
-def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> list[str]:
+def _notes(table: Table, skipped: Sequence[tuple[str, str]]) -> list[str]:
+    """How to read the numbers, then what is flagged and what is not plotted: each said once."""
     notes = [
         "Throughput is tokens/s summed over all GPUs: the steady-state rate (after the "
         "timing warm-up steps) where the run recorded it, else the whole-run average. MFU is "
@@ -179,17 +180,25 @@ def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> l
     ]
     if uncertainty.single_runs(table):
         notes.append(
-            "<b>One run per configuration.</b> Each ratio's 95% interval comes from the runs' "
-            "own step-time spread (the median step time's order-statistic interval); it does "
-            "not see run-to-run variation, which is often larger. Rerun with "
-            "<code>lmprof sweep --repeat 3</code> for intervals across runs."
+            "<b>One run per configuration.</b> A ratio between two single runs is a verdict "
+            "only when both runs are steady (not flagged noisy, median step time known to "
+            "+-2.5%), and is labelled <i>single runs</i>: its 95% interval comes from the runs' "
+            "own step-time spread and does not see run-to-run variation, which is often larger. "
+            "Rerun with <code>lmprof sweep --repeat 3</code> (interleaved) for intervals across "
+            "runs."
         )
     else:
         notes.append(
             "Repeated configurations are shown as their median; intervals are 95% t intervals "
-            "of the log values across the repeats (Welch for ratios)."
+            "of the log values across the repeats (Welch for ratios); repeats must have run "
+            "interleaved for a ratio between them to be a verdict."
         )
-    notes.append("A ratio whose 95% interval includes 1 is reported as no measurable difference.")
+    notes.append(
+        "A ratio whose 95% interval includes 1 is reported as no measurable difference; one with "
+        "a noisy single run on either side says <i>noisy: no verdict</i>, and one that another "
+        "sweep measured with an interval that excludes it says <i>contradiction: no verdict</i>, "
+        "in the tables, the sentences and the plots."
+    )
     if any(r.pos("peak_host_mem_gb") and not r.pos("peak_gpu_mem_gb") for r in table.runs):
         notes.append(
             "Peak memory of CPU runs is host RSS (the whole process); the memory model's "
@@ -197,21 +206,58 @@ def _notes(table: Table, skipped: Sequence[tuple[str, str]], results: Path) -> l
         )
     for flag in uncertainty.flags(table):
         notes.append(f"<b>Flagged:</b> {_e(flag)}")
-    for r in table.superseded:
-        notes.append(
-            f"Not drawn: {_e(r.name)} (line {r.line}, {_e(r.status)}) is an earlier "
-            "configuration of a run name that has a later one in the table."
-        )
-    for rep in table.repeats:
-        statuses = ", ".join(f"line {n}: {s}" for n, s in zip(rep.lines, rep.statuses, strict=True))
-        notes.append(
-            f"<b>{_e(rep.name)}</b> (tag {_e(rep.tag or '-')}) appears {len(rep.lines)} "
-            f"times in {_e(results.name)} ({_e(statuses)}); the report uses the latest ok row "
-            f"(line {rep.used}) or, with none ok, the latest row."
-        )
+    for p in pairs(table):
+        found = uncertainty.contradiction(p.run, p.base)
+        if found:
+            notes.append(
+                f"<b>Contradiction:</b> {_e(p.run.name)} against {_e(p.base.name)} (tag "
+                f"{_e(p.tag or '-')}): {_e(found)}; reported once, as no verdict."
+            )
     for file, why in skipped:
         notes.append(f"Not plotted: <code>{_e(file)}</code>: {_e(why)}.")
     return notes
+
+
+def _merged(table: Table, results: Path) -> list[str]:
+    """What the analysis read as one, and what it kept apart: one line per kind."""
+    out = []
+    reruns = [m for m in table.merged if len(m.names) == 1]
+    if reruns:
+        items = "; ".join(
+            f"{_e(m.names[0])} (lines "
+            + ", ".join(f"{n}: {_e(s)}" for n, s in zip(m.lines, m.statuses, strict=True))
+            + f"; using {m.used})"
+            for m in reruns
+        )
+        out.append(
+            f"<b>Rows of one run</b> (the same configuration, seed and repeat: a rerun, a resumed "
+            f"run or another sweep), read from the latest ok row, else the latest measured or "
+            f"latest row, so a later skipped or failed attempt never hides a measurement: "
+            f"{items}."
+        )
+    renamed = [m for m in table.merged if len(m.names) > 1]
+    if renamed:
+        items = "; ".join(
+            f"{' = '.join(_e(n) for n in m.names)} (lines {', '.join(map(str, m.lines))}; "
+            f"using {m.used})"
+            for m in renamed
+        )
+        out.append(
+            f"<b>One run under several names</b> (identical configuration, seed and repeat: a "
+            f"name does not make a run another, so no comparison is made between them): {items}."
+        )
+    reps = [r for r in table.runs if len(r.replicates) > 1]
+    if reps:
+        items = ", ".join(f"{_e(r.name)} ({len(r.replicates)})" for r in reps)
+        out.append(f"<b>Replicates merged into their median</b> (repeats, seeds): {items}.")
+    if table.shared_names:
+        out.append(
+            "<b>Kept apart:</b> these names hold more than one configuration in "
+            f"<code>{_e(results.name)}</code>, shown with their config hash: "
+            + ", ".join(_e(n) for n in table.shared_names)
+            + "."
+        )
+    return out
 
 
 def _quality(found: Sequence[Group]) -> str:
@@ -223,7 +269,9 @@ def _quality(found: Sequence[Group]) -> str:
         "<h2>Speed at equal quality</h2>",
         "<p class='sub'>Tokens, seconds (and joules, USD where recorded) each configuration needed "
         "to reach one evaluation loss, interpolated linearly between evaluations; ratios are to "
-        "the tag's baseline with 95% intervals.</p>",
+        "the tag's baseline with 95% intervals."
+        + (f" {_e(SINGLE_RUN_NOTE)}" if has_single_runs(found) else "")
+        + "</p>",
     ]
     for g in found:
         items = "".join(f"<li>{_e(s)}</li>" for s in sentences(g))
@@ -276,6 +324,14 @@ def write_report(
     table_links = ", ".join(
         f"<code>{_e(p.relative_to(out))}</code>" for p in tables if p.suffix == ".md"
     )
+    merged_items = _merged(table, results)
+    merged = (
+        "<h2>What was merged</h2><ul class='notes'>"
+        + "".join(f"<li>{n}</li>" for n in merged_items)
+        + "</ul>"
+        if merged_items
+        else ""
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>lmprof report</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>
@@ -289,7 +345,8 @@ def write_report(
 <p class="sub">Click a column header to sort.</p>
 {_runs_table(table)}
 <h2>Notes</h2>
-<ul class="notes">{"".join(f"<li>{n}</li>" for n in _notes(table, skipped, results))}</ul>
+<ul class="notes">{"".join(f"<li>{n}</li>" for n in _notes(table, skipped))}</ul>
+{merged}
 <h2>Plots</h2>
 {"".join(_figure(p) for p in plots) or empty}
 {_quality(quality)}

@@ -54,13 +54,16 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
     def opt(r: Run) -> str:
         return "baseline" if id(r) in base_ids else (by_run[id(r)].title if id(r) in by_run else "")
 
-    def change(metric: Callable[[Run], float | None]) -> Callable[[Run], str]:
+    def change(metric: Callable[[Run], float | None], timed: bool) -> Callable[[Run], str]:
+        """`timed`: a throughput, whose change is withheld where its ratio is no verdict (peak
+        memory does not wander with the machine's load)."""
+
         def cell(r: Run) -> str:
             p = by_run.get(id(r))
             if p is None or not (p.run.measured and p.base.measured):
                 return ""
-            new, old = metric(p.run), metric(p.base)
-            return "" if new is None or not old else f"{(new / old - 1) * 100:+.1f}"
+            rt = uncertainty.compare(p.run, p.base) if timed else None
+            return uncertainty.change_cell(rt, metric(p.run), metric(p.base))
 
         return cell
 
@@ -76,10 +79,10 @@ def _comparison(table: Table, runs: list[Run]) -> list[Column]:
         CKPT,
         COMPILE,
         TPS,
-        ("tokens_per_sec_change_pct", change(lambda r: r.tokens_per_sec)),
+        ("tokens_per_sec_change_pct", change(lambda r: r.tokens_per_sec, timed=True)),
         ("tokens_per_sec_ratio_95ci", ci),
         MEM,
-        ("peak_mem_change_pct", change(lambda r: r.mem_gb)),
+        ("peak_mem_change_pct", change(lambda r: r.mem_gb, timed=False)),
         MFU,
         PPL,
         TIME,
@@ -95,8 +98,10 @@ def _ddp(runs: list[Run]) -> list[Column]:
             return ""
         rt = uncertainty.compare(r, base)
         eff = 100 * (r.tokens_per_sec / r.gpus) / (base.tokens_per_sec / base.gpus)
-        if rt is None or not rt.known or r is base:
+        if r is base:
             return _f(eff, 1)
+        if rt is None or not rt.is_verdict:
+            return f"{eff:.1f} ({rt.no_verdict if rt else 'no verdict'})"
         k = base.gpus / r.gpus
         flag = " IMPLAUSIBLE" if rt.low * k * 100 > 100 else ""
         return f"{eff:.1f} [{rt.low * k * 100:.1f}, {rt.high * k * 100:.1f}]{flag}"

@@ -65,7 +65,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         for file, why in done.skipped:
             print(f"skipped {file}: {why}")
     for note in done.notes:
-        print(f"repeated: {note}")
+        print(note)
     n_tables = len(done.tables) // 2
     print(f"wrote {n_tables} table(s) in {done.tables[0].parent}" if done.tables else "no tables")
     print(f"report: {done.report}")

@@ -70,12 +70,14 @@ def launch_ranks(cfg: RunConfig) -> int:
     from lmprof.config import save_config
     from lmprof.environment import check_environment
     from lmprof.errors import EnvironmentMismatch
+    from lmprof.identity import settle
     from lmprof.paths import RunPaths
     from lmprof.sweep.processes import default_child_argv
 
     reason = check_environment(cfg)  # before any process starts: 1000 ranks are refused here
     if reason:
         raise EnvironmentMismatch(reason)
+    settle(cfg)  # the ranks then read one name and one attempt
     # The resolved config, where the run itself saves it: every rank reads the same one.
     path = RunPaths.of(cfg).config_yaml
     save_config(cfg, path)

@@ -17,7 +17,13 @@ The file is the course assignment's format: base_config plus experiments, each a
 name, a tag and either params (every combination of the lists) over fixed_params, or a list of
 named runs. key=value overrides apply to every run (e.g. training.max_steps=50). Every run is
 validated before the first starts. Beyond the seed's format: a tag may be a list, keys may be
-dotted (model.d_model), and a group or run may set num_gpus, repeat: N or seeds: [..].
+dotted (model.d_model), and a group or run may set num_gpus, repeat: N or seeds: [..];
+repeats run interleaved (a b a b, not a a b b), so a slow spell hits every configuration.
+
+A run is its configuration (config hash), seed and repeat, not its name: a name that
+results.csv already holds for another run is refused before anything starts, unless
+--fresh-name (logging.fresh_name=true) gives the run a new name (<name>-2) and says so. A rerun
+of a name writes its files as <name>@2, @3, ... and never over an earlier attempt's.
 
 Per run: logs/<run>.log (its output), one row in results.csv with its status: ok, oom,
 diverged, failed, timeout (system.timeout_s), interrupted (Ctrl-C) or skipped (this machine
@@ -65,7 +71,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, sweep_file: bool = True
         default=None,
         metavar="N",
         help="run every configuration N times (names end in _rep<k>) unless its group or run "
-        "sets repeat; the analysis reports the median and a 95%% interval across repeats",
+        "sets repeat, interleaved (round k runs every configuration's k-th repeat: a b a b); "
+        "the analysis reports the median and a 95%% interval across repeats",
     )
     parser.add_argument(
         "--retry-failed",
@@ -90,7 +97,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from lmprof.sweep.plan import plan_sweep
-    from lmprof.sweep.runner import format_plan, run_sweep
+    from lmprof.sweep.runner import format_plan, run_sweep, settle_plans
 
     # The sweep file is a required slot: only the overrides and --tags need the splitter.
     words = split_words(None, args.overrides, args.tags)
@@ -102,10 +109,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             overrides=overrides,
             repeat=getattr(args, "repeat", None),
         )
+        # Names checked against results.csv here too, so --dry-run shows what a run would do.
+        settle_plans(plans, lambda line: print(line, file=sys.stderr, flush=True))
     except UserError as exc:
         print(f"lmprof sweep: error: {exc}", file=sys.stderr)
         return 2
-    from lmprof.sweep.console import format_warnings
+    from lmprof.sweep.console import format_rounds, format_warnings
 
     warning = format_warnings(plans)
     if warning:
@@ -115,5 +124,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{args.sweep_file}: plan (nothing is started){applied}")
         print(format_plan(plans, force=args.force, retry_failed=args.retry_failed))
         return 0
+    rounds = format_rounds(plans)
+    if rounds:
+        print(rounds, flush=True)
     report = run_sweep(plans, force=args.force, retry_failed=args.retry_failed)
     return report.exit_code

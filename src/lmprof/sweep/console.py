@@ -182,12 +182,23 @@ def format_warnings(plans: Sequence[RunPlan]) -> str | None:
     )
 
 
+def format_rounds(plans: Sequence[RunPlan]) -> str | None:
+    """The line that says repeats are interleaved, when any run is repeated."""
+    rounds = max((p.round for p in plans), default=1)
+    if rounds < 2:
+        return None
+    return (
+        f"repeats are interleaved: {rounds} rounds, each running every repeated configuration "
+        "once (a b a b, not a a b b), so a slow spell of the machine hits all of them alike"
+    )
+
+
 def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: bool = False) -> str:
     """The --dry-run listing: what each run changes, its GPUs and what the sweep would do."""
     history = load_history(plans)
     rows, notes, counts = [], {}, {"run": 0, "done": 0, "kept": 0, "skip": 0}
     for p in plans:
-        action, prior = decide(p, history.get(p.config_hash, []), force, retry_failed)
+        action, prior = decide(p, history.get(p.identity, []), force, retry_failed)
         counts[action] += 1
         what = {
             "run": "run",
@@ -215,8 +226,10 @@ def format_plan(plans: Sequence[RunPlan], force: bool = False, retry_failed: boo
         out.append(line)
         if p.name in notes:
             out.append(f"      -> {notes[p.name]}")
+    rounds = format_rounds(plans)
     summary = (
-        f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
+        ("" if rounds is None else rounds + "\n")
+        + f"{len(plans)} runs: {counts['run']} to run, {counts['done']} done earlier, "
         f"{counts['kept']} diverged or timed out earlier (kept; --retry-failed reruns them), "
         f"{counts['skip']} not runnable on this machine (recorded as skipped)"
     )

@@ -11,10 +11,13 @@ groups. A group has a `name`, a `tag` (or a list of tags) and either
 
 Extensions: dotted keys anywhere (`model.d_model`), `num_gpus` on a group, `fixed_params` in a
 `runs` group too, and `repeat: N` or `seeds: [..]` on a group or a run for repeated runs (names
-end in `_rep<k>` / `_seed<s>`). Layers are applied in order, base < fixed_params < the run's
+end in `_rep<k>` / `_seed<s>`; `logging.repeat` is k). Repeats are interleaved: round k runs the
+k-th repeat of every selected configuration, in file order, before round k+1 starts (a b a b,
+not a a b b), so a slow spell of the machine hits every configuration, not one. Layers are applied in order, base < fixed_params < the run's
 params < command-line overrides, so a later layer wins for one key and leaves the others alone.
 Every run is built and validated before the first starts: a mistake anywhere stops the sweep
-with one line naming the run and the key.
+with one line naming the run and the key, and so do two runs that are one run (the same
+configuration, seed and repeat under two names: lmprof.identity).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ GROUP_KEYS = (
 )
 RUN_KEYS = ("name", "params", "num_gpus", "repeat", "seeds")
 # Set by the sweep for each run; an override would give every run the same name.
-SWEEP_OWNED = ("logging.run_name", "logging.tag")
+SWEEP_OWNED = ("logging.run_name", "logging.tag", "logging.repeat", "logging.attempt")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 # The most runs one sweep file may expand to (grid combinations x seeds x repeats, all groups):
 # at a minute a run that is a week of work; more is a typo (`repeat: 1e9`, one more zero), and
@@ -71,6 +74,7 @@ class RunPlan:
     cfg: RunConfig
     changes: dict[str, Any] = field(default_factory=dict)  # dotted key -> value, vs base_config
     unrunnable: str | None = None  # why this machine cannot run it (recorded `skipped`)
+    round: int = 1  # which repeat round it runs in (1 for a configuration run once)
 
     @property
     def num_gpus(self) -> int:
@@ -83,6 +87,11 @@ class RunPlan:
     @cached_property
     def config_hash(self) -> str:
         return self.cfg.hash()
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What results.csv knows the run by (lmprof.identity.run_key of its rows)."""
+        return self.cfg.identity()
 
     def describe_changes(self) -> str:
         """The settings that differ from the base, as `key=value` with short key names."""
@@ -97,6 +106,7 @@ class _Spec:
     tags: tuple[str, ...]
     group: str
     layers: list[Mapping[str, Any]]
+    round: int = 1
 
 
 _Selectable = TypeVar("_Selectable", RunPlan, _Spec)
@@ -180,16 +190,27 @@ def expand_sweep(
                 f"and '{spec.group}'); run names must be unique"
             )
         seen[spec.name] = spec.group
-    specs = select(specs, tags)
+    # Interleaved: every configuration's first repeat, then every second one, ... (stable, so
+    # file order holds within a round).
+    specs = sorted(select(specs, tags), key=lambda sp: sp.round)
 
     plans = []
+    same: dict[tuple[str, str, str], str] = {}
     for spec in specs:
         owned = {"logging": {"run_name": spec.name, "tag": spec.tags[0] if spec.tags else ""}}
         cfg = build_config(base, *spec.layers, owned, overrides=overrides, run=spec.name)
         changes = {
             k: v for k, v in _flat(cfg).items() if k not in SWEEP_OWNED and base_flat.get(k) != v
         }
-        plans.append(RunPlan(len(plans) + 1, spec.name, spec.tags, spec.group, cfg, changes))
+        plan = RunPlan(len(plans) + 1, spec.name, spec.tags, spec.group, cfg, changes)
+        plan.round = spec.round
+        if (twin := same.setdefault(plan.identity, plan.name)) != plan.name:
+            raise UserError(
+                f"'{source}': runs '{twin}' and '{plan.name}' are one run (the same "
+                "configuration, tag, seed and repeat under two names): a run's name does not "
+                "make it another; to measure a configuration again use repeat: N"
+            )
+        plans.append(plan)
     return plans
 
 
@@ -265,10 +286,14 @@ def _expand_group(
         for combo in itertools.product(*params.values()):
             current = dict(zip(params.keys(), combo, strict=True))
             name = "_".join([prefix] + [_name_part(k, v) for k, v in current.items()])
-            for suffix, rep_layer in group_reps:
+            for k, (suffix, rep_layer) in enumerate(group_reps, start=1):
                 specs.append(
                     _Spec(
-                        _safe_name(name + suffix), tags, label, [*group_layers, current, rep_layer]
+                        _safe_name(name + suffix),
+                        tags,
+                        label,
+                        [*group_layers, current, rep_layer],
+                        k,
                     )
                 )
     else:
@@ -290,9 +315,11 @@ def _expand_group(
                 layers.append({"system.num_gpus": run["num_gpus"]})
             reps = _repetitions(run, rwhere) if ("repeat" in run or "seeds" in run) else group_reps
             _check_count(len(specs) + len(reps), room, rwhere)
-            for suffix, rep_layer in reps:
+            for k, (suffix, rep_layer) in enumerate(reps, start=1):
                 specs.append(
-                    _Spec(_safe_name(str(run["name"]) + suffix), tags, label, [*layers, rep_layer])
+                    _Spec(
+                        _safe_name(str(run["name"]) + suffix), tags, label, [*layers, rep_layer], k
+                    )
                 )
     return specs
 
@@ -330,8 +357,12 @@ def _repetitions(
         if not isinstance(seeds, list) or not seeds:
             raise UserError(f"{where}: seeds must be a non-empty list of integers")
         seed_layers = [(f"_seed{s}", {"training.seed": s}) for s in seeds]
-    reps = [""] if repeat == 1 else [f"_rep{k}" for k in range(1, repeat + 1)]
-    return [(s + r, layer) for s, layer in seed_layers for r in reps]
+    reps: list[tuple[str, Mapping[str, Any]]] = (
+        [("", {})]
+        if repeat == 1
+        else [(f"_rep{k}", {"logging.repeat": k}) for k in range(1, repeat + 1)]
+    )
+    return [(s + r, {**layer, **rep}) for s, layer in seed_layers for r, rep in reps]
 
 
 # ---------------------------------------------------------------------------------------------

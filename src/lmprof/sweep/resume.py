@@ -1,6 +1,7 @@
 """Resume policy: what a rerun of a sweep does with each run, from its earlier rows.
 
-A run's history is its rows in results.csv with the same config hash:
+A run's history is its rows in results.csv that are the same run (lmprof.identity.run_key: the
+config hash, seed and repeat), whatever their name:
   * an `ok` or `oom` row: done, skipped (`--force` reruns it);
   * last row `diverged` or `timeout`: kept as is (`--retry-failed` reruns it);
   * no row, or last row `failed`, `interrupted` or `skipped`: run (a `skipped` run is recorded
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from lmprof.identity import RunKey, run_key
 from lmprof.paths import results_csv
 from lmprof.results import read_rows
 from lmprof.status import DONE, KEPT
@@ -21,13 +23,16 @@ from lmprof.sweep.plan import RunPlan
 Action = Literal["run", "done", "kept", "skip"]
 
 
-def load_history(plans: Sequence[RunPlan]) -> dict[str, list[dict[str, str]]]:
-    """Rows by config hash, from the results.csv of every output folder the plans use."""
-    history: dict[str, list[dict[str, str]]] = {}
+History = dict[RunKey | None, list[dict[str, str]]]
+
+
+def load_history(plans: Sequence[RunPlan]) -> History:
+    """Rows by run, from the results.csv of every output folder the plans use."""
+    history: History = {}
     # As paths, so "out" and "./out" are one folder.
     for root in dict.fromkeys(Path(p.cfg.logging.output_dir) for p in plans):
         for row in read_rows(results_csv(root)):
-            history.setdefault(row.get("config_hash", ""), []).append(row)
+            history.setdefault(run_key(row), []).append(row)
     return history
 
 

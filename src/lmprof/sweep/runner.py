@@ -3,7 +3,10 @@
 The child (`python -m lmprof run resolved.yaml`, under torchrun for several processes) writes its
 own row to results.csv. When it cannot (killed, crashed, timed out, a user error), this process
 writes the row instead, with the status it can tell (lmprof.sweep.classify). Rows are told apart
-by config hash, so a rerun of the same sweep skips what is done (lmprof.sweep.resume).
+by run (lmprof.identity: config hash, seed and repeat, not the name), so a rerun of the same
+sweep skips what is done (lmprof.sweep.resume). Before the first run, every name is checked
+against results.csv (lmprof.identity.settle_names); each run's files are those of a fresh
+attempt of its name (lmprof.paths.choose_attempt), so none is ever written over.
 
 The parts: resume (what to run), processes (start, wait, stop, kill), classify (the row of a
 child that wrote none), console (what is printed); this module puts them in order.
@@ -11,19 +14,21 @@ child that wrote none), console (what is printed); this module puts them in orde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from lmprof.columns import now
 from lmprof.config import save_config
+from lmprof.identity import run_key, settle_names
 from lmprof.io import claim, open_stream
-from lmprof.paths import LOG_CAPTURED_ENV, RunPaths
+from lmprof.paths import LOG_CAPTURED_ENV, SWEEP_ID_ENV, RunPaths, choose_attempt
 from lmprof.preflight import check_outputs
 from lmprof.results import append_row, append_rows, read_rows
 from lmprof.status import FAILED, OK, SKIPPED
@@ -72,6 +77,29 @@ def _paths(plan: RunPlan) -> RunPaths:
     return RunPaths.of(plan.cfg)
 
 
+def settle_plans(plans: Sequence[RunPlan], say: Callable[[str], None]) -> None:
+    """Every run's name checked against results.csv before the first starts (a name another
+    run holds is refused, or renamed with logging.fresh_name: lmprof.identity)."""
+    settle_names([p.cfg for p in plans], say)
+    for p in plans:
+        p.name = p.cfg.logging.run_name
+
+
+@contextlib.contextmanager
+def _sweep_id() -> Iterator[None]:
+    """This sweep's id in the environment: its children and its own rows carry it."""
+    before = os.environ.get(SWEEP_ID_ENV)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    os.environ[SWEEP_ID_ENV] = f"{stamp}-{os.getpid()}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SWEEP_ID_ENV, None)
+        else:
+            os.environ[SWEEP_ID_ENV] = before
+
+
 class SweepRunner:
     def __init__(
         self,
@@ -101,13 +129,20 @@ class SweepRunner:
         if not plans:
             self._say("no runs to do")
             return report
+        settle_plans(plans, self._say)  # before any work: one line, nothing started
         self._name_width = min(48, max(len(p.name) for p in plans))
-        check_outputs(_paths(p) for p in plans)  # before any work: one line, nothing started
+        check_outputs(_paths(p) for p in plans)
+        with _sweep_id():
+            return self._run(plans, report, force, retry_failed)
+
+    def _run(
+        self, plans: Sequence[RunPlan], report: SweepReport, force: bool, retry_failed: bool
+    ) -> SweepReport:
         self._t0, self._durations = time.monotonic(), []
         history = load_history(plans)
         n = len(plans)
         decisions = [
-            decide(plan, history.get(plan.config_hash, []), force, retry_failed) for plan in plans
+            decide(plan, history.get(plan.identity, []), force, retry_failed) for plan in plans
         ]
         # to_run[i]: runs to start after run i (1-based), counted once, not once per run.
         to_run = [0] * (n + 1)
@@ -122,7 +157,7 @@ class SweepRunner:
             if action == "skip":
                 if not skipped:
                     self._say("cannot start on this machine (recorded as skipped):")
-                skipped[i] = self._skip(plan, history.get(plan.config_hash, []), skip_rows)
+                skipped[i] = self._skip(plan, history.get(plan.identity, []), skip_rows)
                 self._say(outcome_line(i, n, skipped[i], self._name_width))
         for path, rows in skip_rows.items():
             append_rows(path, rows)
@@ -177,11 +212,8 @@ class SweepRunner:
                 # No row: the process that holds the claim (another sweep, or the child of a
                 # sweep that died) writes the run's row.
                 return Outcome(plan, SKIPPED, "", note="running elsewhere (another sweep)")
-            rows = [
-                r
-                for r in read_rows(_paths(plan).results_csv)
-                if r.get("config_hash") == plan.config_hash
-            ]
+            table = read_rows(_paths(plan).results_csv)
+            rows = [r for r in table if run_key(r) == plan.identity]
             action, prior = decide(plan, rows, force, retry_failed)
             if action != "run" and prior is not None:
                 return Outcome(
@@ -191,6 +223,10 @@ class SweepRunner:
                     prior,
                     note="done by another sweep",
                 )
+            # Inside the claim: no other sweep picks the same attempt of this name meanwhile.
+            plan.cfg.logging.attempt = choose_attempt(
+                _paths(plan).with_attempt(1), table, plan.cfg.checkpoint.resume == "auto"
+            )
             tty = self.out.isatty()
             if not tty:
                 self._say(f"[{i}/{n}] {plan.name} started (log: {_paths(plan).log})")
@@ -305,15 +341,14 @@ class SweepRunner:
         new = [
             r
             for r in read_rows(results)[n_before:]
-            if r.get("config_hash") == plan.config_hash or r.get("run_name") == plan.name
+            if run_key(r) == plan.identity or r.get("run_name") == plan.name
         ]
         if new:
             row = new[-1]
-            if row.get("config_hash") != plan.config_hash:
+            if run_key(row) != plan.identity:
                 self._say(
-                    f"warning: {plan.name}: the run recorded config hash "
-                    f"{row.get('config_hash')!r}, the sweep expected {plan.config_hash}; "
-                    "a rerun will not recognise it as done"
+                    f"warning: {plan.name}: the run recorded itself as {run_key(row)!r}, the "
+                    f"sweep expected {plan.identity}; a rerun will not recognise it as done"
                 )
             status = row.get("status") or FAILED
             detail = row.get("status_detail", "")

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import pickle
-import re
 import shutil
 import signal
 import warnings
@@ -55,12 +54,11 @@ from torch import nn
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
-from lmprof.paths import RunPaths
+from lmprof.paths import RunPaths, list_checkpoints
 from lmprof.train.distributed import DistInfo
 
 log = logging.getLogger("lmprof")
 
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 # Several ranks agree on a SIGTERM on logging and checkpoint steps, and at least this often:
 # a run logging every 250 steps still stops within seconds, at one CPU collective per 10 steps.
 STOP_AGREE_STEPS = 10
@@ -90,19 +88,6 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_root(cfg: RunConfig) -> Path:
     return RunPaths.of(cfg).checkpoints_dir
-
-
-def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under `root`, oldest first (a `step_<N>` folder is complete by
-    construction; the files are checked too, in case one was deleted by hand)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -247,7 +247,7 @@ class Instruments:
             paths = write_roofline(
                 trace,
                 self.tables_dir,
-                self.cfg.logging.run_name,
+                self.paths.stem,
                 limits,
                 self.optimizer_bytes_per_step,
             )

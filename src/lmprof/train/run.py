@@ -20,6 +20,7 @@ from lmprof.columns import config_row, now
 from lmprof.config import RunConfig
 from lmprof.environment import check_environment, environment_info
 from lmprof.errors import EnvironmentMismatch, OutputError, UserError
+from lmprof.identity import settle
 from lmprof.paths import RunPaths
 from lmprof.precision import PRECISIONS, torch_dtype
 from lmprof.preflight import check_outputs, predicted_oom
@@ -221,6 +222,7 @@ def run(cfg: RunConfig) -> int:
     reason = check_environment(cfg)
     if reason:
         raise EnvironmentMismatch(reason)
+    settle(cfg)
     # Before any work: outputs that cannot be written, and memory that cannot suffice, cost
     # one line here instead of a run (and, for a few million layers, a minute of model build).
     check_outputs([RunPaths.of(cfg)])

@@ -456,8 +456,8 @@ class Trainer:
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
     """This rank's AdamW traffic a step (a DTensor parameter counts its local shard)."""
-    from lmprof.profiling.roofline import adamw_bytes_per_step
+    from lmprof.ops.catalog import AdamW
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
-    return adamw_bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)
+    return AdamW.bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)

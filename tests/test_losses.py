@@ -135,3 +135,18 @@ def test_the_meter_reports_the_loss_per_real_token_and_accuracy_of_the_steps_tha
     assert (loss, accuracy, steps, real) == (1.0, 4 / 30, 2, 40)
     loss, accuracy, steps, real = meter.take(DistInfo())
     assert steps == 0 and real == 0 and accuracy != accuracy  # nan: no step asked
+
+
+def test_the_memory_model_reads_the_chosen_loss():
+    """GPT-2's vocabulary at 8 x 1024 tokens: the reference loss keeps an fp32 log-softmax of
+    the whole logits (1.6 GB), the fused one keeps d loss/dh and d loss/dW; peaks follow."""
+    from lmprof.config import build_config
+    from lmprof.profiling.memory_model import estimate_memory
+
+    over = ["d_model=768", "nhead=12", "num_layers=12", "dim_feedforward=3072", "bf16=true"]
+    over += ["dropout=0.0", "sequence_length=1024", "batch_size=8"]
+    fused = estimate_memory(build_config(overrides=over), 50258)
+    plain = estimate_memory(build_config(overrides=[*over, "loss=pytorch"]), 50258)
+    log_softmax = 8 * 1024 * 50304 * 4
+    assert plain.saved_after_forward - fused.saved_after_forward > log_softmax // 2
+    assert plain.predicted_peak_bytes > fused.predicted_peak_bytes + log_softmax // 2

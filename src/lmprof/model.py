@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from lmprof import attention_kernels
 from lmprof.attention_kernels import kernel as attention_kernel
 from lmprof.model_args import ModelArgs
+from lmprof.model_ops import SELECTIVE_SAVES
 from lmprof.ops import IGNORE_INDEX, flash_attn4, losses
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer", "resolve_attention"]
@@ -276,22 +277,20 @@ class Transformer(nn.Module):
 
 
 def _selective_policy_context():
-    """Selective activation checkpointing: keep matmul and attention outputs, recompute the
-    cheap pointwise ops (norms, activations, dropout masks are replayed from the RNG state)."""
+    """Selective activation checkpointing: keep the outputs of the operators model_ops.py's
+    SELECTIVE_SAVES names (matmuls, attention), recompute the cheap pointwise ops (norms,
+    activations; dropout masks are replayed from the RNG state)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    save = {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten.baddbmm.default,
-        torch.ops.aten._scaled_dot_product_flash_attention.default,
-        torch.ops.aten._scaled_dot_product_efficient_attention.default,
-        torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-        torch.ops.lmprof.fa4_attention.default,
-    }
+    save = {_torch_op(name) for name in SELECTIVE_SAVES}
 
     def policy(ctx, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
+
+
+def _torch_op(name: str):
+    """The operator a SELECTIVE_SAVES name stands for (aten.mm.default: torch.ops.aten.mm)."""
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)

@@ -1,7 +1,7 @@
 """The op descriptions (ops/spec.py) against a GPU: three checks, about 3 minutes on an H100.
 
     python -m benchmarks.op_descriptions_check --out $OUT/op_check
-    python -m benchmarks.op_descriptions_check --quick --out /tmp/op_check   # CPU self-test
+    python -m benchmarks.op_descriptions_check --quick --out op_check_cpu   # CPU self-test
 
 1. memory: the memory model's peak against torch.cuda.max_memory_allocated over attention
    vanilla/sdpa/cudnn/fa4 x checkpointing none/full/selective x loss fused/pytorch (GPT-2

@@ -16,15 +16,9 @@ import io
 import sys
 
 from lmprof.io import atomic_write_text
+from lmprof.ops.catalog import AdamW
 from lmprof.profiling.peaks import gpu_key, peak_flops
-from lmprof.profiling.roofline import (
-    HBM_BYTES_PER_S,
-    Limits,
-    adamw_bytes_per_step,
-    analyze,
-    load_trace,
-    markdown,
-)
+from lmprof.profiling.roofline import HBM_BYTES_PER_S, Limits, analyze, load_trace, markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         "given" if a.peak_tflops else f"datasheet {key}",
         "given" if a.bw_gbs else f"datasheet {key} HBM",
     )
-    opt = adamw_bytes_per_step(a.params, clipping=True) if a.params else None
+    opt = AdamW.bytes_per_step(a.params, clipping=True) if a.params else None
     rl = analyze(load_trace(a.trace), lim, opt)
     print(markdown(rl, a.trace))
     if a.csv:

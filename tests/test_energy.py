@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lmprof.ops.catalog import AdamW
 from lmprof.profiling import energy as en
 from lmprof.profiling import roofline as rl
 
@@ -227,7 +228,7 @@ def test_roofline_takes_the_optimizers_bytes_from_the_parameter_count():
     lim = rl.Limits(matmul_flops=1e15, bandwidth=4e12)
     unknown = rl.analyze({"traceEvents": ev}, lim)
     assert unknown.at_limit_us(unknown.rows["optimizer"]) == 100  # no work: no gain claimed
-    nbytes = rl.adamw_bytes_per_step(10_000_000, clipping=True)
+    nbytes = AdamW.bytes_per_step(10_000_000, clipping=True)
     assert nbytes == 10_000_000 * 4 * 10
     known = rl.analyze({"traceEvents": ev}, lim, optimizer_bytes_per_step=nbytes)
     # 400 MB at 4 TB/s: 100 us, the kernel's own time: at its limit, nothing to gain.

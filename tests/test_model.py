@@ -80,7 +80,7 @@ def test_attention_implementations_agree_fp32():
 
 def _loss_and_grads(model, x, targets):
     model.zero_grad(set_to_none=True)
-    loss, correct = model(x, targets)
+    loss, correct = model(x, targets, accuracy=True)
     loss.backward()
     return loss.detach(), correct, [p.grad.clone() for p in model.parameters()]
 
@@ -124,7 +124,7 @@ def test_correct_count_ignores_pad_targets():
         pred = model(x).argmax(-1)
     targets = pred.clone()
     targets[0, 12:] = IGNORE_INDEX
-    _, correct = model(x, targets)
+    _, correct = model(x, targets, accuracy=True)
     assert int(correct) == 12
 
 

@@ -23,7 +23,8 @@ from lmprof.config import build_config
 from lmprof.model import ModelArgs, Transformer
 from lmprof.profiling import peaks
 from lmprof.profiling.flops import count_params, flops_per_token, matmul_params, mfu
-from lmprof.profiling.memory_model import Shape, estimate_memory, format_estimate, step_phases
+from lmprof.profiling.memory_model import Shape, estimate_memory, step_phases
+from lmprof.profiling.memory_report import format_estimate
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs

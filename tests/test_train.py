@@ -119,7 +119,7 @@ def test_a_non_finite_loss_ends_as_diverged_with_a_row(tmp_path, monkeypatch):
 def test_a_failure_during_training_is_a_failed_row_not_a_crash(tmp_path, monkeypatch):
     from lmprof.train import loop
 
-    def broken(self, batches):
+    def broken(self, batches, accuracy=False):
         raise ValueError("injected")
 
     monkeypatch.setattr(loop.Trainer, "train_step", broken)

@@ -1,14 +1,19 @@
-"""The attention kernels a run can ask for: one row per kernel, torch-free.
+"""The attention kernels a run can ask for: one row per kernel, and the attention op's
+description (`Attention`), torch-free.
 
-Config validation, the environment check, the FLOPs and memory models, debug_flash and the plots
-read their facts here, so adding a kernel means one row below, its dispatch in model.py and a
-test. model.py keeps the code that runs each kernel.
+Config validation, the environment check, debug_flash and the plots read the rows; the FLOPs,
+the memory model, the roofline and the kernel table read `Attention` (ops/spec.py's description
+type), which reads the rows. Adding a kernel means one row below, its dispatch in model.py and a
+test (tests/test_tables.py runs every row through all of them). model.py keeps the code that
+runs each kernel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from lmprof.ops.spec import Cost, Op, Site, Tensor
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class AttentionKernel:
     # The CUDA kernel that ends up running: what the memory model counts (mem_efficient pads its
     # logsumexp to 32 rows). sdpa_mask's float mask rules out flash, so PyTorch picks mem_efficient.
     runs_as: str
+    # The operator model.py's forward dispatches on CUDA (what selective checkpointing sees);
+    # empty for the textbook attention, whose matmuls are aten's.
+    aten: str = ""
+    # In a torch.profiler trace: lower-case substrings of the names of its kernels, and the
+    # operators that are its with the layout of their q, k, v (BHTD: batch, heads, sequence,
+    # head dim, as SDPA takes them; BTHD: FlashAttention's and FA4's own).
+    keys: tuple[str, ...] = ()
+    trace_ops: tuple[tuple[str, str], ...] = ()
     # The seed's attentions (its model's nn.MultiheadAttention path and the textbook one): the
     # analysis does not count them as an optimisation.
     baseline: bool = False
@@ -67,6 +80,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=False,
             runs_as="mem_efficient",
+            aten="aten._scaled_dot_product_efficient_attention.default",
             baseline=True,
             color="#c49c94",
         ),
@@ -79,6 +93,14 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            aten="aten._scaled_dot_product_flash_attention.default",
+            keys=("attention", "sdpa"),
+            trace_ops=(
+                ("aten::scaled_dot_product_attention", "BHTD"),
+                # the CPU's fused kernel, which sdpa runs as there
+                ("aten::_scaled_dot_product_flash_attention_for_cpu", "BHTD"),
+                ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "BHTD"),
+            ),
             color="#9467bd",
         ),
         AttentionKernel(
@@ -90,6 +112,15 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="flash",
+            aten="aten._scaled_dot_product_flash_attention.default",
+            keys=("flash",),
+            trace_ops=(
+                ("aten::_scaled_dot_product_flash_attention", "BHTD"),
+                ("aten::_scaled_dot_product_flash_attention_backward", "BHTD"),
+                # what SDPA's flash entry calls, on FlashAttention's own layout
+                ("aten::_flash_attention_forward", "BTHD"),
+                ("aten::_flash_attention_backward", "BTHD"),
+            ),
             seed_flash=True,
             color="#d62728",
         ),
@@ -102,6 +133,14 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="mem_efficient",
+            aten="aten._scaled_dot_product_efficient_attention.default",
+            keys=("fmha", "efficient_attention"),
+            trace_ops=(
+                ("aten::_scaled_dot_product_efficient_attention", "BHTD"),
+                ("aten::_scaled_dot_product_efficient_attention_backward", "BHTD"),
+                ("aten::_efficient_attention_forward", "BTHD"),
+                ("aten::_efficient_attention_backward", "BTHD"),
+            ),
             color="#e377c2",
         ),
         AttentionKernel(
@@ -113,6 +152,12 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="cudnn",
+            aten="aten._scaled_dot_product_cudnn_attention.default",
+            keys=("cudnn_generated_fort_native_sdpa",),
+            trace_ops=(
+                ("aten::_scaled_dot_product_cudnn_attention", "BHTD"),
+                ("aten::_scaled_dot_product_cudnn_attention_backward", "BHTD"),
+            ),
             seed_flash=True,
             color="#bcbd22",
         ),
@@ -127,6 +172,13 @@ KERNELS: dict[str, AttentionKernel] = {
             materialises_scores=False,
             # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
             runs_as="flash",
+            aten="lmprof.fa4_attention.default",
+            # FA4's CuTe kernels are named after their module, flash_attn.cute
+            keys=("flash_attncute", "flashattentionforward", "flashattentionbackward"),
+            trace_ops=(
+                ("lmprof::fa4_attention", "BTHD"),
+                ("lmprof::fa4_attention_backward", "BTHD"),
+            ),
             seed_flash=True,
             dropout=False,
             availability="lmprof.ops.flash_attn4:unavailable_reason",
@@ -143,6 +195,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            aten="aten._scaled_dot_product_flash_attention.default",
             color="#6a3d9a",
         ),
     )
@@ -207,3 +260,153 @@ def resolve(
         if ok:
             return "fa4"
     return "cudnn" if fits(KERNELS["cudnn"]) else "sdpa"
+
+
+# ---- the attention op's description ---------------------------------------------------------
+
+# The CPU's fused SDPA kernel: not in model.py's selective-checkpointing save list.
+CPU_FUSED_OP = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+BMM, BADDBMM = "aten.bmm.default", "aten.baddbmm.default"
+
+
+class Attention(Op):
+    """model.py's attention core for one kernel row: from the qkv projection's output to the
+    out-projection's input (the projections are `model_ops.Linear`s).
+
+    What it keeps depends on the code that runs: `vanilla` (the T x T scores in memory) and, on
+    the CPU with dropout, SDPA's math path (explicit bmm, fp32 under autocast) keep contiguous
+    copies of q, k, v, the probabilities (with dropout: the mask and the dropped ones) and a copy
+    of the output for the out-projection; the fused kernels (flash, memory-efficient, cuDNN,
+    FA4) keep the qkv projection's output (q, k, v are views of it), their output and an fp32
+    log-sum-exp, and replay their dropout from the RNG."""
+
+    group = "attention"
+
+    def __init__(self, kernel: AttentionKernel, n_heads: int = 1):
+        self.kernel, self.n_heads = kernel, n_heads
+        self.name = kernel.name
+        self.keys = kernel.keys
+        self.operators = tuple(op for op, _ in kernel.trace_ops)
+        self.availability = kernel.availability
+
+    def path(self, s: Site) -> str:
+        """vanilla | math | fused: which code makes (and keeps) the attention's tensors."""
+        if self.kernel.materialises_scores:
+            return "vanilla"
+        # On the CPU, SDPA with dropout takes the math path (explicit bmm, in fp32 under
+        # autocast); without dropout the CPU flash kernel, which keeps what the CUDA ones keep.
+        return "math" if not s.cuda and s.dropout > 0 else "fused"
+
+    def cost(self, s: Site, x: Tensor | None) -> Cost:
+        B, T, N, d, H = s.B, s.T, s.N, s.d, self.n_heads
+        path = self.path(s)
+        matmul = 2 * N * T * d  # QK^T or AV, all T keys (FlopCounterMode ignores is_causal)
+        causal = 6 * N * (T + 1) * d  # forward + backward, each query against the keys it sees
+        if path == "fused":
+            return self._fused(s, matmul, causal)
+        e = 4 if path == "math" else s.e  # the math path computes in fp32 under autocast
+        bhtt = B * H * T * T * e
+        # vanilla without padding: baddbmm(causal bias, q, k^T); with padding (and the math
+        # path) a bmm.
+        scores_op = BADDBMM if path == "vanilla" and not s.padded else BMM
+        t = [Tensor(n, N * d * e, e, saved=True) for n in ("q", "k", "v")]  # reshape's copies
+        scores = Tensor("scores", bhtt, e, made_by=scores_op, flops=matmul)
+        t.append(scores)
+        if path == "vanilla" and s.padded:
+            t.append(Tensor("padding_mask", B * T * T, 1, saved=True))  # masked_fill's mask
+        t.append(Tensor("probs", bhtt, e, saved=True))
+        if s.dropout > 0:
+            t.append(Tensor("probs_mask", B * H * T * T * (1 if s.cuda else e), 1, saved=True))
+            t.append(Tensor("probs_dropped", bhtt, e, saved=True))
+        peak = len(t)  # re-run under checkpointing: the raw scores still beside the probs
+        t.append(Tensor("av_out", N * d * e, e, made_by=BMM, flops=matmul))
+        out_e = s.e if s.autocast else e
+        out = Tensor("attn_out", N * d * out_e, out_e)  # the transpose's copy (or cast)
+        t.append(out)
+        # AV's backward: the probabilities' gradient (the out-projection's input is freed by
+        # then); without dropout, the softmax's backward then holds the probabilities, their
+        # gradient and the scores' gradient (v's copy and the out-projection's input freed).
+        grad = bhtt if s.dropout > 0 else max(bhtt, 2 * bhtt - 2 * N * d * e)
+        return Cost(
+            t,
+            out,
+            backward_flops=2 * 2 * matmul,
+            causal_flops=causal,
+            backward_transient=grad,
+            peak=peak,
+            # v is a view of the qkv output, whose storage is therefore still alive
+            alive_at_peak=[scores] + ([x] if x is not None else []),
+            eval_transient=2 * bhtt,  # scores beside probabilities
+        )
+
+    def _fused(self, s: Site, matmul: int, causal: int) -> Cost:
+        B, T, N, d, e, H = s.B, s.T, s.N, s.d, s.e, self.n_heads
+        # auto as the kernel it becomes here (fa4 or cudnn count the same: FA4's availability,
+        # which this torch-free model cannot see, changes nothing).
+        name = resolve(
+            self.kernel.name, device=s.device, precision=s.precision, seq_len=T, dropout=s.dropout
+        )
+        k = kernel(name)
+        op = k.aten if s.cuda else CPU_FUSED_OP
+        out = Tensor("attn_out", N * d * e, e, made_by=op, flops=2 * matmul)
+        # The memory-efficient kernel pads its logsumexp to 32 rows.
+        rows = -(-T // 32) * 32 if k.runs_as == "mem_efficient" else T
+        t = [out, Tensor("lse", B * H * rows * 4, 4, saved=True, made_by=op)]
+        if s.padded and k.mask != "never":
+            t.append(Tensor("attn_bias", B * T * T * e, e, saved=True))
+        elif k.mask == "always" and s.cuda:
+            t.append(Tensor("attn_bias", T * T * e, e, saved=True))  # the causal mask, per block
+        return Cost(
+            t,
+            out,
+            saves_input=True,  # q, k and v are views of the qkv projection's output
+            backward_flops=2 * 2 * matmul,
+            kernel_recompute_flops=matmul,  # the backward recomputes QK^T
+            causal_flops=causal,
+            # the kernel's dq, dk, dv and fp32 dq accumulator; then dq, dk, dv stacked into the
+            # gradient of the qkv output
+            backward_transient=max(3 * N * d * e + N * d * 4, 6 * N * d * e),
+            eval_transient=4 * N * d * e,
+        )
+
+    def trace_work(self, operator: str, dims: list, types: list, group: str) -> float | None:
+        layout = dict(self.kernel.trace_ops).get(operator)
+        if group != "attention" or layout is None:
+            return None
+        return attention_flops(dims, layout, backward="backward" in operator)
+
+
+def attention_flops(dims: list, layout: str, backward: bool) -> float | None:
+    """FLOPs of one attention call from its traced shapes: forward 4 B H Tq Tk D (QK^T and AV),
+    backward 2.5x that (it recomputes QK^T), halved when causal without a mask tensor.
+
+    The first 4-D tensor is the query (the backward's first is the output gradient, of the
+    query's shape), the next the key (the backward's third). `layout` is where B, H, T and D
+    sit: "BHTD" (SDPA) or "BTHD" (FlashAttention's and FA4's own). A further tensor whose last
+    two dims are (Tq, Tk) is a mask: the kernel then computes every score."""
+    four = [x for x in dims if isinstance(x, list) and len(x) == 4 and _numel(x)]
+    if len(four) < 2:
+        return None
+    q, key = four[0], four[2] if backward and len(four) > 2 else four[1]
+    if layout == "BHTD":
+        (b, h, tq, dh), tk = q, key[2]
+    else:
+        (b, tq, h, dh), tk = q, key[1]
+    masked = any(
+        isinstance(x, list) and len(x) >= 2 and x[-2:] == [tq, tk] and x[-1] != dh for x in dims
+    )
+    flops = 4.0 * b * h * tq * tk * dh * (2.5 if backward else 1.0)
+    return flops if masked else flops / 2
+
+
+def _numel(dims: list) -> int:
+    n = 1
+    for x in dims:
+        n *= x if isinstance(x, int) else 0
+    return n
+
+
+def operator_ops() -> list[Attention]:
+    """One description per kernel row that owns trace operators or kernel names (the rows that
+    run as another kernel, and `auto`, own none): what the trace classifier loops over."""
+    return [Attention(k) for k in KERNELS.values() if k.keys or k.trace_ops]

@@ -23,8 +23,10 @@ import yaml
 
 from lmprof import attention_kernels, precision
 from lmprof.errors import ConfigError, UserError
+from lmprof.ops import losses
 
 ATTENTIONS = attention_kernels.NAMES
+LOSSES = losses.NAMES
 PRECISIONS = precision.NAMES
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
@@ -119,6 +121,11 @@ class ModelConfig:
     )
     vocab_multiple: int = option(
         64, "pad the embedding rows to a multiple of this (tensor-core shapes)", **POSITIVE
+    )
+    loss: str = option(
+        losses.DEFAULT,
+        "the LM head and cross-entropy (see lmprof/ops/losses.py; pytorch: the reference)",
+        choices=LOSSES,
     )
     loss_chunk_size: int = option(
         0, ">0: cross-entropy over this many tokens at a time, no full logits", **NON_NEGATIVE
@@ -834,6 +841,13 @@ def validate(cfg: RunConfig) -> None:
             cfg.system.compile_mode,
             "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "
             "compile_mode default / max-autotune-no-cudagraphs",
+        )
+    if m.loss_chunk_size and not losses.LOSSES[m.loss].chunks:
+        chunked = [n for n, cls in losses.LOSSES.items() if cls.chunks]
+        raise ConfigError(
+            "model.loss_chunk_size",
+            m.loss_chunk_size,
+            f"loss {m.loss} is not chunked: set it to 0 or use loss {' or '.join(chunked)}",
         )
     kernel = attention_kernels.kernel(m.attention)
     if not kernel.dropout and m.dropout > 0:

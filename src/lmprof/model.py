@@ -2,7 +2,8 @@
 
 Token embedding + positional encoding -> N blocks of (multi-head self-attention, MLP) with pre- or
 post-LayerNorm -> final norm -> LM head tied to the embedding -> next-token cross-entropy that
-ignores PAD targets. Names follow "Attention Is All You Need" and GPT-2.
+ignores PAD targets (`model.loss`: the fused head + loss of ops/cross_entropy.py, or the plain
+PyTorch reference of ops/pytorch_loss.py; the losses' list is ops/losses.py). Names follow "Attention Is All You Need" and GPT-2.
 
 Attention: `vanilla` materialises the T x T scores (the textbook formula); `sdpa_mask` hands an
 explicit causal mask to PyTorch's scaled_dot_product_attention, as nn.MultiheadAttention does in
@@ -31,8 +32,8 @@ from torch.utils.checkpoint import checkpoint
 from lmprof import attention_kernels
 from lmprof.attention_kernels import kernel as attention_kernel
 from lmprof.model_args import ModelArgs
-from lmprof.ops import flash_attn4
-from lmprof.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from lmprof.model_ops import SELECTIVE_SAVES
+from lmprof.ops import IGNORE_INDEX, flash_attn4, losses
 
 __all__ = ["IGNORE_INDEX", "ModelArgs", "Transformer", "resolve_attention"]
 
@@ -211,6 +212,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(args.d_model, V, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # The head's weight and the loss: one class per `model.loss` (ops/losses.py).
+        self.loss = losses.loss(args.loss, args).build(args)
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layers).
         for name, p in self.named_parameters():
@@ -261,34 +264,33 @@ class Transformer(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        accuracy: bool = False,
     ):
-        """Logits (B, T, V) without targets; with targets, (mean loss, number of correct)."""
+        """Logits (B, T, V) without targets; with targets, a LossOutput: the loss SUMMED over
+        the real (non-PAD) targets and, when `accuracy` is asked, how many the argmax got
+        right. The caller divides by the real-token count its batch already holds (no sync)."""
         h = self.hidden_states(idx, attention_mask)
         if targets is None:
             return self.lm_head(h)
-        # The LM head and the loss in one op: fp32 arithmetic, no fp32 copy of the logits, and
-        # their gradient written over them (ops/cross_entropy.py).
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
-        return linear_cross_entropy(h, self.lm_head.weight, targets, self.args.loss_chunk_size)
+        return self.loss(h, self.lm_head.weight, targets, accuracy)
 
 
 def _selective_policy_context():
-    """Selective activation checkpointing: keep matmul and attention outputs, recompute the
-    cheap pointwise ops (norms, activations, dropout masks are replayed from the RNG state)."""
+    """Selective activation checkpointing: keep the outputs of the operators model_ops.py's
+    SELECTIVE_SAVES names (matmuls, attention), recompute the cheap pointwise ops (norms,
+    activations; dropout masks are replayed from the RNG state)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    save = {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten.baddbmm.default,
-        torch.ops.aten._scaled_dot_product_flash_attention.default,
-        torch.ops.aten._scaled_dot_product_efficient_attention.default,
-        torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-        torch.ops.lmprof.fa4_attention.default,
-    }
+    save = {_torch_op(name) for name in SELECTIVE_SAVES}
 
     def policy(ctx, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
+
+
+def _torch_op(name: str):
+    """The operator a SELECTIVE_SAVES name stands for (aten.mm.default: torch.ops.aten.mm)."""
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)

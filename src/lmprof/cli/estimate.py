@@ -58,7 +58,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from lmprof.config import load_config
-    from lmprof.profiling.memory_model import estimate_memory, format_estimate
+    from lmprof.profiling.memory_model import estimate_memory
+    from lmprof.profiling.memory_report import format_estimate
     from lmprof.profiling.peaks import matmul_precision, peak_flops
 
     words = split_args(args)

@@ -22,12 +22,15 @@ FlopCounterMode counts its matmuls through the formula registered below.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from lmprof.ops import IGNORE_INDEX
+from lmprof.ops.losses import LossOutput
 
-__all__ = ["IGNORE_INDEX", "linear_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "FusedLinearCrossEntropy", "linear_cross_entropy"]
 
 try:
     import triton
@@ -36,15 +39,11 @@ except ImportError:  # the CPU wheels of torch come without Triton
     triton = None
 
 
-def linear_cross_entropy(
+def linear_cross_entropy_sum(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of `h @ weight.T` over targets != IGNORE_INDEX, and how many of them
-    the argmax got right (a device tensor: nothing waits for the GPU).
-
-    h: (N, d); weight: (V, d); targets: (N,) int64; chunk_size: tokens per block, 0 for all.
-    Under autocast, h and weight are cast to the autocast dtype, as a Linear would be.
-    """
+    """The summed cross-entropy of `h @ weight.T` over targets != IGNORE_INDEX (fp32) and how
+    many of them the argmax got right (int64); see `linear_cross_entropy` for the arguments."""
     if torch.is_autocast_enabled(h.device.type):
         dtype = torch.get_autocast_dtype(h.device.type)
         h, weight = h.to(dtype), weight.to(dtype)
@@ -54,8 +53,36 @@ def linear_cross_entropy(
     loss_sum, n_correct, _, _ = torch.ops.lmprof.linear_cross_entropy(
         h, weight, targets, chunk_size, need_grad
     )
-    n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    return loss_sum / n_valid, n_correct
+    return loss_sum, n_correct
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of `h @ weight.T` over targets != IGNORE_INDEX, and how many of them
+    the argmax got right (device tensors: nothing waits for the GPU). The model calls the SUM
+    (`FusedLinearCrossEntropy`) and divides by the real-token count the host knows.
+
+    h: (N, d); weight: (V, d); targets: (N,) int64; chunk_size: tokens per block, 0 for all.
+    Under autocast, h and weight are cast to the autocast dtype, as a Linear would be.
+    """
+    loss_sum, n_correct = linear_cross_entropy_sum(h, weight, targets, chunk_size)
+    return loss_sum / (targets != IGNORE_INDEX).sum().clamp(min=1), n_correct
+
+
+class FusedLinearCrossEntropy:
+    """`model.loss=fused` (described in ops/losses.py): the summed loss over real targets and,
+    when asked, the number right. The row kernel finds each row's maximum for the softmax
+    anyway, so the argmax costs no pass of its own; it is handed on only when asked."""
+
+    def __init__(self, args: Any = None):
+        self.chunk_size = int(getattr(args, "loss_chunk_size", 0) or 0)
+
+    def __call__(
+        self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, accuracy: bool = False
+    ) -> LossOutput:
+        loss_sum, n_correct = linear_cross_entropy_sum(h, weight, targets, self.chunk_size)
+        return LossOutput(loss_sum, n_correct if accuracy else None)
 
 
 # ---- the operator -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Profiling instruments: FLOPs and MFU, GPU peak FLOP/s, the analytic memory model.
 
 `flops_per_token` and `mfu` (flops.py), `peak_flops`, `matmul_precision` and
-`measure_peak_flops` (peaks.py), `estimate_memory` and `format_estimate` (memory_model.py).
+`measure_peak_flops` (peaks.py), `estimate_memory` (memory_model.py) and `format_estimate` (memory_report.py).
 Names resolve lazily, so `import lmprof.profiling` stays cheap (none of these imports torch at
 import time; `measure_peak_flops` imports it when called).
 """
@@ -20,7 +20,7 @@ _EXPORTS = {
     "measure_peak_flops": "peaks",
     "MemoryEstimate": "memory_model",
     "estimate_memory": "memory_model",
-    "format_estimate": "memory_model",
+    "format_estimate": "memory_report",
 }
 
 __all__ = sorted(_EXPORTS)

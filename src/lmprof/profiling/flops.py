@@ -14,26 +14,24 @@ FlopCounterMode` also counts attention in full (its SDPA formulas ignore `is_cau
 causal count (each query against the i+1 keys it sees, 6 * L * d * (T + 1)) is in the breakdown
 as `attention_causal`, and `model_causal` is the total with it.
 
-Hardware FLOPs add what the step recomputes:
+Hardware FLOPs add what the step recomputes. Every figure is a sum over the ops' descriptions
+(model_ops.py, attention_kernels.py, ops/losses.py): this module holds no op's FLOPs.
 - full checkpointing re-runs each block's forward in the backward pass. PyTorch's non-reentrant
-  checkpoint stops recomputing once every tensor saved for backward exists again, so a pre-norm
-  block without dropout skips its last matmul (the MLP down-projection, whose output no one
-  saved); post-norm blocks (the LayerNorm after the residual saves its input) and blocks with
-  dropout (the mask is drawn after that matmul) recompute all of it.
-- selective checkpointing (model.py's policy) keeps the outputs of mm/addmm/bmm and the CUDA
-  SDPA kernels, so only pointwise ops run again: no extra matmul FLOPs with SDPA on the GPU.
-  Vanilla attention computes its scores with baddbmm (the causal bias added in the matmul),
-  which the policy does not name, so QK^T is recomputed (2 * L * d * T per token). On the CPU,
-  SDPA without dropout runs `_scaled_dot_product_flash_attention_for_cpu`, which the policy does
-  not name either, so the attention forward is recomputed there (`device="cpu"`).
+  checkpoint stops recomputing once every tensor saved for backward exists again, so the ops
+  after the last one that makes a kept activation do not run again (a pre-norm block without
+  dropout skips the MLP down-projection; post-norm blocks and dropout recompute all of it).
+- selective checkpointing (model_ops.SELECTIVE_SAVES, model.py's policy) keeps the outputs of
+  its operators, so only what the others make runs again: on the GPU, no matmul; vanilla
+  attention's scores come from baddbmm (kept); on the CPU the fused SDPA kernel is not in the
+  list, so the attention forward is recomputed there (`device="cpu"`).
+- the fused SDPA kernels (flash, memory-efficient, cuDNN, FA4; the CPU's flash kernel) recompute
+  QK^T inside their backward: 2 * L * d * T more per token (`attention_kernel_recompute`).
+  FlopCounterMode (torch 2.13) counts exactly this: 5 bmm-sized products in the SDPA backward
+  against 4 for the explicit matmuls of `vanilla`. On the CPU, SDPA with dropout falls back to
+  the math path (explicit bmm): no kernel recompute there.
 - the fused LM head + cross-entropy computes the same three matmuls as a Linear + loss (the
   logits, then dh and dW in its forward), in blocks or not: nothing extra. FlopCounterMode
   counts them through the formula ops/cross_entropy.py registers.
-- the fused SDPA kernels (flash, memory-efficient, cuDNN; the CPU's flash kernel) recompute QK^T
-  inside their backward: 2 * L * d * T more per token (`attention_kernel_recompute`).
-  FlopCounterMode (torch 2.13) counts exactly this: 5 bmm-sized products in the SDPA backward
-  against 4 for the explicit matmuls of `vanilla`. On the CPU, SDPA with dropout falls back to
-  the math path (explicit bmm): no kernel recompute there (`device="cpu"`).
 """
 
 from __future__ import annotations
@@ -41,12 +39,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.model_ops import (
+    block_ops,
+    count_params,
+    embedding_ops,
+    head_ops,
+    selective_keeps,
+)
+from lmprof.ops.spec import Ran, Site, Tensor, run
 from lmprof.results import ColumnGroup
 
-# model.py's selective-checkpointing policy keeps mm/addmm/bmm/SDPA outputs but not baddbmm, the
-# op of vanilla attention's scores: flip this if the policy gains it.
-SAC_SAVES_BADDBMM = True
+__all__ = ["FlopCount", "count_params", "flops_per_token", "matmul_params", "mfu"]
 
 CONVENTION = (
     "PaLM/nanoGPT: 3x forward; 6*N + 12*L*d*T per token, N = matmul weights incl. LM head "
@@ -88,44 +91,39 @@ class FlopCount:
         return self.hardware_flops_per_token * tokens
 
 
-def _get(args: Any, name: str, default: Any = None) -> Any:
-    return getattr(args, name, default)
-
-
-def padded_vocab(args: Any) -> int:
-    v, m = int(args.vocab_size), int(_get(args, "vocab_multiple", 1) or 1)
-    return (v + m - 1) // m * m
+def _step_ops(args: Any, T: int, device: str, padded: bool) -> tuple[list[Ran], list[Ran]]:
+    """One block and the head, run on one sequence of T tokens."""
+    site = Site(args, 1, T, getattr(args, "precision", "fp32"), device, padded)
+    d = int(args.d_model)
+    block = run(block_ops(args), site, Tensor("x_in", T * d * 4, 4))
+    head = run([*embedding_ops(args), *head_ops(args)], site, None)
+    return block, head
 
 
 def matmul_params(args: Any) -> dict[str, int]:
-    """Weights that take part in matmuls: per block and the LM head."""
-    d, f = int(args.d_model), int(args.d_ff)
-    per_block = 4 * d * d + 2 * d * f  # qkv 3d^2, out proj d^2, MLP up d*f and down f*d
+    """Weights that take part in matmuls (from their FLOPs: 2 per weight and token): per block
+    and the LM head."""
+    block, head = _step_ops(args, 1, "cuda", False)
+    per_block = sum(r.cost.forward_flops for r in block if r.op.group == "matmul") // 2
     return {
         "per_block": per_block,
         "blocks": per_block * int(args.n_layers),
-        "lm_head": padded_vocab(args) * d,
+        "lm_head": sum(r.cost.forward_flops for r in head) // 2,
     }
 
 
-def count_params(args: Any) -> int:
-    """Parameters of lmprof.model.Transformer(args), without building it (checked by a test
-    against the real module on the meta device)."""
-    d, f, L = int(args.d_model), int(args.d_ff), int(args.n_layers)
-    bias = bool(_get(args, "bias", True))
-    V = padded_vocab(args)
-    ln = d * (2 if bias else 1)
-    block = 2 * ln + (3 * d * d + d * d + d * f + f * d)
-    if bias:
-        block += 3 * d + d + f + d
-    n = V * d + L * block
-    if _get(args, "pos_encoding", "learned") == "learned":
-        n += int(args.max_seq_len) * d
-    if _get(args, "norm", "pre") == "pre":
-        n += ln
-    if not _get(args, "tie_embeddings", True):
-        n += V * d
-    return n
+def _recompute(block: list[Ran], mode: str) -> int:
+    """FLOPs a block runs again under checkpointing (see the module docstring)."""
+    if mode == "full":
+        keeps = [
+            i
+            for i, r in enumerate(block)
+            if any(t.saved and t.kind == "act" for t in r.cost.tensors)
+        ]
+        return sum(r.cost.forward_flops for r in block[: keeps[-1] + 1]) if keeps else 0
+    if mode == "selective":
+        return sum(t.flops for r in block for t in r.cost.tensors if not selective_keeps(t))
+    return 0
 
 
 def flops_per_token(
@@ -134,52 +132,43 @@ def flops_per_token(
     """FLOPs per token of one training step of `Transformer(args)` on sequences of `seq_len`.
 
     `args` is an `lmprof.model.ModelArgs` (or anything with its fields). `device` and `padded`
-    (a batch with padding: vanilla attention then uses a bmm) only change the recompute of
-    selective checkpointing and the fused-attention backward (see the module docstring).
+    (a batch with padding: vanilla attention then uses a bmm) only change what the kernels and
+    checkpointing compute again (see the module docstring).
     """
-    d, L, T = int(args.d_model), int(args.n_layers), int(seq_len)
-    mp = matmul_params(args)
-    n_matmul = mp["blocks"] + mp["lm_head"]
-    attn_fwd = 4 * d * T * L  # QK^T and AV, 2 FLOPs per MAC, all T keys: per token, forward
-    dense = 6 * n_matmul
-    attention = 3 * attn_fwd  # = 12 * L * d * T
-    model = dense + attention
+    T, L = int(seq_len), int(args.n_layers)
+    block, head = _step_ops(args, T, device, padded)
 
-    mode = _get(args, "checkpointing", "none")
-    dropout = float(_get(args, "dropout", 0.0))
-    textbook = attention_kernel(_get(args, "attention", "sdpa")).materialises_scores
-    cpu_math = device == "cpu" and not textbook and dropout > 0
-    fused = not textbook and not cpu_math
-    kernel_recompute = 2 * d * T * L if fused else 0
-    recompute = 0.0
-    if mode == "full":
-        f = int(args.d_ff)
-        block_fwd = 2 * mp["per_block"]
-        if _get(args, "norm", "pre") == "pre" and dropout == 0.0:
-            block_fwd -= 2 * f * d  # early stop: the MLP down-projection is not re-run
-        recompute = L * block_fwd + attn_fwd
-    elif mode == "selective":
-        if device == "cpu" and fused:
-            # The CPU flash kernel is not in the policy's save list: its forward runs again.
-            recompute = attn_fwd
-        elif textbook and not padded and not SAC_SAVES_BADDBMM:
-            # vanilla's QK^T is a baddbmm (causal bias + scale in one kernel), not in the list.
-            recompute = attn_fwd / 2
+    def per_token(rows: list[Ran], what, group: str | None = None) -> float:
+        return sum(what(r.cost) for r in rows if group is None or r.op.group == group) / T
 
+    def train(c) -> int:
+        return c.forward_flops + c.backward_flops
+
+    def causal(c) -> int:
+        return train(c) if c.causal_flops is None else c.causal_flops
+
+    blocks_dense = L * per_token(block, train, "matmul")
+    lm_head = per_token(head, train)
+    attention = L * per_token(block, train, "attention")
+    attention_causal = L * per_token(block, causal, "attention")
+    model = L * per_token(block, train) + lm_head
+    recompute = L * _recompute(block, getattr(args, "checkpointing", "none")) / T
+    kernel_recompute = L * per_token(block, lambda c: c.kernel_recompute_flops)
     breakdown = {
-        "matmul_params": float(n_matmul),
-        "blocks_dense": 6.0 * mp["blocks"],
-        "lm_head": 6.0 * mp["lm_head"],
-        "attention": float(attention),
-        "attention_causal": 6.0 * L * d * (T + 1),
-        "model_causal": float(dense + 6 * L * d * (T + 1)),
+        "matmul_params": (blocks_dense + lm_head) / 6,
+        "blocks_dense": blocks_dense,
+        "lm_head": lm_head,
+        "attention": attention,
+        "attention_causal": attention_causal,
+        "model_causal": model - attention + attention_causal,
         "recompute": float(recompute),
-        "attention_kernel_recompute": float(kernel_recompute),
-        "forward": float(2 * n_matmul + attn_fwd),
+        "attention_kernel_recompute": kernel_recompute,
+        "forward": L * per_token(block, lambda c: c.forward_flops)
+        + per_token(head, lambda c: c.forward_flops),
     }
     return FlopCount(
-        model_flops_per_token=float(model),
-        hardware_flops_per_token=float(model + recompute + kernel_recompute),
+        model_flops_per_token=model,
+        hardware_flops_per_token=model + recompute + kernel_recompute,
         breakdown=breakdown,
     )
 

@@ -3,15 +3,16 @@
 `estimate_memory(cfg, vocab_size)` predicts what `torch.cuda.max_memory_allocated()` reads after
 a run of lmprof's training loop (train/loop.py: forward under autocast, scaled backward, clip,
 fused AdamW step, `zero_grad(set_to_none=True)`, the next batch prefetched), and, separately,
-what the caching allocator reserves and what NVML shows. Nothing is run: the model is derived
-from what model.py's modules save for backward, tensor by tensor (`block_tensors`), and from the
-order in which a step allocates and frees them (`step_phases`). The peak is the largest of:
+what the caching allocator reserves and what NVML shows. Nothing is run. What each op makes and
+keeps for the backward, tensor by tensor, is its description's (model_ops.py,
+attention_kernels.py, ops/losses.py); this module knows only the order in which a step
+allocates and frees them (`step_phases`). The peak is the largest of:
 
-- forward, at the loss: every block's saved tensors, autocast's weight copies and, inside the
-  fused LM head + cross-entropy, one block of logits (all tokens unless `loss_chunk_size`), which
-  the op overwrites with their gradient before computing dh and dW from it;
-- backward, at the loss: every block's saved tensors, the saved dh and dW and their scaled
-  copies;
+- forward, at the loss: every block's saved tensors, autocast's weight copies and what the loss
+  holds inside (the fused LM head + cross-entropy: one block of logits, all tokens unless
+  `loss_chunk_size`, which it overwrites with their gradient before computing dh and dW);
+- backward, at the loss: every block's saved tensors, what the loss kept and its backward's
+  buffers;
 - backward, at the top block and at the bottom block (live memory is linear in the block index
   in between): the blocks below still saved, the gradients already made, the block's own
   recomputation under checkpointing and the short-lived gradient buffers of its backward;
@@ -23,51 +24,39 @@ Parameters, gradients and AdamW's two states are fp32 (there is no separate mast
 fp32 parameters are it); autocast makes bf16/fp16 copies of the matmul weights, cached for the
 forward and kept by the matmuls that saved them until their backward.
 
-What a block saves (model.py, per block, N = B*T tokens, e = 2 under bf16/fp16 autocast else 4;
-the residual stream and LayerNorm outputs stay fp32 under autocast because the parameters are
-fp32 and LayerNorm autocasts to fp32):
-- both LayerNorms save their fp32 input (N*d*4) and mean/rstd; the qkv and MLP-up projections
-  save their input (autocast: a new e-byte copy; fp32: the LayerNorm output/block input itself);
-- vanilla attention saves contiguous copies of q, k, v (the head split makes them strided), the
-  softmax output (B*H*T*T*e), with dropout the mask and the dropped probabilities, and a
-  contiguous copy of the attention output for the out-projection (the causal mask is a bias of
-  the baddbmm, not saved; a batch with padding saves its (B, 1, T, T) mask instead);
-- fused SDPA (flash, memory-efficient, cuDNN) and FA4 save the qkv projection's output (q, k, v are
-  views of it), its output (the out-projection's input: same storage) and an fp32 logsumexp;
-  no T x T tensor and no dropout mask (the kernel replays its RNG);
-- the MLP saves the activation's input (GELU only) and output; each dropout with p > 0 saves a
-  mask (1 byte per element on CUDA, the tensor's dtype on the CPU);
-- autocast's weight copies (e bytes per matmul weight) are saved by the matmuls that use them.
+Inside a block's backward the candidate moments are the ops with short-lived buffers of their
+own (the MLP's activation, the attention): there, the op's buffers, the residual stream's
+gradient and the gradients of the matmul weights after it are alive, and the tensors kept by the
+ops after its sub-block's residual add are freed (the norms' few-KB gradients are not counted).
 Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
-backward; selective checkpointing (model.py's policy) also keeps the outputs of mm/addmm/bmm and
-the CUDA SDPA kernels and rebuilds the rest. The loss (ops/cross_entropy.py): the logits of a
-block of tokens, (B*T or loss_chunk_size) x V_padded in the autocast dtype, live only inside the
-op; it keeps dh (B*T x d) and dW (V x d), and over several blocks sums dW in fp32.
+backward; selective checkpointing keeps the outputs of the operators in
+model_ops.SELECTIVE_SAVES (model.py's policy) and rebuilds the rest; an op whose forward has a
+moment of its own (vanilla attention's raw scores beside its probabilities) adds it then.
 
 Checked against PyTorch: on the CPU, tests/test_profiling.py counts the saved tensors
 (saved_tensors_hooks) and every live storage (a dispatch mode) of real steps; on an NVIDIA H200
 (torch 2.11, CUDA 13), `python benchmarks/memory_calibration.py` ran 46 GPT-2-small configurations
 (T 128..2048, B 4..32, the seed's sdpa_mask in fp16, vanilla in fp16/fp32, bf16 flash/sdpa,
-checkpointing, loss in blocks): every max_memory_allocated was within 1.3% of the prediction. The constants below were fitted there;
-everything else is counted.
+checkpointing, loss in blocks): every max_memory_allocated was within 1.3% of the prediction.
+The constants below were fitted there; everything else is counted.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmprof.attention_kernels import kernel as attention_kernel
-from lmprof.attention_kernels import resolve as resolve_attention
 from lmprof.model_args import ModelArgs
-from lmprof.precision import PRECISIONS
-from lmprof.profiling.flops import (
-    SAC_SAVES_BADDBMM,
-    FlopCount,
+from lmprof.model_ops import (
+    Residual,
+    block_ops,
     count_params,
-    flops_per_token,
+    embedding_ops,
+    head_ops,
+    selective_keeps,
 )
+from lmprof.ops.spec import Ran, Site, Tensor, run
+from lmprof.profiling.flops import FlopCount, flops_per_token
 from lmprof.results import ColumnGroup
 
 MiB = 1024**2
@@ -101,148 +90,15 @@ PREDICTION_COLUMNS = ColumnGroup(
 )
 
 
-def _bytes(precision: str) -> int:
-    """Bytes per activation element: the autocast dtype's, else fp32's."""
-    return PRECISIONS[precision].bytes
-
-
-def _autocast(precision: str) -> bool:
-    return PRECISIONS[precision].autocast is not None
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One tensor a block (or the embedding/head) creates in its forward."""
-
-    name: str
-    nbytes: int
-    saved: bool  # saved for backward without checkpointing
-    cached: bool = False  # kept by selective checkpointing (an mm/addmm/bmm/SDPA output)
-    kind: str = "act"  # act | weights (autocast's copies of the weights)
+PREDICTION_COLUMNS = ColumnGroup(
+    "prediction",
+    "the memory model's predicted peak and the phase it falls in, before the run starts",
+    ("predicted_peak_mem_gb", "predicted_peak_phase"),
+)
 
 
 # What the memory model needs of a run: the model's own hyper-parameters (torch-free).
 Shape = ModelArgs
-
-
-def _attention_path(attention: str, dropout: float, device: str) -> str:
-    """vanilla | fused | math: which code saves the attention's tensors."""
-    if attention_kernel(attention).materialises_scores:
-        return "vanilla"
-    # On the CPU, SDPA with dropout takes the math path (explicit bmm, in fp32 under autocast);
-    # without dropout the CPU flash kernel, which saves what the CUDA kernels save.
-    if device == "cpu" and dropout > 0:
-        return "math"
-    return "fused"
-
-
-def block_tensors(
-    s: Shape, B: int, T: int, precision: str, device: str = "cuda", padded: bool = False
-) -> list[Tensor]:
-    """The tensors one block makes in its forward, with what is saved and what SAC keeps."""
-    N, d, f, H = B * T, s.d_model, s.d_ff, s.n_heads
-    e = _bytes(precision)
-    autocast = _autocast(precision)
-    p = s.dropout
-    cuda = device != "cpu"
-    path = _attention_path(s.attention, p, device)
-    e_att = 4 if path == "math" else e
-    BHTT = B * H * T * T
-    Nd, Nf = N * d, N * f
-    out: list[Tensor] = []
-
-    def add(name: str, nbytes: int, saved: bool, cached: bool = False, kind: str = "act"):
-        out.append(Tensor(name, int(nbytes), saved, cached, kind))
-
-    def mask(name: str, numel: int, dtype_bytes: int) -> None:
-        if p > 0:
-            add(name, numel * (1 if cuda else dtype_bytes), True)
-
-    pre = s.norm == "pre"
-    stats = 2 * N * 4  # LayerNorm's mean and rstd, fp32
-    # The block input (fp32): LayerNorm's input in pre-norm, the qkv input in fp32 post-norm.
-    add("x_in", Nd * 4, saved=pre or not autocast)
-    if pre:
-        add("ln1_stats", stats, True)
-        add("ln1_out", Nd * 4, saved=not autocast)
-    if autocast:
-        add("qkv_in", Nd * e, True)
-    add("qkv_out", 3 * Nd * e, saved=path == "fused", cached=True)
-    if path in ("vanilla", "math"):
-        for name in ("q", "k", "v"):
-            add(name, Nd * e_att, True)  # contiguous copies made by matmul's reshape
-        # vanilla without padding: baddbmm(causal bias, q, k^T), which model.py's SAC policy
-        # does not keep; with padding (and the CPU math path) a bmm, which it keeps.
-        scores_cached = path == "math" or padded or SAC_SAVES_BADDBMM
-        add("scores", BHTT * e_att, False, cached=scores_cached)
-        add("probs", BHTT * e_att, True)
-        if p > 0:
-            mask("probs_mask", BHTT, e_att)
-            add("probs_dropped", BHTT * e_att, True)
-        if path == "vanilla" and padded:
-            add("padding_mask", B * T * T, True)  # masked_fill_ saves its (B,1,T,T) mask
-        add("av_out", Nd * e_att, False, cached=True)
-        add("proj_in", Nd * (e if autocast else e_att), True)  # contiguous copy (or cast)
-    else:
-        in_policy = cuda  # the CPU flash kernel is not in model.py's save list
-        add("attn_out", Nd * e, True, cached=in_policy)  # also the out-projection's input
-        # auto as the kernel it becomes here (fa4 or cudnn count the same: FA4's availability,
-        # which this torch-free model cannot see, changes nothing).
-        kernel = attention_kernel(
-            resolve_attention(
-                s.attention,
-                device="cuda" if cuda else "cpu",
-                precision=precision,
-                seq_len=T,
-                dropout=p,
-            )
-        )
-        # The memory-efficient kernel pads its logsumexp to 32 rows.
-        efficient = kernel.runs_as == "mem_efficient"
-        t_lse = math.ceil(T / 32) * 32 if efficient else T
-        add("lse", B * H * t_lse * 4, True, cached=in_policy)
-        if padded and kernel.mask != "never":
-            add("attn_bias", B * T * T * e, True)
-        elif kernel.mask == "always" and cuda:
-            add("attn_bias", T * T * e, True)  # the causal mask as a float bias, per block
-    add("proj_out", Nd * e, False, cached=True)
-    mask("resid_mask1", Nd, e)
-    add("sum1", Nd * 4, True)  # x + attention: LayerNorm input (ln1 post, ln2 pre)
-    add("sum1_stats", stats, True)
-    add("ln_mid_out", Nd * 4, saved=not autocast)  # the MLP's input LayerNorm output
-    if autocast:
-        add("fc_in", Nd * e, True)
-    gelu = s.activation == "gelu"
-    add("fc_out", Nf * e, saved=gelu, cached=True)  # GELU saves its input
-    add("act_out", Nf * e, True)  # the down-projection's input (ReLU saves its output: same)
-    add("mlp_out", Nd * e, False, cached=True)
-    mask("resid_mask2", Nd, e)
-    if not pre:
-        add("sum2", Nd * 4, True)  # ln2's input
-        add("sum2_stats", stats, True)
-    if autocast:
-        add("weights", (4 * d * d + 2 * d * f) * e, True, kind="weights")
-    return out
-
-
-_AFTER_ATTENTION = ("av_out", "proj_out", "fc_out", "mlp_out")
-
-
-def _freed_before_attention(tensors: list[Tensor]) -> int:
-    """Saved bytes a block's backward has freed by the time it reaches the attention: the MLP's
-    and both residual sums' (the LayerNorm on x + attention runs its backward first)."""
-    names = {
-        "ln_mid_out",
-        "fc_in",
-        "fc_out",
-        "act_out",
-        "resid_mask2",
-        "sum2",
-        "sum2_stats",
-        "sum1",
-        "sum1_stats",
-    }
-    return sum(t.nbytes for t in tensors if t.saved and t.name in names)
 
 
 @dataclass
@@ -253,70 +109,68 @@ class _Block:
     transient: int  # the largest short-lived extra inside its backward
     grads: int  # its parameters' gradients (fp32)
     weights_cast: int  # autocast's copies of its weights (in autocast's cache during forward)
+    evaluation: int  # the largest short-lived bytes of its forward under no_grad
 
 
-def _block(s: Shape, B: int, T: int, precision: str, device: str, padded: bool) -> _Block:
-    ts = block_tensors(s, B, T, precision, device, padded)
-    N, d, f = B * T, s.d_model, s.d_ff
-    e = _bytes(precision)
+def _block(s: Shape, site: Site) -> _Block:
+    x_in = Tensor("x_in", site.N * site.d * 4, 4)  # the block's input (fp32)
+    ran = run(block_ops(s), site, x_in)
+    ts = [x_in, *(t for r in ran for t in r.cost.tensors)]
     mode = s.checkpointing
-    x_in = next(t for t in ts if t.name == "x_in")
     saved = sum(t.nbytes for t in ts if t.saved)
     weights = sum(t.nbytes for t in ts if t.kind == "weights")
     if mode == "none":
         retained, retained_w, recompute = saved, weights, 0
     else:
-        # Kept: the block's input (the checkpoint holds it) and, under SAC, the cached outputs.
+        # Kept: the block's input (the checkpoint holds it) and, under SAC, the kept outputs.
         retained, retained_w = x_in.nbytes, 0
         if mode == "selective":
-            retained += sum(t.nbytes for t in ts if t.cached)
-        # During the block's backward its saved tensors exist again (SAC hands its cached
+            retained += sum(t.nbytes for t in ts if selective_keeps(t))
+        # During the block's backward its saved tensors exist again (SAC hands its kept
         # outputs to the recomputed graph and drops those nothing saves), plus the input.
         recompute = x_in.nbytes + saved - (x_in.nbytes if x_in.saved else 0) - retained
-    g_mlp = 4 * (2 * d * f + ((f + d) if s.bias else 0))
-    g_attn = 4 * (4 * d * d + (4 * d if s.bias else 0))  # qkv and out-projection
-    g_norms = 4 * 2 * d * (2 if s.bias else 1)
-    grads = g_mlp + g_attn + g_norms
-    # Short-lived buffers of the block's backward, on top of what it saved: the residual
-    # gradient (fp32, plus its autocast-dtype copy for the branch), then either the MLP's
-    # (gradient of the activation and of its input; ReLU saves its output, which is freed only
-    # after its own backward; post-norm has freed ln2's input by then) or the attention's, once
-    # the MLP's tensors are freed.
-    e_res = N * d * 4 + (N * d * e if e == 2 else 0)
-    g_down = 4 * (d * f + (d if s.bias else 0))  # the down-projection's gradients, made first
-    freed_first = sum(t.nbytes for t in ts if t.name in ("sum2", "sum2_stats"))
-    mlp_phase = N * f * e * (2 if s.activation == "relu" else 1) + e_res + g_down - freed_first
-    path = _attention_path(s.attention, s.dropout, device)
-    g_proj = 4 * (d * d + (d if s.bias else 0))  # the out-projection's gradients
-    if path == "fused":
-        # the kernel's dq, dk, dv and fp32 dq accumulator; then dq, dk, dv stacked into the
-        # gradient of the qkv output
-        attn = max(3 * N * d * e + N * d * 4, 6 * N * d * e)
-    else:
-        # AV's backward: the probabilities' gradient (the out-projection's input is freed by
-        # then); without dropout, the softmax's backward then holds the probabilities, their
-        # gradient and the scores' gradient (v's copy and the out-projection's input freed).
-        e_att = 4 if path == "math" else e
-        bhtt = s.n_heads * B * T * T * e_att
-        attn = bhtt if s.dropout > 0 else max(bhtt, 2 * bhtt - 2 * N * d * e_att)
-    attn_phase = attn + e_res + g_mlp + g_proj - _freed_before_attention(ts)
-    transient = max(mlp_phase, attn_phase)
+    stream = next(r.op for r in ran if isinstance(r.op, Residual)).stream_gradient(site)
+    moments = [_backward_moment(s, ran, i, stream) for i in range(len(ran))]
     if mode != "none":
-        # The recomputed forward, at the attention's dropout: the raw scores are still alive
-        # beside the probabilities, the mask and the dropped probabilities, and nothing after
-        # the attention exists yet.
-        scores = next((t for t in ts if t.name == "scores"), None)
-        if scores is not None and not (mode == "selective" and scores.cached):
-            later = _freed_before_attention(ts) + sum(
-                t.nbytes for t in ts if t.saved and t.name in ("proj_in", "resid_mask1")
-            )
-            later += (d * d + 2 * d * f) * e if e == 2 else 0  # weight copies made later
-            if mode == "selective":  # SAC still holds the later matmuls' cached outputs
-                later -= sum(t.nbytes for t in ts if t.cached and t.name in _AFTER_ATTENTION)
-            # v is still a view of the qkv output, whose storage is therefore still alive
-            qkv = next(t for t in ts if t.name == "qkv_out")
-            transient = max(transient, scores.nbytes + e_res + qkv.nbytes - later)
-    return _Block(retained, retained_w, recompute, transient, grads, weights)
+        moments += [_recomputed_moment(ran, i, stream, mode) for i in range(len(ran))]
+    transient = max(m for m in moments if m is not None)
+    grads = sum(4 * r.op.params(s) for r in ran)
+    evaluation = max(r.cost.eval_transient for r in ran)
+    return _Block(retained, retained_w, recompute, transient, grads, weights, evaluation)
+
+
+def _backward_moment(s: Shape, ran: list[Ran], i: int, stream: int) -> int | None:
+    """Live bytes beyond the saved ones at op i's backward, when it has buffers of its own: those
+    buffers, the stream's gradient and the gradients of the matmul weights after it, less what
+    the ops after its sub-block's residual add kept (freed by then)."""
+    c = ran[i].cost
+    if not c.backward_transient:
+        return None
+    close = next(j for j in range(i, len(ran)) if isinstance(ran[j].op, Residual))
+    made = sum(4 * r.op.params(s) for r in ran[i + 1 :] if r.op.group == "matmul")
+    freed = sum(
+        t.nbytes
+        for r in ran
+        for t in r.cost.tensors
+        if t.saved and t.kind == "act" and t.kept_from is not None and t.kept_from > close
+    )
+    return c.backward_transient + stream + made - freed
+
+
+def _recomputed_moment(ran: list[Ran], i: int, stream: int, mode: str) -> int | None:
+    """Op i's own forward moment as checkpointing re-runs it: what is alive there though nothing
+    saves it, and the stream's gradient, less what the recomputation has not made yet (under
+    SAC: less what it hands over instead of making)."""
+    c = ran[i].cost
+    if c.peak is None:
+        return None
+    if mode == "selective" and all(selective_keeps(t) for t in c.alive_at_peak):
+        return None  # the moment's tensors are handed over, not made again
+    after = [*c.tensors[c.peak :], *(t for r in ran[i + 1 :] for t in r.cost.tensors)]
+    later = sum(t.nbytes for t in after if t.saved)
+    if mode == "selective":
+        later -= sum(t.nbytes for t in after if selective_keeps(t))
+    return sum(t.nbytes for t in c.alive_at_peak) + stream - later
 
 
 @dataclass
@@ -379,26 +233,6 @@ class MemoryEstimate:
         return {k: getattr(self, k) for k in self.COMPONENTS}
 
 
-def _head_tensors(s: Shape, B: int, T: int, precision: str, device: str) -> list[Tensor]:
-    """Saved by the embedding, the final norm, the LM head and the loss (not checkpointed)."""
-    N, d = B * T, s.d_model
-    V = s.padded_vocab_size
-    e = _bytes(precision)
-    out = []
-    if s.pos_encoding == "learned":
-        out.append(Tensor("pos_idx", T * 8, True))
-    if s.dropout > 0:
-        out.append(Tensor("emb_mask", N * d * (1 if device != "cpu" else 4), True))
-    if s.norm == "pre":
-        out.append(Tensor("lnf_in", N * d * 4, True))
-        out.append(Tensor("lnf_stats", 2 * N * 4, True))
-    # The fused LM head + cross-entropy (ops/cross_entropy.py) keeps d loss/dh and d loss/dW,
-    # computed in its forward, in the autocast dtype; its inputs' casts are not kept.
-    out.append(Tensor("head_grad_h", N * d * e, True, kind="loss"))
-    out.append(Tensor("head_grad_w", V * d * e, True, kind="loss"))
-    return out
-
-
 def step_phases(
     s: Shape,
     B: int,
@@ -414,18 +248,24 @@ def step_phases(
     """Live bytes by component at each candidate peak of a training step, and the bytes the
     forward leaves saved for backward (everything it allocates that is still alive when it
     returns: blocks, embedding, head, loss)."""
-    N, d, L = B * T, s.d_model, s.n_layers
-    V = s.padded_vocab_size
-    e = _bytes(precision)
-    autocast = _autocast(precision)
+    site = Site(s, B, T, precision, device, padded)
+    N, d, L, V = site.N, site.d, s.n_layers, site.vocab
     n_params = count_params(s)
-    buffers = 0 if s.pos_encoding == "learned" else s.max_seq_len * d * 4
-    blk = _block(s, B, T, precision, device, padded)
-    head = _head_tensors(s, B, T, precision, device)
-    head_act = sum(t.nbytes for t in head if t.kind == "act")
-    head_w = sum(t.nbytes for t in head if t.kind == "weights")
-    head_loss = sum(t.nbytes for t in head if t.kind == "loss")
-    head_in = sum(t.nbytes for t in head if t.name in ("lnf_in", "lnf_stats"))
+    blk = _block(s, site)
+    # Before the blocks: the embedding and its dropout; after them: the final norm and the loss,
+    # reading the last block's output.
+    before = run(embedding_ops(s), site, None)
+    h = Tensor("blocks_out", N * d * 4, 4)
+    after = run(head_ops(s), site, h)
+    loss = after[-1]
+    head = [h, *(t for r in before + after for t in r.cost.tensors)]
+    head_act = sum(t.nbytes for t in head if t.saved and t.kind == "act")
+    head_w = sum(t.nbytes for t in head if t.saved and t.kind == "weights")
+    head_loss = sum(t.nbytes for t in head if t.saved and t.kind == "loss")
+    # What the embedding keeps (the final norm's tensors are freed when the blocks' backward
+    # starts)
+    head_left = sum(t.nbytes for r in before for t in r.cost.tensors if t.saved)
+    buffers = sum(r.op.buffers(s) for r in before)
 
     shard = world_size if parallelism == "fsdp" and world_size > 1 else 1
     params = n_params * 4 // shard + buffers
@@ -435,14 +275,13 @@ def step_phases(
         "optimizer_states": 2 * n_params * 4 // shard,  # AdamW exp_avg, exp_avg_sq (fp32)
         # the step's batch and the next one, prefetched: input ids and targets (int64)
         "batch": 2 * 2 * N * 8 + (2 * N if padded else 0),
-        "workspace": (CUBLAS_WORKSPACE_BYTES + ALLOCATOR_SLACK_BYTES) if device != "cpu" else 0,
+        "workspace": (CUBLAS_WORKSPACE_BYTES + ALLOCATOR_SLACK_BYTES) if site.cuda else 0,
         "ddp_buckets": n_params * 4 if world_size > 1 and parallelism == "ddp" else 0,
     }
     if shard > 1:  # FSDP all-gathers one block's (and the embedding's) full parameters
         static["parameters"] += (blk.grads + V * d * 4) * 2
     persistent_grads = grads_all if grad_accum > 1 else 0
-    head_grads = V * d * 4 // shard  # LM head (tied: the embedding's) gradient, made first
-    emb_grad_new = V * d * 4 if s.tie_embeddings else 0  # tied: added into the existing grad
+    head_grads = loss.op.head_gradient_bytes(site) // shard  # made first in the backward
 
     def grads(made: int) -> int:
         return max(persistent_grads, made)
@@ -450,18 +289,7 @@ def step_phases(
     blocks_retained = L * blk.retained
     blocks_w = L * blk.retained_weights
     # Autocast's cache holds every weight copy until the forward ends, checkpointed or not.
-    cache_extra = (L * blk.weights_cast - blocks_w) if autocast else 0
-    # The fused LM head + cross-entropy: the casts of h and W under autocast, d loss/dh, and,
-    # inside the op, one block of c tokens' logits (overwritten by their gradient), that block's
-    # dW and, over several blocks, dW's fp32 sum.
-    c = min(s.loss_chunk_size or N, N)
-    casts = (N * d * e + V * d * e) if autocast else 0
-    loss_fwd = casts + N * d * e + V * d * e  # the op's outputs: dh, dW
-    loss_block = c * V * e + (V * d * 4 if c < N else 0) + 5 * c
-    # Backward: the saved dh, dW and their scaled copies; then, the saved pair freed, the copies
-    # and dW cast to fp32 for the weight.
-    loss_bwd = max(N * d * e + V * d * e, V * d * 4 if autocast else 0)
-    loss_eval = casts + c * V * e + 5 * c
+    cache_extra = (L * blk.weights_cast - blocks_w) if site.autocast else 0
 
     phases: dict[str, dict[str, int]] = {}
     phases["forward: loss"] = {
@@ -470,8 +298,8 @@ def step_phases(
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w + cache_extra,
         "embedding_and_head": head_act,
-        "logits_and_loss": loss_fwd,
-        "transient": loss_block,
+        "logits_and_loss": head_loss + loss.cost.forward_live,
+        "transient": loss.cost.forward_transient,
     }
     phases["backward: loss"] = {
         **static,
@@ -479,9 +307,8 @@ def step_phases(
         "activations": blocks_retained - blocks_w,
         "autocast_weights": blocks_w + head_w,
         "embedding_and_head": head_act,
-        "logits_and_loss": head_loss + loss_bwd,
+        "logits_and_loss": head_loss + loss.cost.backward_transient,
     }
-    head_left = head_act - head_in  # embedding mask, position ids
     for name, below, made in (
         ("backward: top block", L - 1, head_grads),
         ("backward: bottom block", 0, head_grads + (L - 1) * blk.grads),
@@ -498,17 +325,14 @@ def step_phases(
     phases["backward: embedding"] = {
         **static,
         "gradients": grads_all,
-        "transient": emb_grad_new + 2 * N * d * 4,
+        "transient": sum(r.cost.backward_transient for r in before),
     }
     phases["optimizer step"] = {**static, "gradients": grads_all}
     # The evaluation at the end of a run (no_grad, same batch size): no saved activations, no
-    # gradients; the loss's buffers and, for vanilla attention, scores beside probabilities.
-    path = _attention_path(s.attention, s.dropout, device)
-    e_att = 4 if path == "math" else e
-    eval_block = 2 * s.n_heads * B * T * T * e_att if path != "fused" else 4 * N * d * e
+    # gradients; the loss's buffers or a block's largest (vanilla: scores beside probabilities).
     phases["evaluation"] = {
         **static,
-        "logits_and_loss": max(loss_eval, eval_block) + 2 * N * d * 4,
+        "logits_and_loss": max(loss.cost.eval_transient, blk.evaluation) + 2 * N * d * 4,
     }
     return phases, blocks_retained + head_act + head_w + head_loss
 
@@ -561,7 +385,7 @@ def estimate_memory(
     )
     for key, value in phases[peak_phase].items():
         setattr(est, key, value)
-    blk = _block(s, B, T, precision, device, padded)
+    blk = _block(s, Site(s, B, T, precision, device, padded))
     est.activations_per_layer = blk.retained
     est.peak_phase = peak_phase
     est.phases = totals
@@ -583,77 +407,3 @@ def estimate_memory(
     if cfg.system.device == "cpu" and device != "cpu":
         est.notes.append("system.device=cpu, but this predicts a CUDA GPU's allocator")
     return est
-
-
-# ---------------------------------------------------------------------------------------------
-# Formatting
-
-
-def _size(n: float) -> str:
-    if abs(n) >= GiB:
-        return f"{n / GiB:8.2f} GiB"
-    return f"{n / MiB:8.1f} MiB"
-
-
-def _flops(n: float) -> str:
-    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if n >= scale:
-            return f"{n / scale:#.3g}".rstrip(".") + f" {unit}"
-    return f"{n:#.3g}".rstrip(".") + " FLOP"
-
-
-_LABELS = {
-    "parameters": "parameters (fp32)",
-    "gradients": "gradients (fp32)",
-    "optimizer_states": "optimizer states (AdamW, 2 x fp32)",
-    "autocast_weights": "autocast weight copies",
-    "activations": "activations saved by the blocks",
-    "recompute": "one block recomputed (checkpointing)",
-    "embedding_and_head": "embedding / final norm / head inputs",
-    "logits_and_loss": "logits and loss buffers",
-    "transient": "short-lived (loss block, backward)",
-    "batch": "batches (current + prefetched)",
-    "workspace": "cuBLAS workspaces, allocator rounding",
-    "ddp_buckets": "DDP gradient buckets",
-}
-
-
-def format_estimate(est: MemoryEstimate) -> str:
-    """A readable table: the breakdown at the peak, the other phases, FLOPs per token/step."""
-    lines = [
-        f"Predicted memory of one training step: B={est.batch_size} T={est.seq_len} "
-        f"{est.precision} attention={est.attention} checkpointing={est.checkpointing}"
-        + (f" x{est.world_size} {est.parallelism}" if est.world_size > 1 else ""),
-        f"parameters: {est.n_params:,} (vocabulary {est.vocab_size} padded to {est.padded_vocab})",
-        "",
-        f"At the peak ({est.peak_phase}):",
-    ]
-    for key, value in est.breakdown().items():
-        if value:
-            lines.append(f"  {_LABELS[key]:<40} {_size(value)}")
-    lines.append(f"  {'= predicted max_memory_allocated':<40} {_size(est.predicted_peak_bytes)}")
-    reserve = f"caching allocator reserve (x{est.allocator_factor:.2f})"
-    lines.append(f"  {reserve:<40} {_size(est.predicted_reserved_bytes)}")
-    lines.append(f"  {'CUDA context (NVML only)':<40} {_size(est.cuda_context_bytes)}")
-    lines.append(f"  {'= predicted nvidia-smi usage':<40} {_size(est.predicted_device_bytes)}")
-    lines.append("")
-    lines.append("Other moments of the step:")
-    for name, total in est.phases.items():
-        if name != est.peak_phase:
-            lines.append(f"  {name:<40} {_size(total)}")
-    lines.append(f"  {'activations per block':<40} {_size(est.activations_per_layer)}")
-    if est.flops is not None:
-        f = est.flops
-        lines += [
-            "",
-            f"FLOPs per token: {_flops(f.model_flops_per_token)} model, "
-            f"{_flops(f.hardware_flops_per_token)} hardware "
-            f"(exact causal attention: {_flops(f.breakdown['model_causal'])})",
-            f"FLOPs per step ({est.tokens_per_step:,} tokens): "
-            f"{_flops(f.per_step(est.tokens_per_step))} model, "
-            f"{_flops(f.hardware_per_step(est.tokens_per_step))} hardware",
-            f"convention: {f.convention}",
-        ]
-    for note in est.notes:
-        lines.append(f"note: {note}")
-    return "\n".join(lines)

@@ -4,14 +4,17 @@ Pure Python on the trace's JSON (no torch needed to read one), so a synthetic tr
 
 - Kernels (`cat` kernel, gpu_memcpy, gpu_memset) are linked to the CPU operator that launched
   them through their `External id` (or their `correlation` with the launching runtime call), and
-  grouped: matmul, attention, normalisation, pointwise, loss, optimizer, communication, copies.
-  Gaps between kernels, when no stream of the device runs any, are the `idle` row.
-- Work from the operator's shapes (the trace needs `profile.record_shapes=true`): FLOPs for
-  matmuls (2 M N K) and attention (4 B H Tq Tk D forward, 2.5x that backward, which recomputes
-  the scores; halved when causal without a mask), bytes moved for the memory-bound groups (the
-  tensors an Inductor kernel is launched with, each read or written once; for an eager operator
-  its inputs plus one output the size of its largest input; a copy's bytes read and written).
-  An operator launching several kernels shares its work among them by duration.
+  grouped by the one classifier (`ops.catalog.classify`, over the ops' descriptions): matmul,
+  attention, normalisation, pointwise, loss, optimizer, communication, copies. Gaps between
+  kernels, when no stream of the device runs any, are the `idle` row.
+- Work from the operator's shapes (the trace needs `profile.record_shapes=true`), as the
+  operator's own description computes it (`ops.catalog.work`): FLOPs for matmuls (2 M N K) and
+  attention (4 B H Tq Tk D forward on the operator's layout, 2.5x that backward, which
+  recomputes the scores; halved when causal without a mask), bytes moved for the memory-bound
+  groups (an Inductor kernel's launch tensors, each read or written once; an eager operator's
+  inputs plus one output the size of its largest input; the fused loss's logits; a copy's bytes
+  read and written). An operator launching several kernels shares its work among them by
+  duration.
 - Limits: the matmul peak (`profile.peak=measured` times an 8192^3 matmul, else the datasheet
   table of peaks.py) for matmul and attention; the copy bandwidth (measured: a 1 GiB
   device-to-device copy with CUDA events, else HBM_BYTES_PER_S) for the memory-bound groups.
@@ -28,25 +31,15 @@ import csv
 import gzip
 import io
 import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GROUPS = (
-    "matmul",
-    "attention",
-    "normalisation",
-    "pointwise",
-    "loss",
-    "optimizer",
-    "communication",
-    "copies",
-    "idle",
-)
-COMPUTE_GROUPS = ("matmul", "attention")
-MEMORY_GROUPS = ("normalisation", "pointwise", "loss", "optimizer", "copies")
+from lmprof.ops import catalog, spec
+from lmprof.ops.spec import COMPUTE_GROUPS, MEMORY_GROUPS
+
+GROUPS = (*spec.GROUPS, "idle")
 
 # Peak HBM bandwidth, bytes/s, from the vendors' datasheets (the fallback when not measured;
 # a device-to-device copy reaches about 85-90% of it).
@@ -70,180 +63,6 @@ HBM_BYTES_PER_S: dict[str, float] = {
     "V100S PCIe": 1.134e12,
     "T4": 0.32e12,
 }
-
-DTYPE_BYTES = {
-    "float": 4,
-    "double": 8,
-    "c10::half": 2,
-    "c10::bfloat16": 2,
-    "half": 2,
-    "bfloat16": 2,
-    "long int": 8,
-    "long": 8,
-    "int": 4,
-    "short int": 2,
-    "bool": 1,
-    "unsigned char": 1,
-    "signed char": 1,
-    "c10::float8_e4m3fn": 1,
-    "c10::float8_e5m2": 1,
-    "c10::complex<float>": 8,
-}
-
-MATMUL_OPS = {
-    "aten::mm",
-    "aten::addmm",
-    "aten::bmm",
-    "aten::baddbmm",
-    "aten::_addmm_activation",
-    "aten::linear",
-    "aten::matmul",
-}
-_KEYS = {
-    "communication": ("nccl", "all_reduce", "allreduce", "reduce_scatter", "all_gather", "gloo"),
-    "attention": (
-        "flash",
-        "fmha",
-        "attention",
-        "sdpa",
-        "cudnn_generated_fort_native_sdpa",
-    ),
-    "matmul": ("gemm", "nvjet", "xmma", "cutlass", "cublas", "matmul", "triton_tem_fused_mm"),
-    "optimizer": ("adam", "multi_tensor", "foreach", "optimizer", "sgd"),
-    "loss": ("cross_entropy", "nll_loss", "log_softmax", "logsumexp", "lmprof_ce"),
-    "normalisation": ("layer_norm", "layernorm", "rms_norm", "rmsnorm", "gammabeta", "batch_norm"),
-    "copies": ("copy", "memcpy", "memset", "aten::cat", "aten::clone", "contiguous", "_to_copy"),
-}
-
-
-def group_of(kernel: str, op: str = "", cat: str = "kernel") -> str:
-    """The group of a kernel, from its name and the operator that launched it."""
-    if cat in ("gpu_memcpy", "gpu_memset"):
-        return "copies"
-    k, o = kernel.lower(), op.lower()
-    for g in ("communication", "attention"):
-        if any(s in k or s in o for s in _KEYS[g]):
-            return g
-    if any(s in k for s in _KEYS["matmul"]) or o in MATMUL_OPS:
-        return "matmul"
-    for g in ("optimizer", "loss", "normalisation", "copies"):
-        if any(s in k or s in o for s in _KEYS[g]):
-            return g
-    return "pointwise"
-
-
-# ---- work from shapes ------------------------------------------------------------------------
-
-
-def _numel(dims: Any) -> int:
-    if not isinstance(dims, list) or not all(isinstance(d, int) for d in dims):
-        return 0
-    return math.prod(dims) if dims else 1
-
-
-# The trace records a TensorList's shapes but not its dtype: the optimizer's lists are lmprof's
-# parameters, gradients and AdamW states, all fp32 (autocast keeps the master weights in fp32).
-TENSOR_LIST_BYTES = 4
-
-
-def tensor_bytes(dims: list, types: list) -> list[int]:
-    """Bytes of each tensor argument (0 for scalars and unknown dtypes); a TensorList counts the
-    sum of its tensors."""
-    out = []
-    for i, d in enumerate(dims):
-        t = (types[i] if i < len(types) else "").lower()
-        if t == "tensorlist" and isinstance(d, list):
-            out.append(sum(_numel(x) for x in d if isinstance(x, list)) * TENSOR_LIST_BYTES)
-            continue
-        size = DTYPE_BYTES.get(t, 0)
-        out.append(_numel(d) * size if size and isinstance(d, list) and d else 0)
-    return out
-
-
-# lmprof's fused LM head + loss (ops/cross_entropy.py): its inputs are the hidden states and the
-# head's weight, but its loss kernel streams the (tokens x vocabulary) logits it made.
-LINEAR_CROSS_ENTROPY_OP = "lmprof::linear_cross_entropy"
-
-
-def linear_cross_entropy_bytes(dims: list, types: list) -> float | None:
-    """The loss kernel's traffic: the logits read once and the gradient written over them, in
-    the hidden states' dtype (hidden (N, D) and weight (V, D) are the first two inputs)."""
-    if len(dims) < 2 or not all(isinstance(d, list) and len(d) == 2 for d in dims[:2]):
-        return None
-    (n, _), (v, _) = dims[0], dims[1]
-    size = DTYPE_BYTES.get((types[0] if types else "").lower(), 0)
-    return 2.0 * n * v * size if size else None
-
-
-def _written_lists(op: str) -> tuple[int, ...]:
-    """Which TensorList arguments an optimizer operator writes back (it reads them all): fused
-    Adam/AdamW update params, exp_avg and exp_avg_sq in place; an in-place foreach op its first."""
-    name = op.lower()
-    if "_fused_adam" in name:
-        return (0, 2, 3)
-    if "_foreach_" in name and name.endswith("_"):
-        return (0,)
-    return ()
-
-
-def matmul_flops(op: str, dims: list) -> float | None:
-    o = op.lower()
-    shapes = [d for d in dims if isinstance(d, list) and d]
-    try:
-        if o == "aten::mm":
-            (m, k), (_, n) = shapes[0], shapes[1]
-            return 2.0 * m * n * k
-        if o in ("aten::addmm", "aten::_addmm_activation"):
-            (m, k), (_, n) = shapes[-2], shapes[-1]
-            return 2.0 * m * n * k
-        if o == "aten::bmm":
-            (b, m, k), (_, _, n) = shapes[0], shapes[1]
-            return 2.0 * b * m * n * k
-        if o == "aten::baddbmm":
-            (b, m, k), (_, _, n) = shapes[-2], shapes[-1]
-            return 2.0 * b * m * n * k
-        if o == "aten::linear":
-            x, w = shapes[0], shapes[1]
-            return 2.0 * math.prod(x[:-1]) * x[-1] * w[0]
-        if o == "aten::matmul":
-            a, b = shapes[0], shapes[1]
-            if len(a) >= 2 and len(b) == 2:
-                return 2.0 * math.prod(a[:-1]) * a[-1] * b[1]
-            if len(a) >= 3 and len(a) == len(b):
-                return 2.0 * math.prod(a[:-2]) * a[-2] * a[-1] * b[-1]
-    except (ValueError, IndexError, TypeError):
-        return None
-    return None
-
-
-def is_attention_op(op: str) -> bool:
-    o = op.lower()
-    return "attention" in o and (
-        "scaled_dot_product" in o or "_attention_" in o or o.endswith("attention")
-    )
-
-
-def attention_flops(op: str, dims: list) -> float | None:
-    """Forward 4 B H Tq Tk D, backward 2.5x; causal (no mask tensor) halves it.
-
-    The first 4-D tensor is taken as the query (the backward's first is the output gradient,
-    of the query's shape), the next 4-D one as the key. A further tensor whose last two dims are
-    (Tq, Tk) is a mask: the kernel then computes every score."""
-    four = [d for d in dims if isinstance(d, list) and len(d) == 4 and _numel(d)]
-    if len(four) < 2:
-        return None
-    b, h, tq, dh = four[0]
-    backward = "backward" in op.lower()
-    key = four[2] if backward and len(four) > 2 else four[1]
-    tk = key[2]
-    masked = any(
-        isinstance(d, list) and len(d) >= 2 and d[-2:] == [tq, tk] and d[-1] != dh for d in dims
-    )
-    flops = 4.0 * b * h * tq * tk * dh
-    if backward:
-        flops *= 2.5
-    return flops if masked else flops / 2
-
 
 # ---- the trace -------------------------------------------------------------------------------
 
@@ -344,20 +163,12 @@ def load_trace(path: str | Path) -> dict:
         return json.load(f)
 
 
-def adamw_bytes_per_step(n_params: int, clipping: bool) -> float:
-    """HBM bytes of one fused AdamW step over fp32 parameters, gradients and states: it reads
-    params, grads, exp_avg and exp_avg_sq and writes params, exp_avg and exp_avg_sq (7 x 4 B a
-    parameter); gradient clipping adds the norm's read and the scaling's read and write (3 x 4 B).
-    The trace cannot say this itself: it records a TensorList's shapes as empty."""
-    return float(n_params) * 4 * (7 + (3 if clipping else 0))
-
-
 def analyze(
     trace: dict | list, limits: Limits | None = None, optimizer_bytes_per_step: float | None = None
 ) -> Roofline:
     """The roofline of a trace (its JSON, loaded). `optimizer_bytes_per_step` (from the model's
     parameter count: `adamw_bytes_per_step`) is the optimizer group's work where the trace's
-    launch records carry none."""
+    launch records carry none (`ops.catalog.AdamW.bytes_per_step`)."""
     limits = limits or Limits()
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     ops: dict[int, dict] = {}
@@ -395,26 +206,26 @@ def analyze(
             ext = runtime_ext.get(a.get("correlation"))
         return ops.get(ext)
 
+    def counted_as(k: dict, op: dict | None) -> spec.Op:
+        name = op.get("name", "") if op else ""
+        return catalog.classify(k.get("name", ""), name, k.get("cat", "kernel"))
+
     # Per-operator work of a group, shared among that operator's kernels of that group by
     # duration (a fused operator such as the LM head + loss launches matmuls and a loss kernel:
     # each group's work goes to its own kernels).
-    linked = [(k, op_of(k)) for k in kernels]
-
-    def group_key(k: dict, op: dict | None) -> str:
-        return group_of(k.get("name", ""), op.get("name", "") if op else "", k.get("cat", "kernel"))
-
+    linked = [(k, op, counted_as(k, op)) for k, op in ((k, op_of(k)) for k in kernels)]
     op_kernel_us: dict[tuple[int, str], float] = defaultdict(float)
-    for k, op in linked:
+    for k, op, by in linked:
         if op is not None:
-            op_kernel_us[(id(op), group_key(k, op))] += k["dur"]
+            op_kernel_us[(id(op), by.group)] += k["dur"]
     rows: dict[str, GroupRow] = {}
     shapes_seen = False
-    for k, op in linked:
-        g = group_key(k, op)
+    for k, op, by in linked:
+        g = by.group
         r = rows.setdefault(g, GroupRow(g))
         r.launches += 1
         r.time_us += k["dur"]
-        work = _work(k, op, g)
+        work = _work(k, op, by)
         if op is not None and "Input Dims" in (op.get("args") or {}):
             shapes_seen = True
         if work is None:
@@ -439,39 +250,19 @@ def analyze(
     return Roofline(rows, max(steps, 1), span, limits, notes)
 
 
-def _work(k: dict, op: dict | None, group: str) -> float | None:
+def _work(k: dict, op: dict | None, by: spec.Op) -> float | None:
     """FLOPs (compute groups) or bytes (memory groups) of one kernel's operator, or None."""
     a = k.get("args") or {}
-    if k.get("cat") in ("gpu_memcpy", "gpu_memset"):
+    if k.get("cat") in catalog.COPY_CATEGORIES:
         nbytes = a.get("bytes")
-        if nbytes is None:
-            return None
-        name = k.get("name", "").lower()
-        if "htod" in name or "dtoh" in name or "htoh" in name:
-            return None  # over PCIe / host: not the HBM limit
-        return float(nbytes) * (2 if "memcpy" in name else 1)
-    if op is None or group not in COMPUTE_GROUPS + MEMORY_GROUPS:
+        return None if nbytes is None else catalog.Copies.transfer_bytes(k.get("name", ""), nbytes)
+    if op is None or by.group not in COMPUTE_GROUPS + MEMORY_GROUPS:
         return None
     oa = op.get("args") or {}
     dims, types = oa.get("Input Dims"), oa.get("Input type") or []
     if not dims:
         return None
-    name = op.get("name", "")
-    if group == "matmul":
-        return matmul_flops(name, dims)
-    if group == "attention":
-        return attention_flops(name, dims) if is_attention_op(name) else None
-    if group == "loss" and name == LINEAR_CROSS_ENTROPY_OP:
-        return linear_cross_entropy_bytes(dims, types)
-    sizes = tensor_bytes(dims, types)
-    if not any(sizes):
-        return None
-    if name.startswith("triton_"):  # Inductor's launch record: inputs and outputs alike
-        return float(sum(sizes))
-    written = _written_lists(name)
-    if written:  # in place: each list read once, the updated ones written once
-        return float(sum(sizes) + sum(sizes[i] for i in written if i < len(sizes)))
-    return float(sum(sizes) + max(sizes))
+    return catalog.work(by, op.get("name", ""), dims, types)
 
 
 def idle_us(kernels: list[dict]) -> tuple[float, float]:

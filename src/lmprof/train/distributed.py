@@ -61,6 +61,19 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_count(n: int, info: DistInfo) -> torch.Tensor | int:
+    """An integer the host knows, summed over ranks on the device: one int64 all-reduce,
+    queued behind the step's work and never read back (nothing waits); `n` on one process."""
+    if not info.enabled:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    if info.device.type == "cuda":
+        t = t.pin_memory()  # a non-blocking copy needs page-locked memory
+    t = t.to(info.device, non_blocking=True)
+    dist.all_reduce(t)
+    return t[0]
+
+
 def shutdown(clean: bool = True) -> None:
     """Tear the process group down; after a clean run, only once every rank is done with it
     (a gloo peer that leaves while another still talks to it aborts that process)."""

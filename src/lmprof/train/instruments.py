@@ -19,6 +19,8 @@ import torch
 
 from lmprof.config import RunConfig
 from lmprof.io import atomic_write_text
+from lmprof.ops.catalog import classify
+from lmprof.ops.spec import GROUPS
 from lmprof.paths import RunPaths
 from lmprof.results import ColumnGroup
 
@@ -26,19 +28,8 @@ log = logging.getLogger("lmprof")
 GIB = 1024**3
 PHASES = ("data", "forward", "backward", "optimizer")
 
-# Kernel and operator names -> the share of step time they are reported under.
-CATEGORIES = (
-    ("communication", ("nccl", "all_reduce", "allreduce", "reduce_scatter", "all_gather", "gloo")),
-    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
-    ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
-    ("matmul", ("gemm", "matmul", "cutlass", "xmma", "nvjet", "mm_", "addmm", "bmm", "cublas")),
-    # The cross-entropy's log-softmax, and the vanilla attention's softmax: one kernel family.
-    ("softmax", ("softmax", "nll_loss", "cross_entropy")),
-    ("norm", ("layer_norm", "layernorm", "gammabeta")),
-)
-
-
-# Names built from PHASES and CATEGORIES, so a new phase or category needs no edit here.
+# Names built from PHASES and the trace's groups (ops/spec.py), so a new phase or group needs no
+# edit here.
 INSTRUMENT_COLUMNS = ColumnGroup(
     "instruments",
     "per-phase times and memory (profile.breakdown), allocator counters and the trace's time "
@@ -47,17 +38,15 @@ INSTRUMENT_COLUMNS = ColumnGroup(
     patterns=(
         "(" + "|".join(PHASES) + ")_ms_p50",
         "mem_after_(" + "|".join(PHASES) + ")_gb",
-        "profile_share_(" + "|".join([c for c, _ in CATEGORIES] + ["other"]) + ")",
+        "profile_share_(" + "|".join(GROUPS) + ")",
     ),
 )
 
 
 def categorize(name: str) -> str:
-    low = name.lower()
-    for category, keys in CATEGORIES:
-        if any(k in low for k in keys):
-            return category
-    return "other"
+    """The group a kernel (on a GPU) or an operator (on a CPU) of the table is counted under:
+    the roofline's classifier (ops/catalog.py), from the name alone."""
+    return classify(name, name).group
 
 
 def op_rows(events, use_device: bool) -> list[tuple[str, int, float]]:

@@ -1,9 +1,11 @@
 """The training loop: build the pieces, step, log, evaluate.
 
 The step itself reads like pseudocode: forward, backward, clip, optimizer step. It never waits
-for the GPU: losses and correct-prediction counts accumulate on the device and are read once per
-logging step, step times come from CUDA events read at the same moment, and token counts are
-host integers computed by the data loader.
+for the GPU: the losses are SUMS over real (non-PAD) targets, divided by the step's real-token
+count, which the data loader counted on the host (over ranks: one integer all-reduce, on the
+device); losses and correct-prediction counts accumulate on the device and are read once per
+logging step, and step times come from CUDA events read at the same moment. The argmax's
+accuracy is asked only of the step that ends at a log point, and of evaluation.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,11 +24,11 @@ from lmprof.config import CUDAGRAPH_MODES, RunConfig
 from lmprof.data import Batch, build_data
 from lmprof.model import ModelArgs, Transformer
 from lmprof.precision import PRECISIONS, autocast_dtype
-from lmprof.train.distributed import DistInfo, all_reduce_sum
+from lmprof.train.distributed import DistInfo, all_reduce_count, all_reduce_sum
 from lmprof.train.instruments import Instruments
 from lmprof.train.optim import build_optimizer, build_scheduler
 from lmprof.train.outputs import CONSOLE, RunOutputs
-from lmprof.train.rng import rng_state, set_rng_state
+from lmprof.train.state import LossMeter, TrainState
 from lmprof.train.timing import StepTimer, steady_noise
 
 log = logging.getLogger("lmprof")
@@ -35,19 +36,6 @@ log = logging.getLogger("lmprof")
 
 class Diverged(Exception):
     """The loss stayed non-finite for longer than training.diverge_patience steps."""
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    real_tokens: int = 0  # non-PAD targets trained on, this rank
-    processed_tokens: int = 0  # B*T per micro-batch, PAD included, this rank
-    train_time_s: float = 0.0  # wall clock in the training loop, evaluation excluded
-    compile_time_s: float = 0.0
-    eval_time_s: float = 0.0  # wall clock in evaluations (validation and test), this process
-    first_nonfinite_step: int | None = None
-    logged: list[dict] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
 
 
 class Checkpoints(Protocol):
@@ -65,30 +53,6 @@ def set_precision_flags(precision: str) -> None:
     tf32 = PRECISIONS[precision].tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-
-
-class _Interval:
-    """Loss, correct predictions and real tokens since the last log point. Loss and count stay
-    on the device (no sync per step); `take` hands them over and starts a new interval."""
-
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
-        self.steps, self.real = 0, 0
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, real: int) -> None:
-        self.loss += loss
-        self.correct += correct
-        self.steps += 1
-        self.real += real
-
-    def take(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        # Clones, so zeroing for the next interval cannot race the caller's reads.
-        out = (self.loss.clone(), self.correct.clone(), self.steps, self.real)
-        self.loss.zero_()
-        self.correct.zero_()
-        self.steps, self.real = 0, 0
-        return out
 
 
 class Trainer:
@@ -128,29 +92,10 @@ class Trainer:
     # -- resumable state ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """This rank's state beyond the model and optimizer tensors, JSON-able. The step is also
-        the data position: the loader is deterministic given its start step."""
-        st = self.state
-        return {
-            "step": st.step,
-            "real_tokens": st.real_tokens,
-            "processed_tokens": st.processed_tokens,
-            "train_time_s": st.train_time_s,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(self.device),
-        }
+        return self.state.to_dict(self.scheduler, self.scaler, self.device)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        st = self.state
-        st.step = int(state["step"])
-        st.real_tokens = int(state["real_tokens"])
-        st.processed_tokens = int(state["processed_tokens"])
-        st.train_time_s = float(state["train_time_s"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"]:  # an off GradScaler's state_dict is empty
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.device)
+        self.state.load(state, self.scheduler, self.scaler, self.device)
 
     def continue_details(self, step: int) -> None:
         """On resume: drop detail rows past the checkpoint, and take the kept ones back into the
@@ -204,29 +149,39 @@ class Trainer:
             cur, nxt = nxt, next(it).to(self.device)
             yield cur
 
-    def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step over grad_accum_steps micro-batches; returns device tensors."""
+    def train_step(self, batches, accuracy: bool = False):
+        """One optimizer step over grad_accum_steps micro-batches: (the summed loss, the number
+        right or None when `accuracy` is not asked), device tensors."""
         accum, st, phase = self.cfg.training.grad_accum_steps, self.state, self.instruments.phase
+        with phase("data"):
+            micro_batches: list[Batch] = [next(batches) for _ in range(accum)]
+        n_real = sum(b.n_real_tokens for b in micro_batches)
+        st.real_tokens += n_real
+        st.processed_tokens += sum(b.n_tokens for b in micro_batches)
+        # The gradient of the loss per real token of the whole step: every micro-batch weighted
+        # by its real tokens, every rank by its own (DDP and FSDP average over ranks, hence
+        # the world size).
+        count = all_reduce_count(n_real, self.dist)
+        scale = self.dist.world_size / (
+            max(count, 1) if isinstance(count, int) else count.clamp(min=1)
+        )
         loss_sum = correct = None  # device tensors; no fill kernels for the common accum == 1
-        for micro in range(accum):
-            with phase("data"):
-                batch: Batch = next(batches)
-            st.real_tokens += batch.n_real_tokens
-            st.processed_tokens += batch.n_tokens
-            last = micro == accum - 1
-            with self._grad_sync(last):
+        for micro, batch in enumerate(micro_batches):
+            with self._grad_sync(micro == accum - 1):
                 if self.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with phase("forward"), self.autocast():
                     loss, n_correct = self.model(
-                        batch.input_ids, batch.targets, batch.attention_mask
+                        batch.input_ids, batch.targets, batch.attention_mask, accuracy
                     )
                 if self.cudagraphs:  # the next replay overwrites the graph's outputs
-                    loss, n_correct = loss.clone(), n_correct.clone()
+                    loss = loss.clone()
+                    n_correct = None if n_correct is None else n_correct.clone()
                 with phase("backward"):
-                    self.scaler.scale(loss / accum).backward()
+                    self.scaler.scale(loss * scale).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-            correct = n_correct if correct is None else correct + n_correct
+            if n_correct is not None:
+                correct = n_correct if correct is None else correct + n_correct
         with phase("optimizer"):
             if self.cfg.training.max_grad_norm > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -235,7 +190,7 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
-        return (loss_sum / accum if accum > 1 else loss_sum), correct
+        return loss_sum, correct
 
     def _grad_sync(self, last: bool):
         """Gradient accumulation: all-reduce (DDP) or reduce-scatter (FSDP2) on the last
@@ -256,11 +211,14 @@ class Trainer:
         self.checkpoints = checkpoints
         batches = self.batches(st.step)
         self.model.train()
-        meter = _Interval(self.device)
+        meter = LossMeter(self.device)
+        interval = getattr(checkpoints, "interval", 0) or 0
         progress = self.out.progress_bar(max_steps, initial=st.step)
         t_start = time.perf_counter()
         while st.step < max_steps:
-            self._step(batches, meter)
+            # Accuracy on the steps that end at a log point (a checkpoint step is one).
+            nxt = st.step + 1
+            self._step(batches, meter, self._log_due(nxt) or (interval and nxt % interval == 0))
             if st.step == 1:
                 st.compile_time_s = time.perf_counter() - t_start
             ckpt = checkpoints is not None and checkpoints.due(st.step)
@@ -279,13 +237,13 @@ class Trainer:
             progress.close()
         return st
 
-    def _step(self, batches, meter: _Interval) -> None:
+    def _step(self, batches, meter: LossMeter, accuracy: bool) -> None:
         """One timed optimizer step, its loss and counts added to `meter` on the device."""
         st = self.state
         real_before = st.real_tokens
         self.instruments.step_begin(st.step)
         self.timer.start()
-        loss, correct = self.train_step(batches)
+        loss, correct = self.train_step(batches, accuracy)
         self.timer.stop()
         st.step += 1
         self.instruments.step_end(st.step)
@@ -301,17 +259,11 @@ class Trainer:
         every = self.cfg.logging.eval_interval
         return bool(every) and step % every == 0 and step < self.cfg.training.max_steps
 
-    def _log_point(self, meter: _Interval, progress) -> None:
+    def _log_point(self, meter: LossMeter, progress) -> None:
         st, cfg = self.state, self.cfg
-        loss_sum, correct_sum, n_steps, n_real = meter.take()
+        loss, accuracy, n_steps, real_total = meter.take(self.dist)
         step_ms = self.timer.collect()
         self.instruments.collect()
-        # One device-to-host transfer for everything the log line needs, summed over ranks.
-        loss_host, correct_host = torch.stack([loss_sum.double(), correct_sum.double()]).tolist()
-        loss_total, correct_total, real_total = all_reduce_sum(
-            [loss_host, correct_host, float(n_real)], self.dist
-        )
-        loss = loss_total / (n_steps * self.dist.world_size)
         self._check_divergence(loss)
         recent = step_ms[-n_steps:]
         step_time = sum(recent) / len(recent)
@@ -319,7 +271,7 @@ class Trainer:
             "step": st.step,
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
-            "accuracy": correct_total / max(real_total, 1),
+            "accuracy": accuracy,
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_seen": int(all_reduce_sum([float(st.real_tokens)], self.dist)[0]),
             "step_time_ms": step_time,
@@ -399,8 +351,10 @@ class Trainer:
                 self.checkpoints.poll(self.state.step, what)
             batch = batch.to(self.device)
             with self.autocast():
-                loss, n_correct = self.model(batch.input_ids, batch.targets, batch.attention_mask)
-            loss_sum += loss.double() * batch.n_real_tokens
+                loss, n_correct = self.model(
+                    batch.input_ids, batch.targets, batch.attention_mask, accuracy=True
+                )
+            loss_sum += loss.double()
             correct += n_correct
             n_tokens += batch.n_real_tokens
         total_loss, total_correct, total_tokens = all_reduce_sum(
@@ -470,8 +424,8 @@ class Trainer:
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
     """This rank's AdamW traffic a step (a DTensor parameter counts its local shard)."""
-    from lmprof.profiling.roofline import adamw_bytes_per_step
+    from lmprof.ops.catalog import AdamW
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
-    return adamw_bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)
+    return AdamW.bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)

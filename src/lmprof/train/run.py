@@ -116,9 +116,8 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
         "avg_perplexity": sum(p["perplexity"] for p in logged) / len(logged)
         if logged
         else float("nan"),
-        "avg_accuracy": sum(p["accuracy"] for p in logged) / len(logged)
-        if logged
-        else float("nan"),
+        # Accuracy is measured at log points; one forced by a stop (SIGTERM) has none.
+        "avg_accuracy": _mean_finite(p["accuracy"] for p in logged),
     }
     row.update(trainer.steady_state())
     row["eval_time_sec"] = st.eval_time_s
@@ -128,6 +127,11 @@ def _summary_row(trainer: Trainer, eval_point: dict | None) -> dict:
     if eval_point:
         row.update({k: eval_point[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy")})
     return row
+
+
+def _mean_finite(values) -> float:
+    kept = [v for v in values if math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def _energy_row(trainer: Trainer, steady_tokens_per_sec: float | None) -> dict:

@@ -30,6 +30,12 @@ class AttentionKernel:
     # The CUDA kernel that ends up running: what the memory model counts (mem_efficient pads its
     # logsumexp to 32 rows). sdpa_mask's float mask rules out flash, so PyTorch picks mem_efficient.
     runs_as: str
+    # Grouped-query attention (model.n_kv_heads < n_heads): "native", the kernel takes fewer K/V
+    # heads than query heads (SDPA's enable_gqa, FA4's own); "repeat", model.py copies each K/V
+    # head to the query heads it serves first, as Hugging Face's repeat_kv does (what the
+    # textbook formula needs, and torch 2.11's memory-efficient kernel, which has no GQA: an
+    # enable_gqa call there falls to the math kernel); None: refused by validation.
+    gqa: str | None
     # The seed's attentions (its model's nn.MultiheadAttention path and the textbook one): the
     # analysis does not count them as an optimisation.
     baseline: bool = False
@@ -55,6 +61,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=True,
             runs_as="matmul",
+            gqa="repeat",
             baseline=True,
             color="#8c564b",
         ),
@@ -67,6 +74,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             baseline=True,
             color="#c49c94",
         ),
@@ -79,6 +87,9 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            # PyTorch picks among the kernels that take what it is given: with enable_gqa, torch
+            # 2.11 leaves fp32 on CUDA (no flash, no cuDNN) and masked batches to the math kernel.
+            gqa="repeat",
             color="#9467bd",
         ),
         AttentionKernel(
@@ -90,6 +101,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="flash",
+            gqa="native",
             seed_flash=True,
             color="#d62728",
         ),
@@ -102,6 +114,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             color="#e377c2",
         ),
         AttentionKernel(
@@ -113,6 +126,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="cudnn",
+            gqa="native",
             seed_flash=True,
             color="#bcbd22",
         ),
@@ -127,6 +141,7 @@ KERNELS: dict[str, AttentionKernel] = {
             materialises_scores=False,
             # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
             runs_as="flash",
+            gqa="native",
             seed_flash=True,
             dropout=False,
             availability="lmprof.ops.flash_attn4:unavailable_reason",
@@ -143,6 +158,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            gqa="repeat",
             color="#6a3d9a",
         ),
     )

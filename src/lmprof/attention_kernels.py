@@ -35,6 +35,12 @@ class AttentionKernel:
     # The CUDA kernel that ends up running: what the memory model counts (mem_efficient pads its
     # logsumexp to 32 rows). sdpa_mask's float mask rules out flash, so PyTorch picks mem_efficient.
     runs_as: str
+    # Grouped-query attention (model.n_kv_heads < n_heads): "native", the kernel takes fewer K/V
+    # heads than query heads (SDPA's enable_gqa, FA4's own); "repeat", model.py copies each K/V
+    # head to the query heads it serves first, as Hugging Face's repeat_kv does (what the
+    # textbook formula needs, and torch 2.11's memory-efficient kernel, which has no GQA: an
+    # enable_gqa call there falls to the math kernel); None: refused by validation.
+    gqa: str | None
     # The operator model.py's forward dispatches on CUDA (what selective checkpointing sees);
     # empty for the textbook attention, whose matmuls are aten's.
     aten: str = ""
@@ -68,6 +74,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=True,
             runs_as="matmul",
+            gqa="repeat",
             baseline=True,
             color="#8c564b",
         ),
@@ -80,6 +87,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             aten="aten._scaled_dot_product_efficient_attention.default",
             baseline=True,
             color="#c49c94",
@@ -93,6 +101,9 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            # PyTorch picks among the kernels that take what it is given: with enable_gqa, torch
+            # 2.11 leaves fp32 on CUDA (no flash, no cuDNN) and masked batches to the math kernel.
+            gqa="repeat",
             aten="aten._scaled_dot_product_flash_attention.default",
             keys=("attention", "sdpa"),
             trace_ops=(
@@ -112,6 +123,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="flash",
+            gqa="native",
             aten="aten._scaled_dot_product_flash_attention.default",
             keys=("flash",),
             trace_ops=(
@@ -133,6 +145,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             aten="aten._scaled_dot_product_efficient_attention.default",
             keys=("fmha", "efficient_attention"),
             trace_ops=(
@@ -152,6 +165,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="cudnn",
+            gqa="native",
             aten="aten._scaled_dot_product_cudnn_attention.default",
             keys=("cudnn_generated_fort_native_sdpa",),
             trace_ops=(
@@ -172,6 +186,7 @@ KERNELS: dict[str, AttentionKernel] = {
             materialises_scores=False,
             # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
             runs_as="flash",
+            gqa="native",
             aten="lmprof.fa4_attention.default",
             # FA4's CuTe kernels are named after their module, flash_attn.cute
             keys=("flash_attncute", "flashattentionforward", "flashattentionbackward"),
@@ -195,6 +210,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            gqa="repeat",
             aten="aten._scaled_dot_product_flash_attention.default",
             color="#6a3d9a",
         ),

@@ -144,7 +144,12 @@ class RMSNorm(LayerNorm):
         if not s.cuda:
             t.append(Tensor(f"{self.name}_normed", s.N * self.d * 4, 4, saved=True))
         out = Tensor(f"{self.name}_out", s.N * self.d * 4, 4)
-        return Cost([*t, out], out, saves_input=True)
+        # The decomposed backward's fp32 gradients of x * rstd and of x, beside the incoming one
+        # (autocast's dtype) cast to fp32; the fused kernel's are one gradient, not counted, as
+        # LayerNorm's are not.
+        nd = s.N * self.d
+        grads = 0 if s.cuda else 2 * nd * 4 + (nd * s.e if s.autocast else 0)
+        return Cost([*t, out], out, saves_input=True, backward_transient=grads)
 
     def params(self, args: Any) -> int:
         return self.d

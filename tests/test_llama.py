@@ -394,3 +394,31 @@ def test_rope_tables_cover_the_context():
     model = make(pos_encoding="rope", max_seq_len=24)
     assert model.rope.cos_TD.shape == (24, 8)
     assert math.isclose(float(model.rope.cos_TD[0, 0]), 1.0)
+
+
+@pytest.mark.parametrize("path", PRESETS)
+def test_estimate_and_find_max_cover_the_presets(path):
+    # No per-op code in the memory model or find-max: the presets' ops come from their
+    # descriptions, and what the model says responds to the options it should.
+    from lmprof.profiling.memory_model import estimate_memory
+    from lmprof.sweep.find_max import model_seed
+
+    cfg = load_config(path)
+    V = cfg.data.vocab_size
+
+    def peak(*overrides: str) -> int:
+        c = build_config(cfg.to_dict(), overrides=["training.batch_size=1", *overrides])
+        return estimate_memory(c, V).predicted_peak_bytes
+
+    est = estimate_memory(cfg, V)
+    assert est.n_params == PRESETS[path]
+    assert est.parameters >= 4 * PRESETS[path] and est.optimizer_states == 8 * PRESETS[path]
+    long = "data.sequence_length=8192"
+    none, sel, full = (
+        peak(long, f"system.gradient_checkpointing={m}") for m in ("none", "selective", "full")
+    )
+    assert full < sel < none
+    # grouped-query attention keeps less than multi-head attention at the same shape
+    assert peak(long, "attention=cudnn") < peak(long, "attention=cudnn", "model.n_kv_heads=0")
+    # find-max's seed: the batch the model says fits an 80 GB card at 2k tokens
+    assert model_seed(cfg, "batch_size", V, 79.0, 1024) >= 1

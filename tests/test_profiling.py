@@ -5,6 +5,7 @@ what PyTorch actually saves and allocates on the CPU (and against H200 measureme
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import subprocess
@@ -130,6 +131,62 @@ def test_flops_attention_term_matters_at_long_sequences(attention):
     )
     # the exact causal count is about half the attention term
     assert f.breakdown["attention_causal"] == pytest.approx(f.breakdown["attention"] / 2, rel=0.01)
+
+
+# The Llama options (issue 28): each on or off, on every attention kernel the CPU runs.
+LLAMA_OPTIONS = ("rope", "rmsnorm", "swiglu", "gqa", "untied")
+LLAMA_COMBOS = list(itertools.product((False, True), repeat=len(LLAMA_OPTIONS)))
+
+
+def _llama(on: dict, **kw) -> ModelArgs:
+    args = dict(
+        vocab_size=500,
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        d_ff=0 if on["swiglu"] else 256,
+        ffn_multiple_of=32,
+        dropout=0.0,
+        max_seq_len=64,
+        pos_encoding="rope" if on["rope"] else "learned",
+        norm_type="rmsnorm" if on["rmsnorm"] else "layernorm",
+        activation="swiglu" if on["swiglu"] else "gelu",
+        n_kv_heads=2 if on["gqa"] else 0,
+        tie_embeddings=not on["untied"],
+        bias=not on["rmsnorm"],
+    )
+    args.update(kw)
+    return ModelArgs(**args)
+
+
+@pytest.mark.parametrize("attention", ["vanilla", "sdpa", "sdpa_mask"])
+@pytest.mark.parametrize("combo", LLAMA_COMBOS, ids=lambda c: "".join("01"[x] for x in c))
+def test_llama_flops_match_flop_counter(combo, attention):
+    # FlopCounterMode counts matmuls (the elementwise RoPE, RMSNorm and SiLU count nothing
+    # there, nor here): GQA's narrower qkv projection, SwiGLU's three matrices and the untied
+    # head must come out exactly.
+    on = dict(zip(LLAMA_OPTIONS, combo, strict=True))
+    B, T = 2, 64
+    args = _llama(on, attention=attention)
+    f = flops_per_token(args, T, device="cpu")
+    assert f.hardware_flops_per_token * B * T == _counted_step_flops(args, B, T)
+    with torch.device("meta"):
+        model = Transformer(args)
+    assert count_params(args) == model.num_params()
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert matmul_params(args)["blocks"] + matmul_params(args)["lm_head"] == linear
+
+
+@pytest.mark.parametrize("ckpt", ["full", "selective"])
+@pytest.mark.parametrize("attention", ["vanilla", "sdpa"])
+def test_llama_recompute_flops_match_flop_counter(attention, ckpt):
+    on = dict.fromkeys(LLAMA_OPTIONS, True)
+    B, T = 2, 64
+    args = _llama(on, attention=attention, checkpointing=ckpt)
+    f = flops_per_token(args, T, device="cpu")
+    assert f.hardware_flops_per_token * B * T == _counted_step_flops(args, B, T)
+    if ckpt == "full":
+        assert f.hardware_flops_per_token > f.model_flops_per_token
 
 
 def test_flops_convention_is_nanogpt():
@@ -427,6 +484,60 @@ def test_saved_activations_match_saved_tensors_hooks(attention, dropout, precisi
 def test_checkpointing_memory_matches_live_bytes(attention, dropout, precision, ckpt, norm):
     # saved_tensors_hooks cannot see through checkpoint's own hooks; count live storages.
     args = _tiny(attention, dropout, precision, ckpt, norm, max_seq_len=128)
+    B, T = 2, 128
+    _, retained, peak = _run_step(args, B, T, precision)
+    predicted_saved, predicted_peak = _predicted(args, B, T, precision)
+    assert retained == pytest.approx(predicted_saved, rel=0.02)
+    assert peak == pytest.approx(predicted_peak, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "attention,precision",
+    [("sdpa", "fp32"), ("sdpa", "bf16"), ("vanilla", "bf16"), ("sdpa_mask", "fp32")],
+)
+@pytest.mark.parametrize(
+    "combo",
+    [c for c in LLAMA_COMBOS if sum(c) in (1, 5)],
+    ids=lambda c: "".join("01"[x] for x in c),
+)
+def test_llama_saved_activations_match_saved_tensors_hooks(combo, attention, precision):
+    # Each option alone, all of them, and all but one: RMSNorm keeps its input and rstd (and,
+    # decomposed on the CPU, x * rstd), SwiGLU the gate/up output and silu's, RoPE its tables'
+    # casts under autocast and the rotated q and k where the fused kernel reads them, GQA on a
+    # "repeat" kernel the copies of k and v at every query head.
+    on = dict(zip(LLAMA_OPTIONS, combo, strict=True))
+    args = _llama(on, attention=attention, precision=precision)
+    B, T = 4, 64
+    hooked, retained, peak = _run_step(args, B, T, precision)
+    predicted_saved, predicted_peak = _predicted(args, B, T, precision)
+    assert hooked == pytest.approx(predicted_saved, rel=0.02)
+    assert retained == pytest.approx(predicted_saved, rel=0.02)
+    assert peak == pytest.approx(predicted_peak, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "attention,precision,ckpt",
+    [
+        ("vanilla", "fp32", "full"),
+        pytest.param(
+            "sdpa",
+            "bf16",
+            "full",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="over-predicted 7.7% (3.9% with LayerNorm): the CPU's decomposed RMSNorm "
+                "backward moment under full checkpointing, with the recomputed tensors its "
+                "later ops freed still counted; CUDA's fused RMSNorm has no such buffer",
+            ),
+        ),
+        ("vanilla", "bf16", "selective"),
+        ("sdpa", "fp32", "selective"),
+        ("sdpa", "bf16", "selective"),
+    ],
+)
+def test_llama_checkpointing_memory_matches_live_bytes(attention, precision, ckpt):
+    on = dict.fromkeys(LLAMA_OPTIONS, True)
+    args = _llama(on, attention=attention, precision=precision, checkpointing=ckpt, max_seq_len=128)
     B, T = 2, 128
     _, retained, peak = _run_step(args, B, T, precision)
     predicted_saved, predicted_peak = _predicted(args, B, T, precision)

@@ -35,6 +35,12 @@ class AttentionKernel:
     # The CUDA kernel that ends up running: what the memory model counts (mem_efficient pads its
     # logsumexp to 32 rows). sdpa_mask's float mask rules out flash, so PyTorch picks mem_efficient.
     runs_as: str
+    # Grouped-query attention (model.n_kv_heads < n_heads): "native", the kernel takes fewer K/V
+    # heads than query heads (SDPA's enable_gqa, FA4's own); "repeat", model.py copies each K/V
+    # head to the query heads it serves first, as Hugging Face's repeat_kv does (what the
+    # textbook formula needs, and torch 2.11's memory-efficient kernel, which has no GQA: an
+    # enable_gqa call there falls to the math kernel); None: refused by validation.
+    gqa: str | None
     # The operator model.py's forward dispatches on CUDA (what selective checkpointing sees);
     # empty for the textbook attention, whose matmuls are aten's.
     aten: str = ""
@@ -68,6 +74,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=True,
             runs_as="matmul",
+            gqa="repeat",
             baseline=True,
             color="#8c564b",
         ),
@@ -80,6 +87,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="always",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             aten="aten._scaled_dot_product_efficient_attention.default",
             baseline=True,
             color="#c49c94",
@@ -93,6 +101,9 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            # PyTorch picks among the kernels that take what it is given: with enable_gqa, torch
+            # 2.11 leaves fp32 on CUDA (no flash, no cuDNN) and masked batches to the math kernel.
+            gqa="repeat",
             aten="aten._scaled_dot_product_flash_attention.default",
             keys=("attention", "sdpa"),
             trace_ops=(
@@ -112,6 +123,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="flash",
+            gqa="native",
             aten="aten._scaled_dot_product_flash_attention.default",
             keys=("flash",),
             trace_ops=(
@@ -133,6 +145,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="mem_efficient",
+            gqa="repeat",
             aten="aten._scaled_dot_product_efficient_attention.default",
             keys=("fmha", "efficient_attention"),
             trace_ops=(
@@ -152,6 +165,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="never",
             materialises_scores=False,
             runs_as="cudnn",
+            gqa="native",
             aten="aten._scaled_dot_product_cudnn_attention.default",
             keys=("cudnn_generated_fort_native_sdpa",),
             trace_ops=(
@@ -172,6 +186,7 @@ KERNELS: dict[str, AttentionKernel] = {
             materialises_scores=False,
             # It keeps what FlashAttention keeps: O and the fp32 log-sum-exp, (B, H, T).
             runs_as="flash",
+            gqa="native",
             aten="lmprof.fa4_attention.default",
             # FA4's CuTe kernels are named after their module, flash_attn.cute
             keys=("flash_attncute", "flashattentionforward", "flashattentionbackward"),
@@ -195,6 +210,7 @@ KERNELS: dict[str, AttentionKernel] = {
             mask="padding",
             materialises_scores=False,
             runs_as="flash",
+            gqa="repeat",
             aten="aten._scaled_dot_product_flash_attention.default",
             color="#6a3d9a",
         ),
@@ -277,13 +293,19 @@ class Attention(Op):
     the CPU with dropout, SDPA's math path (explicit bmm, fp32 under autocast) keep contiguous
     copies of q, k, v, the probabilities (with dropout: the mask and the dropped ones) and a copy
     of the output for the out-projection; the fused kernels (flash, memory-efficient, cuDNN,
-    FA4) keep the qkv projection's output (q, k, v are views of it), their output and an fp32
-    log-sum-exp, and replay their dropout from the RNG."""
+    FA4) keep q, k and v (views of the qkv projection's output, unless RoPE made new q and k or
+    grouped-query attention on a "repeat" kernel copied k and v to every query head), their
+    output and an fp32 log-sum-exp, and replay their dropout from the RNG."""
 
     group = "attention"
 
-    def __init__(self, kernel: AttentionKernel, n_heads: int = 1):
-        self.kernel, self.n_heads = kernel, n_heads
+    def __init__(
+        self, kernel: AttentionKernel, n_heads: int = 1, n_kv_heads: int = 0, rope: Op | None = None
+    ):
+        # rope: the description of the rotation model.py applies to q and k inside the attention
+        # (model_ops.Rope), whose tensors this op decides to keep or not.
+        self.kernel, self.n_heads, self.rope = kernel, n_heads, rope
+        self.n_kv_heads = n_kv_heads or n_heads
         self.name = kernel.name
         self.keys = kernel.keys
         self.operators = tuple(op for op, _ in kernel.trace_ops)
@@ -302,14 +324,18 @@ class Attention(Op):
         path = self.path(s)
         matmul = 2 * N * T * d  # QK^T or AV, all T keys (FlopCounterMode ignores is_causal)
         causal = 6 * N * (T + 1) * d  # forward + backward, each query against the keys it sees
+        # RoPE's casts of its tables (kept) and the rotated q and k (kept by the fused kernels)
+        rotated = self.rope.cost(s, x).tensors if self.rope is not None else []
         if path == "fused":
-            return self._fused(s, matmul, causal)
+            return self._fused(s, x, rotated, matmul, causal)
         e = 4 if path == "math" else s.e  # the math path computes in fp32 under autocast
         bhtt = B * H * T * T * e
         # vanilla without padding: baddbmm(causal bias, q, k^T); with padding (and the math
         # path) a bmm.
         scores_op = BADDBMM if path == "vanilla" and not s.padded else BMM
-        t = [Tensor(n, N * d * e, e, saved=True) for n in ("q", "k", "v")]  # reshape's copies
+        # reshape's copies of q, k and v (of k and v: the copies to every query head, with fewer
+        # K/V heads)
+        t = [*rotated, *(Tensor(n, N * d * e, e, saved=True) for n in ("q", "k", "v"))]
         scores = Tensor("scores", bhtt, e, made_by=scores_op, flops=matmul)
         t.append(scores)
         if path == "vanilla" and s.padded:
@@ -334,12 +360,16 @@ class Attention(Op):
             causal_flops=causal,
             backward_transient=grad,
             peak=peak,
-            # v is a view of the qkv output, whose storage is therefore still alive
-            alive_at_peak=[scores] + ([x] if x is not None else []),
+            # v is a view of the qkv output, whose storage is therefore still alive, as are the
+            # rotated q and k (the forward's locals)
+            alive_at_peak=[scores, *(r for r in rotated if not r.saved)]
+            + ([x] if x is not None else []),
             eval_transient=2 * bhtt,  # scores beside probabilities
         )
 
-    def _fused(self, s: Site, matmul: int, causal: int) -> Cost:
+    def _fused(
+        self, s: Site, x: Tensor | None, rotated: list[Tensor], matmul: int, causal: int
+    ) -> Cost:
         B, T, N, d, e, H = s.B, s.T, s.N, s.d, s.e, self.n_heads
         # auto as the kernel it becomes here (fa4 or cudnn count the same: FA4's availability,
         # which this torch-free model cannot see, changes nothing).
@@ -348,10 +378,18 @@ class Attention(Op):
         )
         k = kernel(name)
         op = k.aten if s.cuda else CPU_FUSED_OP
+        # What the kernel keeps of q, k, v: RoPE's new q and k; with fewer K/V heads on a
+        # "repeat" kernel, k and v copied to every query head; else views of the qkv output.
+        repeat = self.n_kv_heads < H and k.gqa == "repeat"
+        for r in rotated:
+            r.saved = r.saved or r.name == "q_rot" or (r.name == "k_rot" and not repeat)
+        copies = [Tensor(n, N * d * e, e, saved=True) for n in ("k_rep", "v_rep")] if repeat else []
         out = Tensor("attn_out", N * d * e, e, made_by=op, flops=2 * matmul)
         # The memory-efficient kernel pads its logsumexp to 32 rows.
         rows = -(-T // 32) * 32 if k.runs_as == "mem_efficient" else T
-        t = [out, Tensor("lse", B * H * rows * 4, 4, saved=True, made_by=op)]
+        t = [*rotated, *copies, out, Tensor("lse", B * H * rows * 4, 4, saved=True, made_by=op)]
+        kv = N * d * e if repeat else N * d * e * self.n_kv_heads // H
+        qkv = x.nbytes if x is not None else N * d * e + 2 * kv
         if s.padded and k.mask != "never":
             t.append(Tensor("attn_bias", B * T * T * e, e, saved=True))
         elif k.mask == "always" and s.cuda:
@@ -359,13 +397,14 @@ class Attention(Op):
         return Cost(
             t,
             out,
-            saves_input=True,  # q, k and v are views of the qkv projection's output
+            # v (and, without RoPE, q) is a view of the qkv projection's output, unless copied
+            saves_input=not repeat or self.rope is None,
             backward_flops=2 * 2 * matmul,
             kernel_recompute_flops=matmul,  # the backward recomputes QK^T
             causal_flops=causal,
             # the kernel's dq, dk, dv and fp32 dq accumulator; then dq, dk, dv stacked into the
             # gradient of the qkv output
-            backward_transient=max(3 * N * d * e + N * d * 4, 6 * N * d * e),
+            backward_transient=max(N * d * e + 2 * kv + N * d * 4, 2 * qkv),
             eval_transient=4 * N * d * e,
         )
 

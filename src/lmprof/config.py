@@ -39,8 +39,9 @@ BATCHINGS = (*PACKED_BATCHINGS, "padded")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
 NORMS = ("pre", "post")
-POS_ENCODINGS = ("learned", "sinusoidal")
-ACTIVATIONS = ("gelu", "relu")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POS_ENCODINGS = ("learned", "sinusoidal", "rope")
+ACTIVATIONS = ("gelu", "relu", "swiglu")
 CHECKPOINTING = ("none", "full", "selective")
 PEAKS = ("table", "measured")
 RESUMES = ("none", "auto")
@@ -103,8 +104,21 @@ HF_ONLY = {"read_by": ("hf",)}
 class ModelConfig:
     d_model: int = option(256, "width of the residual stream", **POSITIVE)
     n_heads: int = option(4, "attention heads; must divide d_model", **POSITIVE)
+    n_kv_heads: int = option(
+        0,
+        "key/value heads (grouped-query attention); must divide n_heads; 0: n_heads",
+        **NON_NEGATIVE,
+    )
     n_layers: int = option(4, "Transformer blocks", **POSITIVE)
-    d_ff: int = option(1024, "hidden width of the MLP", **POSITIVE)
+    d_ff: int = option(
+        1024,
+        "hidden width of the MLP; 0: 4 d_model, or for swiglu Llama's 8/3 d_model rounded up "
+        "to ffn_multiple_of",
+        **NON_NEGATIVE,
+    )
+    ffn_multiple_of: int = option(
+        256, "swiglu with d_ff=0: round the hidden width up to a multiple of this", **POSITIVE
+    )
     dropout: float = option(0.1, "dropout probability", at_least=0, below=1)
     max_seq_len: int = option(
         0, "rows of the position table; 0: data.sequence_length", **NON_NEGATIVE
@@ -112,10 +126,21 @@ class ModelConfig:
     norm: str = option(
         "pre", "LayerNorm placement (post: nn.TransformerEncoderLayer's, the seed's)", choices=NORMS
     )
-    pos_encoding: str = option("learned", "position encoding", choices=POS_ENCODINGS)
+    # `norm` already names the placement (the seed's key), so the layer is a key of its own.
+    norm_type: str = option(
+        "layernorm", "the normalization layer (rmsnorm: Llama's)", choices=NORM_TYPES
+    )
+    pos_encoding: str = option(
+        "learned",
+        "position encoding (rope: rotary, on q and k in each block)",
+        choices=POS_ENCODINGS,
+    )
+    rope_theta: float = option(10000.0, "pos_encoding=rope: the rotary base", above=0)
     tie_embeddings: bool = option(True, "share the token embedding with the output projection")
     bias: bool = option(True, "biases in the linear layers and LayerNorms")
-    activation: str = option("gelu", "MLP activation (relu: the seed's)", choices=ACTIVATIONS)
+    activation: str = option(
+        "gelu", "MLP activation (relu: the seed's; swiglu: Llama's gated SiLU)", choices=ACTIVATIONS
+    )
     attention: str = option(
         "sdpa", "attention kernel (see lmprof/attention_kernels.py)", choices=ATTENTIONS
     )
@@ -130,6 +155,17 @@ class ModelConfig:
     loss_chunk_size: int = option(
         0, ">0: cross-entropy over this many tokens at a time, no full logits", **NON_NEGATIVE
     )
+
+    def ffn_hidden(self) -> int:
+        """The MLP's hidden width: d_ff, or what d_ff=0 stands for: GPT-2's 4 d_model, or for
+        swiglu Llama's 2/3 of that (three matrices, the parameters of a 4 d_model MLP) rounded
+        up to ffn_multiple_of."""
+        if self.d_ff:
+            return self.d_ff
+        if self.activation != "swiglu":
+            return 4 * self.d_model
+        m = self.ffn_multiple_of
+        return (8 * self.d_model // 3 + m - 1) // m * m
 
 
 @dataclass
@@ -357,6 +393,10 @@ class RunConfig:
         d = self.to_dict()
         for section, key in IDENTITY_EXCLUDED:
             d[section].pop(key, None)
+        defaults = RunConfig().to_dict()
+        for section, key in IDENTITY_ADDED:
+            if d[section][key] == defaults[section][key]:
+                del d[section][key]
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -388,6 +428,14 @@ IDENTITY_EXCLUDED = (
     ("energy", "sample"),
     ("energy", "interval_ms"),
     ("cost", "gpu_hour_usd"),
+    ("model", "ffn_multiple_of"),  # read only to resolve d_ff=0, which build_config does
+)
+# Fields added after results were written: at their defaults they stay out of the identity, so
+# a config written before them keeps its hash, and a rerun of its sweep its resume.
+IDENTITY_ADDED = (
+    ("model", "n_kv_heads"),
+    ("model", "norm_type"),
+    ("model", "rope_theta"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
@@ -665,6 +713,7 @@ def build_config(
         if run and not exc.run:
             raise ConfigError(exc.key, exc.value, exc.allowed, run=run) from None
         raise
+    cfg.model.d_ff = cfg.model.ffn_hidden()  # d_ff=0 becomes the width it stands for
     if not cfg.logging.run_name:
         cfg.logging.run_name = default_run_name(cfg)
     return cfg
@@ -810,6 +859,17 @@ def validate(cfg: RunConfig) -> None:
     m = cfg.model
     if m.d_model % m.n_heads:
         raise ConfigError("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
+    if m.n_kv_heads and m.n_heads % m.n_kv_heads:
+        raise ConfigError(
+            "model.n_kv_heads", m.n_kv_heads, f"must divide model.n_heads={m.n_heads}"
+        )
+    d_head = m.d_model // m.n_heads
+    if m.pos_encoding == "rope" and d_head % 2:
+        raise ConfigError(
+            "model.pos_encoding",
+            "rope",
+            f"rotates pairs of dimensions: d_model/n_heads={d_head} must be even",
+        )
     if m.max_seq_len and m.max_seq_len < cfg.seq_len:
         raise ConfigError(
             "model.max_seq_len", m.max_seq_len, f"must be >= data.sequence_length={cfg.seq_len}"
@@ -850,6 +910,14 @@ def validate(cfg: RunConfig) -> None:
             f"loss {m.loss} is not chunked: set it to 0 or use loss {' or '.join(chunked)}",
         )
     kernel = attention_kernels.kernel(m.attention)
+    if 0 < m.n_kv_heads < m.n_heads and kernel.gqa is None:
+        others = attention_kernels.names_where(lambda k: k.gqa is not None)
+        raise ConfigError(
+            "model.attention",
+            m.attention,
+            f"has no grouped-query attention (n_kv_heads < n_heads): use "
+            f"{attention_kernels.or_list(others)}",
+        )
     if not kernel.dropout and m.dropout > 0:
         raise ConfigError(
             "model.dropout", m.dropout, f"attention '{kernel.name}' has no dropout: set it to 0"

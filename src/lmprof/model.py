@@ -5,11 +5,19 @@ post-LayerNorm -> final norm -> LM head tied to the embedding -> next-token cros
 ignores PAD targets (`model.loss`: the fused head + loss of ops/cross_entropy.py, or the plain
 PyTorch reference of ops/pytorch_loss.py; the losses' list is ops/losses.py). Names follow "Attention Is All You Need" and GPT-2.
 
+Llama-style choices (model.norm_type, pos_encoding, activation, n_kv_heads, tie_embeddings):
+RMSNorm (Zhang & Sennrich 2019), rotary position embeddings on q and k (RoFormer, Su et al.
+2021), the SwiGLU MLP (Shazeer 2020), grouped-query attention (Ainslie et al. 2023: n_kv_heads
+K/V heads, each shared by n_heads / n_kv_heads query heads) and an LM head of its own. Layouts
+are in the names where they matter: q_BTHD is (batch, time, heads, head dim).
+
 Attention: `vanilla` materialises the T x T scores (the textbook formula); `sdpa_mask` hands an
 explicit causal mask to PyTorch's scaled_dot_product_attention, as nn.MultiheadAttention does in
 the course assignment's model; `sdpa` lets PyTorch choose a kernel for `is_causal`; `flash`,
 `mem_efficient` and `cudnn` force one; `fa4` calls FlashAttention-4 (ops/flash_attn4.py);
-`auto` becomes one of fa4, cudnn and sdpa when the model is built (`resolve_attention`).
+`auto` becomes one of fa4, cudnn and sdpa when the model is built (`resolve_attention`). With
+n_kv_heads < n_heads, flash, cudnn and fa4 take the K/V heads as they are; the others get each
+one copied to the query heads it serves (attention_kernels.py's `gqa` column says which).
 
 Padding convention: PAD only ever follows a row's real tokens (right padding). With a causal mask
 a real query then never sees a PAD key, so the kernels that cannot take a mask (`flash`, `cudnn`,
@@ -63,29 +71,68 @@ def _sdpa_backend(attention: str):
     return getattr(SDPBackend, name)
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, args: ModelArgs):
+class RotaryEmbedding(nn.Module):
+    """RoPE: each pair of a head's dimensions rotated by the angle position * theta^(-2i/D).
+    The pairs are (i, i + D/2), Hugging Face Llama's rotate-half layout (not the paper's
+    interleaved (2i, 2i + 1)), so the q/k projections of HF Llama checkpoints load as they are.
+    One table for every block; cos and sin in fp32, cast to q's dtype where applied, as HF does."""
+
+    def __init__(self, d_head: int, max_seq_len: int, theta: float):
         super().__init__()
-        self.n_heads, self.d_head = args.n_heads, args.d_model // args.n_heads
+        exponent = torch.arange(0, d_head, 2, dtype=torch.int64).float() / d_head
+        inv_freq = 1.0 / theta**exponent
+        angle_TD2 = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        angle_TD = torch.cat((angle_TD2, angle_TD2), dim=-1)
+        self.register_buffer("cos_TD", angle_TD.cos(), persistent=False)
+        self.register_buffer("sin_TD", angle_TD.sin(), persistent=False)
+
+    def forward(self, x_BTHD: torch.Tensor) -> torch.Tensor:
+        T = x_BTHD.size(1)
+        cos = self.cos_TD[:T, None, :].to(x_BTHD.dtype)  # (T, 1, D): broadcast over heads
+        sin = self.sin_TD[:T, None, :].to(x_BTHD.dtype)
+        x1, x2 = x_BTHD.chunk(2, dim=-1)
+        return x_BTHD * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args: ModelArgs, rope: RotaryEmbedding | None = None):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.d_head = args.n_heads, args.kv_heads, args.d_head
         self.attention, self.dropout = args.attention, args.dropout
-        if not attention_kernel(args.attention).dropout and args.dropout > 0:
+        kernel = attention_kernel(args.attention)
+        if not kernel.dropout and args.dropout > 0:
             raise ValueError(f"attention {args.attention!r} has no dropout; set dropout=0")
         self.backend = _sdpa_backend(args.attention)
-        self.qkv = nn.Linear(args.d_model, 3 * args.d_model, bias=args.bias)
+        # q, k and v in one matmul: n_heads query heads, then n_kv_heads key and value heads.
+        qkv_dim = (self.n_heads + 2 * self.n_kv_heads) * self.d_head
+        self.qkv = nn.Linear(args.d_model, qkv_dim, bias=args.bias)
         self.proj = nn.Linear(args.d_model, args.d_model, bias=args.bias)
         self.attn_dropout = nn.Dropout(args.dropout)
+        self.rope = rope  # shared by every block (Transformer.rope); None without RoPE
+        # Grouped-query attention: a kernel without it gets each K/V head copied to the
+        # query heads it serves (attention_kernels.py's gqa column); the others take them as is.
+        grouped = self.n_kv_heads < self.n_heads
+        self.kv_repeat = self.n_heads // self.n_kv_heads if kernel.gqa == "repeat" else 1
+        self.enable_gqa = grouped and self.kv_repeat == 1
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.d_head)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.d_head
+        q, k, v = self.qkv(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+        q_BTHD, k_BTHD, v_BTHD = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
+        if self.rope is not None:
+            q_BTHD, k_BTHD = self.rope(q_BTHD), self.rope(k_BTHD)
         if self.attention == "fa4":
-            # FA4 takes (B, T, H, D) with any 16-byte-aligned strides: q, k and v stay views of
-            # the qkv projection (no copy), and its O, (B, T, H, D) contiguous, is already the
-            # out-projection's (B, T, C) (no transpose copy). The SDPA kernels want (B, H, T, D).
-            q, k, v = qkv.unbind(2)
-            y = flash_attn4.fa4_attention(q, k, v, 1.0 / math.sqrt(self.d_head), causal=True)
+            # FA4 takes (B, T, H, D) with any 16-byte-aligned strides and fewer K/V heads: q, k
+            # and v stay views of the qkv projection (no copy; RoPE writes new q and k), and its
+            # O, (B, T, H, D) contiguous, is already the out-projection's (B, T, C) (no
+            # transpose copy). The SDPA kernels want (B, H, T, D).
+            scale = 1.0 / math.sqrt(D)
+            y = flash_attn4.fa4_attention(q_BTHD, k_BTHD, v_BTHD, scale, causal=True)
             return self.proj(y.reshape(B, T, C))
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = (t.transpose(1, 2) for t in (q_BTHD, k_BTHD, v_BTHD))
+        if self.kv_repeat > 1:
+            k, v = _repeat_kv(k, self.kv_repeat), _repeat_kv(v, self.kv_repeat)
         if self.attention == "vanilla":
             y = self._vanilla(q, k, v, key_padding)
         else:
@@ -122,10 +169,18 @@ class CausalSelfAttention(nn.Module):
         use_mask = mask == "always" or (key_padding is not None and mask == "padding")
         ctx = nullcontext() if self.backend is None else _sdpa_kernel(self.backend)
         with ctx:
+            gqa = {"enable_gqa": True} if self.enable_gqa else {}  # keeps MHA calls as they were
             if use_mask:
                 mask = _attention_mask(q.size(-2), key_padding, q.device)
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, **gqa)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, **gqa)
+
+
+def _repeat_kv(x_BHTD: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, Hkv, T, D) -> (B, Hkv * n_rep, T, D), K/V head j serving query heads j * n_rep to
+    (j + 1) * n_rep - 1: the grouping of SDPA's enable_gqa, FA4 and Hugging Face's repeat_kv."""
+    B, Hkv, T, D = x_BHTD.shape
+    return x_BHTD[:, :, None].expand(B, Hkv, n_rep, T, D).reshape(B, Hkv * n_rep, T, D)
 
 
 def _sdpa_kernel(backend):
@@ -160,14 +215,38 @@ class MLP(nn.Module):
         return self.proj(self.act(self.fc(x)))
 
 
-class Block(nn.Module):
+class SwiGLU(nn.Module):
+    """Llama's MLP: proj(silu(x W_gate) * x W_up). The gate and up projections are one matmul
+    (`fc`: gate rows, then up rows), as q, k and v are."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
+        self.fc = nn.Linear(args.d_model, 2 * args.d_ff, bias=args.bias)
+        self.proj = nn.Linear(args.d_ff, args.d_model, bias=args.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+# LayerNorm's default; Llama's, SmolLM's and TinyLlama's rms_norm_eps.
+NORM_EPS = 1e-5
+
+
+def _norm(args: ModelArgs) -> nn.Module:
+    if args.norm_type == "rmsnorm":  # no mean subtracted, no bias
+        return nn.RMSNorm(args.d_model, eps=NORM_EPS)
+    return nn.LayerNorm(args.d_model, eps=NORM_EPS, bias=args.bias)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, rope: RotaryEmbedding | None = None):
+        super().__init__()
         self.pre_norm = args.norm == "pre"
-        self.ln1 = nn.LayerNorm(args.d_model, bias=args.bias)
-        self.attn = CausalSelfAttention(args)
-        self.ln2 = nn.LayerNorm(args.d_model, bias=args.bias)
-        self.mlp = MLP(args)
+        self.ln1 = _norm(args)
+        self.attn = CausalSelfAttention(args, rope)
+        self.ln2 = _norm(args)
+        self.mlp = SwiGLU(args) if args.activation == "swiglu" else MLP(args)
         self.drop = nn.Dropout(args.dropout)
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,18 +276,19 @@ class Transformer(nn.Module):
         self.args = args
         V = args.padded_vocab_size
         self.tok_emb = nn.Embedding(V, args.d_model)
+        self.rope = None
         if args.pos_encoding == "learned":
             self.pos_emb = nn.Embedding(args.max_seq_len, args.d_model)
-        else:
+        elif args.pos_encoding == "sinusoidal":
             self.register_buffer(
                 "pos_table", sinusoidal_table(args.max_seq_len, args.d_model), persistent=False
             )
+        else:  # rope: nothing added to the embedding; each block rotates its q and k
+            self.rope = RotaryEmbedding(args.d_head, args.max_seq_len, args.rope_theta)
         self.drop = nn.Dropout(args.dropout)
-        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layers))
-        # Post-norm blocks already end in a LayerNorm; a pre-norm stack needs a final one.
-        self.ln_f = (
-            nn.LayerNorm(args.d_model, bias=args.bias) if args.norm == "pre" else nn.Identity()
-        )
+        self.blocks = nn.ModuleList(Block(args, self.rope) for _ in range(args.n_layers))
+        # Post-norm blocks already end in a norm; a pre-norm stack needs a final one.
+        self.ln_f = _norm(args) if args.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(args.d_model, V, bias=False)
         if args.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -242,7 +322,7 @@ class Transformer(nn.Module):
         x = self.tok_emb(idx)
         if self.args.pos_encoding == "learned":
             x = x + self.pos_emb(torch.arange(T, device=idx.device))
-        else:
+        elif self.args.pos_encoding == "sinusoidal":
             x = x + self.pos_table[:T].to(x.dtype)
         x = self.drop(x)
         for block in self.blocks:

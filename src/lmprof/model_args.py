@@ -24,6 +24,21 @@ class ModelArgs(ModelConfig):
     def __post_init__(self) -> None:
         if self.vocab_size <= 0:
             raise ValueError("ModelArgs needs vocab_size > 0")
+        if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"ModelArgs needs n_heads | d_model and n_kv_heads | n_heads, got d_model "
+                f"{self.d_model}, n_heads {self.n_heads}, n_kv_heads {self.n_kv_heads}"
+            )
+        self.d_ff = self.ffn_hidden()  # a config's d_ff is resolved already; direct callers' not
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_heads, or n_heads (multi-head attention) for 0."""
+        return self.n_kv_heads or self.n_heads
 
     @property
     def padded_vocab_size(self) -> int:

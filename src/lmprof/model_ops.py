@@ -134,6 +134,27 @@ class LayerNorm(Op):
         return self.d * (2 if self.bias else 1)
 
 
+class RMSNorm(LayerNorm):
+    """nn.RMSNorm (fp32 under autocast, as LayerNorm): keeps its input and each row's rstd. On
+    CUDA F.rms_norm runs torch's fused kernel; on the CPU it is decomposed (x * rstd, then the
+    weight), which also keeps the normalised x for the weight's gradient."""
+
+    def cost(self, s: Site, x: Tensor | None) -> Cost:
+        t = [Tensor(f"{self.name}_rstd", s.N * 4, 4, saved=True)]
+        if not s.cuda:
+            t.append(Tensor(f"{self.name}_normed", s.N * self.d * 4, 4, saved=True))
+        out = Tensor(f"{self.name}_out", s.N * self.d * 4, 4)
+        # The decomposed backward's fp32 gradients of x * rstd and of x, beside the incoming one
+        # (autocast's dtype) cast to fp32; the fused kernel's are one gradient, not counted, as
+        # LayerNorm's are not.
+        nd = s.N * self.d
+        grads = 0 if s.cuda else 2 * nd * 4 + (nd * s.e if s.autocast else 0)
+        return Cost([*t, out], out, saves_input=True, backward_transient=grads)
+
+    def params(self, args: Any) -> int:
+        return self.d
+
+
 class Activation(Op):
     """The MLP's activation: tanh-GELU keeps its input, ReLU its output."""
 
@@ -147,6 +168,51 @@ class Activation(Op):
         # keeps) is freed only after its own backward.
         grad = s.N * self.width * s.e * (2 if relu else 1)
         return Cost([out], out, saves_input=not relu, backward_transient=grad)
+
+
+class SwiGLU(Op):
+    """The SwiGLU MLP's middle, silu(gate) * up, reading the fused gate/up projection's output
+    (2 x width): silu keeps gate (so the whole projection output, gate being a view of it), the
+    product keeps silu's output and up (the same storage); the down-projection keeps the product.
+    Its FLOPs are elementwise (not counted, as FlopCounterMode counts matmuls)."""
+
+    name = "swiglu"
+
+    def __init__(self, width: int):
+        self.width = width
+
+    def cost(self, s: Site, x: Tensor | None) -> Cost:
+        N, f, e = s.N, self.width, s.e
+        silu = Tensor("silu_out", N * f * e, e, saved=True)
+        out = Tensor("swiglu_out", N * f * e, e)
+        # Its backward, at its largest: the gradients of gate and up stacked into that of the
+        # projection output (2 x width: 4 widths), less the product and silu's output, freed by
+        # then (their backward nodes have run).
+        return Cost([silu, out], out, saves_input=True, backward_transient=2 * N * f * e)
+
+
+class Rope(Op):
+    """model.py's RotaryEmbedding applied to q and k (run inside the attention: `Attention` reads
+    this description for the tensors it makes). Under autocast each call casts its T x D cos and
+    sin tables to q's dtype and the multiplications keep the casts; in fp32 they are views of
+    the fp32 tables. Whether the attention keeps the rotated q and k depends on its kernel."""
+
+    name = "rope"
+
+    def __init__(self, n_heads: int, n_kv_heads: int, d_head: int):
+        self.n_heads, self.n_kv_heads, self.d_head = n_heads, n_kv_heads, d_head
+
+    def cost(self, s: Site, x: Tensor | None) -> Cost:
+        e, D = s.e, self.d_head
+        casts = [
+            Tensor(f"rope_{w}_{qk}", s.T * D * e, e, saved=True)
+            for qk in ("q", "k")
+            for w in ("cos", "sin")
+            if s.autocast
+        ]
+        q = Tensor("q_rot", s.N * self.n_heads * D * e, e)
+        k = Tensor("k_rot", s.N * self.n_kv_heads * D * e, e)
+        return Cost([*casts, q, k], q)
 
 
 class Dropout(Op):
@@ -206,23 +272,43 @@ class Embedding(Op):
         )
 
     def buffers(self, args: Any) -> int:
-        """The sinusoidal table, a non-persistent buffer (fp32)."""
+        """The position tables, non-persistent buffers (fp32): the sinusoidal one, or RoPE's cos
+        and sin (one pair shared by every block)."""
+        pos = getattr(args, "pos_encoding", "learned")
+        if pos == "rope":
+            return 2 * int(args.max_seq_len) * (int(args.d_model) // int(args.n_heads)) * 4
         return 0 if self.learned else int(args.max_seq_len) * int(args.d_model) * 4
 
 
 def block_ops(args: Any) -> list[Op]:
     """One block, in the order model.py's Block.forward runs it (pre- or post-norm)."""
     d, f, bias = int(args.d_model), int(args.d_ff), bool(getattr(args, "bias", True))
+    H = int(args.n_heads)
+    Hkv, D = int(getattr(args, "n_kv_heads", 0) or H), d // H
+    rope = Rope(H, Hkv, D) if getattr(args, "pos_encoding", "learned") == "rope" else None
     attention = attention_kernels.Attention(
-        attention_kernels.kernel(getattr(args, "attention", "sdpa")), int(args.n_heads)
+        attention_kernels.kernel(getattr(args, "attention", "sdpa")), H, Hkv, rope
     )
-    attn = [Linear("qkv", d, 3 * d, bias), attention, Linear("proj", d, d, bias)]
+    attn = [Linear("qkv", d, (H + 2 * Hkv) * D, bias), attention, Linear("proj", d, d, bias)]
     attn += [Dropout("drop1"), Residual("add1")]
-    mlp = [Linear("fc", d, f, bias), Activation(getattr(args, "activation", "gelu"), f)]
+    act = getattr(args, "activation", "gelu")
+    if act == "swiglu":  # gate and up in one matmul, as model.py's SwiGLU
+        mlp = [Linear("fc", d, 2 * f, bias), SwiGLU(f)]
+    else:
+        mlp = [Linear("fc", d, f, bias), Activation(act, f)]
     mlp += [Linear("down", f, d, bias), Dropout("drop2"), Residual("add2")]
+    ln1, ln2 = norm("ln1", args), norm("ln2", args)
     if getattr(args, "norm", "pre") == "pre":
-        return [LayerNorm("ln1", d, bias), *attn, LayerNorm("ln2", d, bias), *mlp]
-    return [*attn, LayerNorm("ln1", d, bias), *mlp, LayerNorm("ln2", d, bias)]
+        return [ln1, *attn, ln2, *mlp]
+    return [*attn, ln1, *mlp, ln2]
+
+
+def norm(name: str, args: Any) -> LayerNorm:
+    """model.py's _norm: RMSNorm or LayerNorm (with the model's bias)."""
+    d = int(args.d_model)
+    if getattr(args, "norm_type", "layernorm") == "rmsnorm":
+        return RMSNorm(name, d, bias=False)
+    return LayerNorm(name, d, bool(getattr(args, "bias", True)))
 
 
 def embedding_ops(args: Any) -> list[Op]:
@@ -233,8 +319,7 @@ def embedding_ops(args: Any) -> list[Op]:
 def head_ops(args: Any) -> list[Op]:
     """What runs after the blocks: a pre-norm stack's final LayerNorm, then the LM head and the
     loss (`model.loss`, ops/losses.py)."""
-    d, bias = int(args.d_model), bool(getattr(args, "bias", True))
-    final = [LayerNorm("ln_f", d, bias)] if getattr(args, "norm", "pre") == "pre" else []
+    final = [norm("ln_f", args)] if getattr(args, "norm", "pre") == "pre" else []
     return [*final, losses.loss(getattr(args, "loss", losses.DEFAULT), args)]
 
 

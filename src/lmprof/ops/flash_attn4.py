@@ -9,7 +9,8 @@ in FlashAttention-2's backward), each with a fake (shapes, dtypes and strides on
 forward's autograd formula registered: torch.compile keeps one graph and calls the kernels as
 they are.
 
-Layout: q, k, v and O are (B, T, H, D) (batch, sequence, heads, head dim), FA4's layout; L is
+Layout: q, k, v and O are (B, T, H, D) (batch, sequence, heads, head dim), FA4's layout; k and
+v may have fewer heads, a divisor of q's (grouped-query attention, which FA4 runs natively); L is
 fp32 (B, H, T). The kernels take any strides whose last one is 1 and whose others are multiples
 of 16 bytes, so the model hands over views of its fused qkv projection without a copy.
 
@@ -185,10 +186,16 @@ def _current() -> Kernels:
 # ---- the stand-in: FlashAttention's arithmetic in plain PyTorch (fp32) ------------------------
 
 
+def _heads_bhtd(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, Hkv, D) -> fp32 (B, H, T, D), each K/V head repeated for the n_heads / Hkv query
+    heads it serves (grouped-query attention, FA4's grouping); H = Hkv: the transpose only."""
+    return t.transpose(1, 2).float().repeat_interleave(n_heads // t.size(2), dim=1)
+
+
 def _reference_forward(q, k, v, softmax_scale: float, causal: bool):
     """S = Q K^T * scale (causal: -inf above the diagonal), L = logsumexp(S), P = exp(S - L),
     O = P V; in fp32, O cast back to q's dtype."""
-    qh, kh, vh = (t.transpose(1, 2).float() for t in (q, k, v))  # (B, H, T, D)
+    qh, kh, vh = (_heads_bhtd(t, q.size(2)) for t in (q, k, v))  # (B, H, T, D)
     s = (qh @ kh.transpose(-2, -1)) * softmax_scale
     if causal:
         T, S = s.shape[-2:]
@@ -201,8 +208,8 @@ def _reference_forward(q, k, v, softmax_scale: float, causal: bool):
 def _reference_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: bool):
     """FlashAttention-2's backward (Dao 2023, Algorithm 2), unblocked: P = exp(S - L) rebuilt
     from L, dV = P^T dO, dP = dO V^T, D = rowsum(dO * O), dS = P * (dP - D), dQ = dS K * scale,
-    dK = dS^T Q * scale."""
-    qh, kh, vh, oh, doh = (t.transpose(1, 2).float() for t in (q, k, v, out, dout))
+    dK = dS^T Q * scale; with fewer K/V heads, dK and dV summed over the query heads each serves."""
+    qh, kh, vh, oh, doh = (_heads_bhtd(t, q.size(2)) for t in (q, k, v, out, dout))
     s = (qh @ kh.transpose(-2, -1)) * softmax_scale
     if causal:
         T, S = s.shape[-2:]
@@ -214,6 +221,8 @@ def _reference_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: b
     ds = p * (dp - delta)
     dq = (ds @ kh) * softmax_scale
     dk = (ds.transpose(-2, -1) @ qh) * softmax_scale
+    B, H, T, D = dk.shape
+    dk, dv = (g.view(B, k.size(2), H // k.size(2), T, D).sum(2) for g in (dk, dv))
     return tuple(g.transpose(1, 2).contiguous().to(t.dtype) for g, t in ((dq, q), (dk, k), (dv, v)))
 
 

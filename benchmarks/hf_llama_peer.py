@@ -19,7 +19,7 @@ Data: a seeded first-order Markov chain over the preset's vocabulary (each token
 successors with Zipf weights), so the loss falls towards the chain's entropy; generated on the
 host, the same for every run, no tokenizer or file needed.
 
-    python benchmarks/hf_llama_peer.py --out $OUT           # GPU: smollm_135m, B16 x T2048
+    python benchmarks/hf_llama_peer.py --out $OUT           # GPU: smollm_135m, B8 x T2048
     python benchmarks/hf_llama_peer.py --quick              # CPU smoke test: tiny shape, fp32
 
 Writes <out>/hf_llama_peer.json, hf_llama_peer.csv (one row per run) and
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gc
 import inspect
 import io
@@ -45,11 +46,13 @@ from pathlib import Path
 
 import torch
 
+from lmprof.attention_kernels import kernel as attention_kernel
+from lmprof.attention_kernels import runs_in
 from lmprof.config import build_config, load_yaml
 from lmprof.data.batching import Batch
 from lmprof.errors import UserError
 from lmprof.io import atomic_write_text
-from lmprof.model import IGNORE_INDEX, NORM_EPS, ModelArgs
+from lmprof.model import IGNORE_INDEX, NORM_EPS, ModelArgs, Transformer
 from lmprof.train.distributed import DistInfo
 from lmprof.train.loop import Trainer
 from lmprof.train.optim import build_optimizer, build_scheduler
@@ -207,13 +210,24 @@ def _outputs(lm, hf, b: Batch, autocast: torch.dtype | None):
     return logits_lm, float(loss_lm), out.logits.float(), float(out.loss)
 
 
+def fp32_twin(lm: Transformer, args: ModelArgs) -> Transformer:
+    """`lm` itself when its attention kernel runs fp32; else the same weights with `sdpa`
+    attention (flash, cudnn and fa4 have no fp32 kernel), for the fp32 check."""
+    if runs_in(attention_kernel(args.attention), "fp32"):
+        return lm
+    device = next(lm.parameters()).device
+    twin = Transformer(dataclasses.replace(args, attention="sdpa")).to(device).eval()
+    twin.load_state_dict(lm.state_dict())
+    return twin
+
+
 def equivalence(lm, hf, b: Batch, bf16: bool) -> dict:
     """fp32: logits within 1e-4 (absolute, on logits of order 1) and losses within 1e-5
     relative; bf16: lmprof and HF no further apart than the farther of them is from fp32."""
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        ref_lm, loss_ref_lm, ref_hf, loss_ref_hf = _outputs(lm, hf, b, None)
+        ref_lm, loss_ref_lm, ref_hf, loss_ref_hf = _outputs(fp32_twin(lm, lm.args), hf, b, None)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     fp32_dlogits = float((ref_lm - ref_hf).abs().max())
@@ -256,15 +270,20 @@ def timed(step, batches: list[Batch], warmup: int, device: torch.device) -> dict
             for _ in batches
         ]
     losses, wall = [], []
-    for i, b in enumerate(batches):
-        t0 = time.perf_counter()
-        if cuda:
-            events[i][0].record()
-        losses.append(step(b).detach())
-        if cuda:
-            events[i][1].record()
-        else:
-            wall.append((time.perf_counter() - t0) * 1e3)
+    try:
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            if cuda:
+                events[i][0].record()
+            losses.append(step(b).detach())
+            if cuda:
+                events[i][1].record()
+            else:
+                wall.append((time.perf_counter() - t0) * 1e3)
+    except torch.OutOfMemoryError as exc:
+        # Recorded, not raised: the other runs and the equivalence still get written.
+        del losses
+        return {"oom": (str(exc).strip().splitlines() or ["out of memory"])[0][:200]}
     if cuda:
         torch.cuda.synchronize()
         times = [s.elapsed_time(e) for s, e in events]
@@ -438,7 +457,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--preset", default="smollm_135m", help="a configs/ preset name or a YAML path")
-    ap.add_argument("--batch", type=int, default=16, help="sequences per step (default 16)")
+    # B8 x T2048: 16384 tokens a step, so every matmul has 16k rows (enough to fill an H100's
+    # 132 SMs even at SmolLM's width 576) and a compiled step takes tens of milliseconds, far
+    # above the launch overhead; HF's fp32 copy of the logits (B*T*V*4 bytes, 3.2 GB at V 49152)
+    # and both models' activations stay well under 80 GB.
+    ap.add_argument("--batch", type=int, default=8, help="sequences per step (default 8)")
     ap.add_argument("--seq", type=int, default=2048, help="tokens per sequence (default 2048)")
     ap.add_argument("--steps", type=int, default=200, help="training steps of each run")
     ap.add_argument("--warmup", type=int, default=20, help="first steps left out of the timing")
@@ -540,7 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     release()
     lm2_res, _ = run_lmprof(train_layers, a.seed + 1, batches, a.warmup, device)
     release()
-    curves = curve_check(lm_res["losses"], hf_res["losses"], lm2_res["losses"], a.window)
+    ran = not any("oom" in r for r in (lm_res, hf_res, lm2_res))
+    curves = (
+        curve_check(lm_res["losses"], hf_res["losses"], lm2_res["losses"], a.window)
+        if ran
+        else {"window": a.window, "max_gap_hf": None, "max_gap_seed": None, "within_noise": None}
+    )
 
     meta = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -576,9 +604,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs = {"lmprof": lm_res, "hf": hf_res, "lmprof_seed+1": lm2_res}
     summary = {
-        "speedup_tokens_per_sec": lm_res["tokens_per_sec"] / hf_res["tokens_per_sec"],
+        "speedup_tokens_per_sec": lm_res["tokens_per_sec"] / hf_res["tokens_per_sec"]
+        if ran
+        else None,
         "peak_mem_ratio": (lm_res["peak_mem_gib"] / hf_res["peak_mem_gib"])
-        if hf_res["peak_mem_gib"]
+        if ran and hf_res["peak_mem_gib"]
         else None,
     }
     write(Path(a.out), meta, eq, probe, runs, curves, summary)
@@ -608,17 +638,21 @@ def write(out: Path, meta, eq, probe, runs, curves, summary) -> None:
         "first_step_s",
         "params",
         "final_loss",
+        "oom",
     ]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols)
     for name, r in runs.items():
-        w.writerow([name, *(r[c] for c in cols[1:-1]), _final(r["losses"])])
+        final = _final(r["losses"]) if "losses" in r else None
+        w.writerow([name, *(r.get(c) for c in cols[1:-2]), final, r.get("oom", "")])
     atomic_write_text(out / "hf_llama_peer.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["step", *runs])
-    for i, losses in enumerate(zip(*(r["losses"] for r in runs.values()), strict=True), 1):
+    # A run that ran out of memory has no curve: the file then has the steps of the others.
+    curves = {name: r["losses"] for name, r in runs.items() if "losses" in r}
+    w.writerow(["step", *curves])
+    for i, losses in enumerate(zip(*curves.values(), strict=True), 1):
         w.writerow([i, *(f"{x:.6f}" for x in losses)])
     atomic_write_text(out / "hf_llama_peer_curves.csv", buf.getvalue())
 
@@ -640,19 +674,28 @@ def table(meta, eq, probe, runs, curves, summary) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in runs.items():
+        if "oom" in r:
+            lines.append(f"| {name} | {r['params'] / 1e6:.1f}M | OOM: {r['oom']} | | | | |")
+            continue
         peak = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         lines.append(
             f"| {name} | {r['params'] / 1e6:.1f}M | {r['tokens_per_sec']:,.0f} | {r['step_ms_p50']:.1f} "
             f"[{r['step_ms_p10']:.1f}, {r['step_ms_p90']:.1f}] | {peak} | {r['first_step_s']:.1f} | "
             f"{_final(r['losses']):.4f} |"
         )
-    mem = summary["peak_mem_ratio"]
+    mem, speedup = summary["peak_mem_ratio"], summary["speedup_tokens_per_sec"]
+    lines.append("")
+    if speedup is None:
+        lines.append("a run ran out of memory: no speed, memory or curve comparison (try --batch)")
+    else:
+        lines += [
+            f"lmprof / HF tokens/s: {speedup:.2f}x (goal >= 1.2x); peak memory "
+            f"lmprof / HF: {f'{mem:.2f}x' if mem else '-'} (goal <= 1)",
+            f"loss curves ({curves['window']}-step mean): max |lmprof - HF| "
+            f"{curves['max_gap_hf']:.4f} vs seed-to-seed {curves['max_gap_seed']:.4f}: "
+            f"{'within' if curves['within_noise'] else 'NOT within'} noise",
+        ]
     lines += [
-        "",
-        f"lmprof / HF tokens/s: {summary['speedup_tokens_per_sec']:.2f}x (goal >= 1.2x); peak memory "
-        f"lmprof / HF: {f'{mem:.2f}x' if mem else '-'} (goal <= 1)",
-        f"loss curves ({curves['window']}-step mean): max |lmprof - HF| {curves['max_gap_hf']:.4f} vs "
-        f"seed-to-seed {curves['max_gap_seed']:.4f}: {'within' if curves['within_noise'] else 'NOT within'} noise",
         f"equivalence fp32: max |dlogits| {eq['fp32_max_abs_dlogits']:.2e}, |dloss| {eq['fp32_abs_dloss']:.2e}: "
         f"{'ok' if eq['fp32_ok'] else 'FAILED'} (params {eq['params_lmprof']:,} lmprof, {eq['params_hf']:,} HF)",
     ]

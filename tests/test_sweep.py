@@ -380,6 +380,60 @@ def test_overrides_apply_to_every_run_but_not_to_names(tmp_path):
         plan_sweep(path, overrides=["run_name=x"])
 
 
+def test_base_file_is_a_preset_under_base_config_and_the_later_layers(tmp_path):
+    (tmp_path / "presets").mkdir()
+    preset = {"model": {"d_model": 96, "n_heads": 6, "n_layers": 3}, "training": {"lr": 0.01}}
+    (tmp_path / "presets" / "p.yaml").write_text(yaml.safe_dump(preset))
+    path = sweep_file(tmp_path, [{"name": "g", "tag": "t", "params": {"model.n_layers": [1, 2]}}])
+    doc = yaml.safe_load(path.read_text())
+    doc["base_file"] = "presets/p.yaml"  # relative to the sweep file, not to the working folder
+    doc["base_config"]["training.lr"] = 0.002
+    path.write_text(yaml.safe_dump(doc))
+    plans = plan_sweep(path, check_env=False)
+    # base_file < base_config < the swept key: each layer wins for its own keys only.
+    assert [(p.cfg.model.d_model, p.cfg.model.n_heads) for p in plans] == [(96, 6), (96, 6)]
+    assert [p.cfg.model.n_layers for p in plans] == [1, 2]
+    assert [p.cfg.training.lr for p in plans] == [0.002, 0.002]
+    assert plans[0].changes == {"model.n_layers": 1}  # listed against base_file + base_config
+
+
+def test_the_llama_budget_sweep_builds_on_the_tinyllama_preset():
+    plans = plan_sweep(REPO / "configs" / "llama_budget.yaml", check_env=False)
+    m = plans[0].cfg.model
+    assert (m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff) == (2048, 22, 32, 4, 5632)
+    assert (m.norm_type, m.pos_encoding, m.activation, m.tie_embeddings) == (
+        "rmsnorm",
+        "rope",
+        "swiglu",
+        False,
+    )
+    budget = [p for p in plans if "llama_budget" in p.tags]
+    assert sorted({p.cfg.seq_len for p in budget}) == [2048, 4096, 8192, 16384, 32768]
+    assert {p.cfg.system.gradient_checkpointing for p in budget} == {"none", "full"}
+    assert {p.cfg.model.attention for p in plans} == {"cudnn", "flash", "fa4"}
+    assert all(p.cfg.training.max_steps <= 5 and p.cfg.system.precision == "bf16" for p in plans)
+
+
+@pytest.mark.parametrize(
+    "base_file, message",
+    [
+        ("absent.yaml", "base_file 'absent.yaml' is not a file"),
+        (["a.yaml"], "base_file must be the path of a run config"),
+        ("sweep.yaml", "base_file 'sweep.yaml' is a sweep file"),
+    ],
+)
+def test_a_bad_base_file_is_one_line(tmp_path, capsys, base_file, message):
+    path = sweep_file(tmp_path, [{"name": "g", "tag": "t", "params": {"batch_size": [1]}}])
+    doc = yaml.safe_load(path.read_text())
+    doc["base_file"] = base_file
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=re.escape(message)):
+        plan_sweep(path)
+    assert lmprof_main(["sweep", str(path), "--dry-run"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Running (fake child)
 

@@ -9,12 +9,15 @@ groups. A group has a `name`, a `tag` (or a list of tags) and either
 * `runs`: a list of `{name, params, num_gpus}`, each `params` merged over base_config key by key
   (a nested mapping such as `model_config` is merged, not replaced).
 
-Extensions: dotted keys anywhere (`model.d_model`), `num_gpus` on a group, `fixed_params` in a
+Extensions: `base_file`, a run config (a preset such as configs/tinyllama_1b.yaml; a path relative
+to the sweep file) applied under base_config, so a sweep of a preset does not copy its shape;
+dotted keys anywhere (`model.d_model`), `num_gpus` on a group, `fixed_params` in a
 `runs` group too, and `repeat: N` or `seeds: [..]` on a group or a run for repeated runs (names
 end in `_rep<k>` / `_seed<s>`; `logging.repeat` is k). Repeats are interleaved: round k runs the
 k-th repeat of every selected configuration, in file order, before round k+1 starts (a b a b,
-not a a b b), so a slow spell of the machine hits every configuration, not one. Layers are applied in order, base < fixed_params < the run's
-params < command-line overrides, so a later layer wins for one key and leaves the others alone.
+not a a b b), so a slow spell of the machine hits every configuration, not one. Layers are
+applied in order, base_file < base_config < fixed_params < the run's params < command-line
+overrides, so a later layer wins for one key and leaves the others alone.
 Every run is built and validated before the first starts: a mistake anywhere stops the sweep
 with one line naming the run and the key, and so do two runs that are one run (the same
 configuration, seed and repeat under two names: lmprof.identity).
@@ -41,7 +44,7 @@ from lmprof.config import (
 )
 from lmprof.errors import ConfigError, UserError
 
-TOP_LEVEL_KEYS = ("base_config", "experiments")
+TOP_LEVEL_KEYS = ("base_file", "base_config", "experiments")
 GROUP_KEYS = (
     "name",
     "tag",
@@ -126,8 +129,22 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         if key not in TOP_LEVEL_KEYS:
             raise UserError(
                 f"'{path}': unknown top-level key '{key}' (a sweep file has "
-                "base_config and experiments)"
+                "base_file, base_config and experiments)"
             )
+    name = doc.get("base_file")
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise UserError(f"'{path}': base_file must be the path of a run config")
+        base_path = Path(path).parent / name
+        if not base_path.is_file():
+            raise UserError(f"'{path}': base_file '{name}' is not a file ({base_path})")
+        base = load_yaml(base_path)
+        if "experiments" in base:
+            raise UserError(
+                f"'{path}': base_file '{name}' is a sweep file; base_file names a run config "
+                "(a preset such as configs/tinyllama_1b.yaml)"
+            )
+        doc = {**doc, "base_file": base}  # its mapping, read once
     return doc
 
 
@@ -167,16 +184,21 @@ def expand_sweep(
     base = doc.get("base_config") or {}
     if not isinstance(base, Mapping):
         raise UserError(f"'{source}': base_config must be a mapping of keys to values")
+    # base_file (load_sweep has read it) goes under base_config: one layer of the two.
+    under = doc.get("base_file") or {}
+    if not isinstance(under, Mapping):
+        raise UserError(f"'{source}': base_file must name a run config (load_sweep reads it)")
+    bases = (under, base)
     groups = doc.get("experiments") or []
     if not isinstance(groups, list):
         raise UserError(f"'{source}': experiments must be a list of groups")
     _check_overrides(overrides)
     try:
-        base_cfg = build_config(base, overrides=overrides, run="base_config")
+        base_cfg = build_config(*bases, overrides=overrides, run="base_config")
     except ConfigError:
         # base_config is only the reference the changes are listed against; whether an override
         # is valid is the selected runs' question, each built below with its own layers.
-        base_cfg = build_config(base, run="base_config")
+        base_cfg = build_config(*bases, run="base_config")
     base_flat = _flat(base_cfg)
 
     specs: list[_Spec] = []
@@ -198,7 +220,7 @@ def expand_sweep(
     same: dict[tuple[str, str, str], str] = {}
     for spec in specs:
         owned = {"logging": {"run_name": spec.name, "tag": spec.tags[0] if spec.tags else ""}}
-        cfg = build_config(base, *spec.layers, owned, overrides=overrides, run=spec.name)
+        cfg = build_config(*bases, *spec.layers, owned, overrides=overrides, run=spec.name)
         changes = {
             k: v for k, v in _flat(cfg).items() if k not in SWEEP_OWNED and base_flat.get(k) != v
         }

@@ -1,0 +1,94 @@
+"""The training step's per-step host work, on the CPU: what must not come back once removed
+(events made anew each step, NVTX calls nobody asked for, a mask per layer, batches pinned in
+the training thread). Fakes stand in for the CUDA calls, which is what the test counts."""
+
+from __future__ import annotations
+
+import torch
+
+from lmprof.config import build_config
+from lmprof.train import timing
+from lmprof.train.instruments import Instruments
+
+
+class _FakeEvent:
+    made = 0
+
+    def __init__(self, enable_timing: bool = False):
+        type(self).made += 1
+        self.t = 0.0
+
+    def record(self) -> None:
+        self.t += 1.0
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: _FakeEvent) -> float:
+        return 2.0
+
+
+def _cfg(**profile):
+    return build_config(
+        {"data": {"source": "synthetic", "vocab_size": 64}},
+        {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_ff": 32, "sequence_length": 8},
+        {"max_steps": 10, "run_name": "hot", "progress": False},
+        {"profile": profile},
+    )
+
+
+def test_step_timer_creates_no_event_after_the_first_log_interval(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    _FakeEvent.made = 0
+    timer = timing.StepTimer(torch.device("cuda", 0))
+    for _ in range(5):  # the first interval: two events a step, as before
+        timer.start()
+        timer.stop()
+    assert timer.collect() == [2.0] * 5
+    made = _FakeEvent.made
+    assert made == 10
+    for _ in range(3):  # later intervals of at most that many steps take events from the pool
+        for _ in range(5):
+            timer.start()
+            timer.stop()
+        timer.collect()
+    assert _FakeEvent.made == made
+    assert len(timer.step_ms) == 20
+
+
+def _phases(ins: Instruments) -> None:
+    for name in ("data", "forward", "backward", "optimizer"):
+        with ins.phase(name):
+            pass
+
+
+def test_nvtx_ranges_only_when_profile_nvtx_asks(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda name: calls.append(name))
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: calls.append("pop"))
+    for nvtx, expected in ((False, 0), (True, 8)):
+        ins = Instruments(_cfg(nvtx=nvtx), torch.device("cpu"), is_main=True)
+        # The phases' CUDA branch, without a GPU: what a CUDA run of this config would call.
+        ins.cuda, ins.nvtx = True, nvtx
+        calls.clear()
+        _phases(ins)
+        assert len(calls) == expected, (nvtx, calls)
+        ins.close()
+
+
+def test_breakdown_events_are_reused_after_collect(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    ins = Instruments(_cfg(breakdown=True), torch.device("cpu"), is_main=True)
+    ins.cuda = ins.breakdown = True
+    _FakeEvent.made = 0
+    _phases(ins)
+    ins.collect()
+    made = _FakeEvent.made
+    for _ in range(3):
+        _phases(ins)
+        ins.collect()
+    assert made == 8 and _FakeEvent.made == made
+    assert ins.phase_ms["forward"] == [2.0] * 4
+    ins.close()

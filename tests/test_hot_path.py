@@ -5,10 +5,12 @@ the training thread). Fakes stand in for the CUDA calls, which is what the test 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmprof.config import build_config
 from lmprof.train import timing
 from lmprof.train.instruments import Instruments
+from lmprof.train.loop import _Interval
 
 
 class _FakeEvent:
@@ -92,3 +94,27 @@ def test_breakdown_events_are_reused_after_collect(monkeypatch, tmp_path):
     assert made == 8 and _FakeEvent.made == made
     assert ins.phase_ms["forward"] == [2.0] * 4
     ins.close()
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_meter_add_runs_no_op_a_step_and_take_sums_the_interval():
+    meter = _Interval(torch.device("cpu"))
+    losses = [torch.tensor(float(i)) for i in range(1, 5)]
+    corrects = [torch.tensor(i, dtype=torch.long) for i in range(4)]
+    with _CountOps() as mode:
+        for loss, correct in zip(losses, corrects, strict=True):
+            meter.add(loss, correct, real=10)
+    assert mode.ops == []  # the device work waits for the log point
+    loss, correct, steps, real = meter.take()
+    assert (loss.item(), correct.item(), steps, real) == (10.0, 6, 4, 40)
+    meter.add(torch.tensor(7.0), torch.tensor(3), real=5)  # a new interval starts empty
+    assert [t.item() if torch.is_tensor(t) else t for t in meter.take()] == [7.0, 3, 1, 5]

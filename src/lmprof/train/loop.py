@@ -65,25 +65,31 @@ def set_precision_flags(precision: str) -> None:
 
 
 class _Interval:
-    """Loss, correct predictions and real tokens since the last log point. Loss and count stay
-    on the device (no sync per step); `take` hands them over and starts a new interval."""
+    """Loss, correct predictions and real tokens since the last log point. Losses and counts
+    stay on the device (no sync per step) and are only kept, not added, until `take` sums them
+    in one kernel each: no launch a step for the running sums. At most logging_steps are kept."""
 
     def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.device = device
+        self.losses: list[torch.Tensor] = []
+        self.corrects: list[torch.Tensor] = []
         self.steps, self.real = 0, 0
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, real: int) -> None:
-        self.loss += loss
-        self.correct += correct
+        self.losses.append(loss)
+        self.corrects.append(correct)
         self.steps += 1
         self.real += real
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        # Clones, so zeroing for the next interval cannot race the caller's reads.
-        out = (self.loss.clone(), self.correct.clone(), self.steps, self.real)
-        self.loss.zero_()
-        self.correct.zero_()
+        if self.losses:
+            loss = torch.stack(self.losses).float().sum()
+            correct = torch.stack(self.corrects).long().sum()
+        else:
+            loss = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+        out = (loss, correct, self.steps, self.real)
+        self.losses, self.corrects = [], []
         self.steps, self.real = 0, 0
         return out
 
@@ -219,7 +225,8 @@ class Trainer:
                 if self.cudagraphs:  # the next replay overwrites the graph's outputs
                     loss, n_correct = loss.clone(), n_correct.clone()
                 with phase("backward"):
-                    self.scaler.scale(loss / accum).backward()
+                    # No division kernel for the common accum == 1.
+                    self.scaler.scale(loss / accum if accum > 1 else loss).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             correct = n_correct if correct is None else correct + n_correct
         with phase("optimizer"):

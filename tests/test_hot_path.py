@@ -166,3 +166,54 @@ def test_vanilla_builds_its_causal_bias_once_for_every_layer_and_step(monkeypatc
     # The shared mask is the mask: the loss is the one a freshly built mask gives.
     model_mod._MASKS.clear()
     assert torch.equal(m(idx, idx)[0], first)
+
+
+def _loader_batches(n: int):
+    from lmprof.data.batching import packed_batch
+
+    rows = torch.arange(n * 2 * 9).reshape(n, 2, 9).numpy()
+    return (packed_batch(r) for r in rows)
+
+
+def test_pinned_ahead_yields_the_loaders_batches_in_order_prepared_off_thread():
+    import threading
+
+    from lmprof.data.prefetch import PinnedAhead
+
+    threads = []
+
+    def prepare(batch):  # pin_batch needs a GPU; the test records where the work ran
+        threads.append(threading.current_thread().name)
+        return batch
+
+    plain = list(_loader_batches(7))
+    ahead = PinnedAhead(_loader_batches(7), depth=2, prepare=prepare)
+    got = list(ahead)
+    ahead.close()
+    assert len(got) == 7
+    for a, b in zip(plain, got, strict=True):
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.targets, b.targets)
+        assert (a.n_real_tokens, a.n_tokens) == (b.n_real_tokens, b.n_tokens)
+    assert threads == ["lmprof-batches"] * 7
+
+
+def test_pinned_ahead_raises_the_loaders_error_and_close_stops_an_endless_loader():
+    import itertools
+
+    import pytest
+
+    from lmprof.data.prefetch import PinnedAhead
+    from lmprof.errors import UserError
+
+    def failing():
+        yield from _loader_batches(2)
+        raise UserError("data.path: the memmap shrank")
+
+    ahead = PinnedAhead(failing(), prepare=lambda b: b)
+    assert next(ahead).n_tokens == 16 and next(ahead).n_tokens == 16
+    with pytest.raises(UserError, match="shrank"):
+        next(ahead)
+    endless = PinnedAhead(itertools.cycle(list(_loader_batches(1))), depth=1, prepare=lambda b: b)
+    next(endless)
+    endless.close()
+    assert not endless._thread.is_alive()

@@ -46,8 +46,9 @@ from lmprof.train.loop import Trainer, _Interval
 PEAK_BF16 = 989e12
 GIB = 1024**3
 NANOGPT = Path(__file__).resolve().parents[1] / "ext" / "nanoGPT" / "model.py"
+LOG_EVERY = 10  # loop rows: steps between log points (the default logging.logging_steps)
 # Keys of a row that describe how it is measured, not lmprof configuration.
-ROW_KEYS = ("seed_module", "nanogpt", "ref", "loop", "vocab")
+ROW_KEYS = ("seed_module", "nanogpt", "ref", "loop", "vocab", "log_every")
 
 SMALL = {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072}
 MEDIUM = {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096}
@@ -185,11 +186,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "small_cudnn_bf16_compile_bias",
         "medium_cudnn_bf16_compile",
     ),
-    "small_kernels": (
-        "char_cudnn_bf16_compile_loop",
-        "char_vanilla_bf16_compile_loop",
-        "char_sdpa_mask_bf16_compile_loop",
-    ),
+    "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }
 
 
@@ -202,7 +199,7 @@ def smoke_spec(spec: dict) -> dict:
     """The row at a toy shape the CPU steps in a second: fp32, eager, a CPU attention kernel."""
     attention = spec.get("attention")
     cpu_attention = attention if attention in ("vanilla", "sdpa_mask", "sdpa") else "sdpa"
-    out = {**spec, **TOY, "batch_size": 2, "sequence_length": 32, "compile": False}
+    out = {**spec, **TOY, "batch_size": 2, "sequence_length": 32, "compile": False, "log_every": 2}
     out["precision"] = "fp32"
     if attention is not None:
         out["attention"] = cpu_attention
@@ -371,8 +368,13 @@ def time_loop(name: str, spec: dict, steps: int, warmup: int, device: torch.devi
 
     def step(i):
         trainer._step(batches, meter)
-        if (i + 1) % 100 == 0:  # a log point's read, so the meter's interval stays short
-            meter.take()
+        if (i + 1) % spec.get(
+            "log_every", LOG_EVERY
+        ) == 0:  # a log point, as fit has: the one read of an interval
+            loss, correct, _, _ = meter.take()
+            torch.stack([loss.double(), correct.double()]).tolist()
+            trainer.timer.collect()
+            trainer.instruments.collect()
 
     return _time(step, steps, warmup, device), trainer.n_params
 

@@ -217,3 +217,21 @@ def test_pinned_ahead_raises_the_loaders_error_and_close_stops_an_endless_loader
     next(endless)
     endless.close()
     assert not endless._thread.is_alive()
+
+
+def test_pin_batch_pins_each_tensor_once_and_keeps_the_counts(monkeypatch):
+    from lmprof.data.prefetch import pin_batch
+
+    pinned: list[tuple] = []
+
+    def fake_pin(self):  # no GPU here: record the call, hand back a copy
+        pinned.append(tuple(self.shape))
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: False)
+    batch = next(_loader_batches(1))
+    out = pin_batch(batch)
+    assert pinned == [(2, 8), (2, 8)]  # inputs and targets; no mask without padding
+    assert out.attention_mask is None and (out.n_real_tokens, out.n_tokens) == (16, 16)
+    assert torch.equal(out.input_ids, batch.input_ids)

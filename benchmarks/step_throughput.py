@@ -295,6 +295,8 @@ def time_nanogpt(spec: dict, steps: int, warmup: int, device: torch.device):
         dropout=spec["dropout"],
         bias=spec["bias"],
     )
+    # As nanoGPT's train.py sets them (an lmprof row before may have turned them off).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = nanogpt.GPT(conf).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)

@@ -93,6 +93,10 @@ STEP = Suite(
             "small_cudnn_bf16_compile_autotune",
             timeout=400,
         ),
+        # Groups of step_throughput.py (its GROUPS): nanoGPT's GPT beside lmprof in one call,
+        # and the small model whose step the per-step host work and tiny kernels show in.
+        _step_matrix("vs_nanogpt", "vs_nanogpt", timeout=420),
+        _step_matrix("small_kernels", "small_kernels", timeout=300),
     ),
 )
 

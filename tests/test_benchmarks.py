@@ -223,3 +223,46 @@ def test_nanogpt_recipe_runs_share_the_gpu_and_the_deadline_stops_the_rest(tmp_p
     nr.run_all([slow, never], tmp_path, 1, nr.time.perf_counter() + 1)
     assert slow.stopped and slow.returncode == -nr.signal.SIGTERM
     assert never.stopped and never.returncode is None and not never.log.exists()
+
+
+# ---- benchmarks/step_throughput.py: its groups and the nanoGPT rows, without a GPU
+
+
+def test_step_throughput_groups_expand_to_known_rows_and_ratios_name_rows():
+    from benchmarks import step_throughput as st
+
+    rows = st.expand(["vs_nanogpt", "nanogpt_small_nobias", "small_kernels"])
+    assert rows[0] == "nanogpt_small_nobias" and rows.count("nanogpt_small_nobias") == 1
+    assert set(rows) <= set(st.CONFIGS)
+    assert {st.CONFIGS[n]["ref"] for n in rows if st.CONFIGS[n].get("ref")} <= set(rows)
+    # nanoGPT's rows and lmprof's equal-architecture rows differ only where lmprof must say so.
+    nano, ours = st.CONFIGS["nanogpt_small_nobias"], st.CONFIGS["small_cudnn_bf16_compile_nobias"]
+    for key in ("n_layers", "d_model", "n_heads", "batch_size", "sequence_length", "bias"):
+        assert nano[key] == ours[key], key
+    assert ours["dropout"] == 0.0 and ours["compile"] and ours["precision"] == "bf16"
+
+
+def test_step_throughput_nanogpt_row_is_skipped_when_ext_is_absent(monkeypatch, tmp_path):
+    import torch
+
+    from benchmarks import step_throughput as st
+
+    monkeypatch.setattr(st, "NANOGPT", tmp_path / "absent" / "model.py")
+    spec = st.smoke_spec(st.CONFIGS["nanogpt_small_nobias"])
+    row = st.measure("nanogpt_small_nobias", spec, 2, 1, torch.device("cpu"))
+    assert row["status"] == "skipped" and "absent" in row["detail"]
+    assert "skipped" in st.markdown([row])
+
+
+def test_step_throughput_table_gives_the_ratio_to_the_ref_row():
+    from benchmarks import step_throughput as st
+
+    def ok(name, tps, ref=None):
+        return dict(
+            name=name, ref=ref, status="ok", batch_size=16, sequence_length=1024,
+            tokens_per_sec=tps, mfu=0.4, step_ms_p50=1.0, step_ms_p10=0.9, step_ms_p90=1.2,
+            wall_ms_per_step=1.0, peak_mem_gib=8.0, compile_s=0.0,
+        )  # fmt: skip
+
+    table = st.markdown([ok("nano", 400e3), ok("ours", 480e3, ref="nano")])
+    assert "1.20x nano" in table and "[0.90, 1.20]" in table

@@ -337,6 +337,7 @@ class ProfileConfig:
     profile_memory: bool = option(False, "record allocations in the trace")
     with_stack: bool = option(False, "record Python stacks in the trace")
     breakdown: bool = option(False, "per-phase CUDA-event timing; costs syncs, so off by default")
+    nvtx: bool = option(False, "NVTX ranges around each step phase, for an Nsight Systems capture")
     memory_snapshot: bool = option(False, "write a torch.cuda.memory._record_memory_history pickle")
     peak: str = option("table", "where MFU's peak FLOP/s comes from", choices=PEAKS)
 

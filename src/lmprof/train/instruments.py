@@ -2,8 +2,9 @@
 breakdown, a torch.profiler trace, memory by phase and allocator statistics, memory snapshots.
 
 Everything that would cost a host-device sync is off unless asked for (`profile.breakdown`,
-`profile.enabled`, `profile.memory_snapshot`); NVTX ranges and allocator statistics are host-side
-and always on, so an Nsight Systems capture of any run reads well.
+`profile.enabled`, `profile.memory_snapshot`); so are NVTX ranges (`profile.nvtx`: host calls
+every phase of every step that only an Nsight Systems capture reads). Allocator statistics are
+read once, for the results row.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lmprof.ops.catalog import classify
 from lmprof.ops.spec import GROUPS
 from lmprof.paths import RunPaths
 from lmprof.results import ColumnGroup
+from lmprof.train.timing import EventPool
 
 log = logging.getLogger("lmprof")
 GIB = 1024**3
@@ -73,7 +75,8 @@ def op_rows(events, use_device: bool) -> list[tuple[str, int, float]]:
 
 
 class _Phase:
-    """Context for one phase of a step; cheap when only NVTX is on."""
+    """Context for one phase of a step: the phase's name only, unless NVTX, the breakdown or
+    the memory probe is on."""
 
     __slots__ = ("instr", "name")
 
@@ -84,20 +87,18 @@ class _Phase:
         ins = self.instr
         ins.state_phase = self.name
         if ins.cuda:
-            torch.cuda.nvtx.range_push(self.name)
+            if ins.nvtx:
+                torch.cuda.nvtx.range_push(self.name)
             if ins.breakdown:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                ins._open[self.name] = ev
+                ins._open[self.name] = ins._pool.recorded()
 
     def __exit__(self, *exc):
         ins = self.instr
         if ins.cuda:
             if ins.breakdown and self.name in ins._open:
-                ev = torch.cuda.Event(enable_timing=True)
-                ev.record()
-                ins._events.append((self.name, ins._open.pop(self.name), ev))
-            torch.cuda.nvtx.range_pop()
+                ins._events.append((self.name, ins._open.pop(self.name), ins._pool.recorded()))
+            if ins.nvtx:
+                torch.cuda.nvtx.range_pop()
             if ins.probe_memory:
                 ins.memory_by_phase[self.name] = torch.cuda.memory_allocated() / GIB
         return False
@@ -109,6 +110,8 @@ class Instruments:
         self.cfg, self.device, self.is_main = cfg, device, is_main
         self.cuda = device.type == "cuda"
         self.breakdown = p.breakdown and self.cuda
+        self.nvtx = p.nvtx and self.cuda
+        self._pool = EventPool()  # the breakdown's events, reused once read
         self.state_phase = "setup"
         self._open: dict[str, torch.cuda.Event] = {}
         self._events: list[tuple[str, object, object]] = []
@@ -165,6 +168,7 @@ class Instruments:
             self._events[-1][2].synchronize()
             for name, start, end in self._events:
                 self.phase_ms[name].append(start.elapsed_time(end))
+                self._pool.give_back(start, end)
             self._events.clear()
 
     # ---- torch.profiler ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from torch import nn
 
 from lmprof.config import CUDAGRAPH_MODES, RunConfig
 from lmprof.data import Batch, build_data
+from lmprof.data.prefetch import PinnedAhead
 from lmprof.model import ModelArgs, Transformer
 from lmprof.precision import PRECISIONS, autocast_dtype
 from lmprof.train.distributed import DistInfo, all_reduce_count, all_reduce_sum
@@ -135,7 +136,9 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
 
     def batches(self, start_step: int = 0):
-        """Training batches on the device, the next one already copied while a step runs."""
+        """Training batches on the device, the next one already copied while a step runs. On
+        CUDA a thread cuts and pins them ahead (data/prefetch.py): the training thread only
+        starts each copy."""
         tr, d = self.cfg.training, self.dist
         it = self.data.train_batches(
             tr.batch_size,
@@ -144,10 +147,16 @@ class Trainer:
             seed=tr.seed,
             start_step=start_step * tr.grad_accum_steps,
         )
-        nxt = next(it).to(self.device)
-        while True:
-            cur, nxt = nxt, next(it).to(self.device)
-            yield cur
+        ahead = PinnedAhead(it) if self.device.type == "cuda" else None
+        try:
+            it = ahead or it
+            nxt = next(it).to(self.device)
+            while True:
+                cur, nxt = nxt, next(it).to(self.device)
+                yield cur
+        finally:
+            if ahead is not None:
+                ahead.close()
 
     def train_step(self, batches, accuracy: bool = False):
         """One optimizer step over grad_accum_steps micro-batches: (the summed loss, the number

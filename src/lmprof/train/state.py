@@ -56,28 +56,33 @@ class LossMeter:
     ranks, and starts a new interval."""
 
     def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.device = device
+        # Kept, not added: a running sum would be a kernel launch every step; `take` sums the
+        # interval's tensors in one kernel each (at most logging_steps of them).
+        self.losses: list[torch.Tensor] = []
+        self.corrects: list[torch.Tensor] = []
         self.steps, self.real, self.asked = 0, 0, 0
 
     def add(self, loss_sum: torch.Tensor, correct: torch.Tensor | None, real: int) -> None:
-        self.loss += loss_sum
+        self.losses.append(loss_sum)
         self.steps += 1
         self.real += real
         if correct is not None:
-            self.correct += correct
+            self.corrects.append(correct)
             self.asked += real
 
     def take(self, dist: DistInfo) -> tuple[float, float, int, int]:
         """(loss per real token, accuracy (nan if no step asked), steps, real tokens over all
         ranks) since the last take: one device-to-host read and one all-reduce."""
-        loss, correct = torch.stack([self.loss, self.correct.double()]).tolist()
+        zero = torch.zeros((), device=self.device, dtype=torch.float64)
+        loss_t = torch.stack(self.losses).double().sum() if self.losses else zero
+        correct_t = torch.stack(self.corrects).double().sum() if self.corrects else zero
+        loss, correct = torch.stack([loss_t, correct_t]).tolist()
         loss, correct, real, asked = all_reduce_sum(
             [loss, correct, float(self.real), float(self.asked)], dist
         )
         steps = self.steps
-        self.loss.zero_()
-        self.correct.zero_()
+        self.losses, self.corrects = [], []
         self.steps, self.real, self.asked = 0, 0, 0
         accuracy = correct / asked if asked else math.nan
         return loss / max(real, 1), accuracy, steps, int(real)

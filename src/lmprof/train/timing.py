@@ -1,8 +1,9 @@
 """Step timing without host-device syncs in the step.
 
 On CUDA each step is bracketed by events recorded on the stream; their elapsed times are read
-only when `collect()` is called (on logging steps, which sync anyway). On the CPU a host clock is
-exact, since the work is synchronous.
+only when `collect()` is called (on logging steps, which sync anyway), and the events go back to
+a pool for the next steps, so after the first log point no step creates one. On the CPU a host
+clock is exact, since the work is synchronous.
 """
 
 from __future__ import annotations
@@ -40,25 +41,36 @@ TIMING_COLUMNS = ColumnGroup(
 )
 
 
+class EventPool:
+    """Timing CUDA events handed out and taken back once read: as many as are pending at most
+    (two a step between log points), none created in the steady state."""
+
+    def __init__(self) -> None:
+        self._free: list[torch.cuda.Event] = []
+
+    def recorded(self) -> torch.cuda.Event:
+        ev = self._free.pop() if self._free else torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def give_back(self, *events: torch.cuda.Event) -> None:
+        self._free.extend(events)
+
+
 class StepTimer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self._events = EventPool()
         self._pending: list[tuple[object, object]] = []
         self._start: object = None
         self.step_ms: list[float] = []  # every completed step, in order
 
     def start(self) -> None:
-        if self.cuda:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._start = time.perf_counter()
+        self._start = self._events.recorded() if self.cuda else time.perf_counter()
 
     def stop(self) -> None:
         if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._pending.append((self._start, end))
+            self._pending.append((self._start, self._events.recorded()))
         else:
             self.step_ms.append((time.perf_counter() - self._start) * 1e3)
 
@@ -67,6 +79,8 @@ class StepTimer:
         if self._pending:
             self._pending[-1][1].synchronize()
             self.step_ms.extend(s.elapsed_time(e) for s, e in self._pending)
+            for pair in self._pending:
+                self._events.give_back(*pair)
             self._pending.clear()
         return self.step_ms
 

@@ -439,6 +439,10 @@ def _list_files(given: list[str], roots: list[Path], split: str) -> list[tuple[s
         if root.is_file():
             found.append((f"{prefix}{i}/{root.name}", root))
             continue
+        if root.exists() and not root.is_dir():
+            # A FIFO, a device or a socket would block or fail mid-read, after the work began.
+            key = {"train": "data.path", "val": "data.val_path", "test": "data.test_path"}[split]
+            raise UserError(f"{key} '{name}' is not a regular file or a folder")
         inside = [(rel, p) for rel, p in tree_files(root) if p.suffix.lower() in TEXT_SUFFIXES]
         if not inside:
             key = {"train": "data.path", "val": "data.val_path", "test": "data.test_path"}[split]

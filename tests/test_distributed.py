@@ -405,6 +405,11 @@ def test_planted_pickle_payloads_are_refused(tmp_path):
 
 def test_resume_refuses_another_config(tmp_path):
     args, _ = _checkpointed_run(tmp_path)
-    assert run_here([*args, "training.lr=1e-3"]) == 1
+    # The name is the earlier configuration's (lmprof.identity): refused before any work, so the
+    # checkpoint is never read and no row is added.
+    from lmprof.errors import UserError
+
+    with pytest.raises(UserError, match="by a different configuration"):
+        run_here([*args, "training.lr=1e-3"])
     row = last_row(tmp_path, "p")
-    assert row["status"] == "failed" and "another config" in row["status_detail"]
+    assert row["status"] == "ok"

@@ -132,44 +132,6 @@ def _model(attention: str):
     return Transformer(args)
 
 
-def test_sdpa_mask_shares_one_mask_object_across_layers_and_forwards(monkeypatch):
-    import torch.nn.functional as F
-
-    from lmprof import model as model_mod
-
-    model_mod._MASKS.clear()
-    seen: list[torch.Tensor] = []  # the objects, not ids: a freed mask's id can come back
-    real = F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kw):
-        seen.append(attn_mask)
-        return real(q, k, v, attn_mask=attn_mask, **kw)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    m = _model("sdpa_mask")
-    idx = torch.randint(0, 64, (2, 8))
-    m(idx, idx)
-    m(idx, idx)
-    assert len(seen) == 6 and all(mask is seen[0] for mask in seen)
-
-
-def test_vanilla_builds_its_causal_bias_once_for_every_layer_and_step(monkeypatch):
-    from lmprof import model as model_mod
-
-    model_mod._MASKS.clear()
-    made = []
-    real = torch.full
-    monkeypatch.setattr(torch, "full", lambda *a, **k: made.append(a) or real(*a, **k))
-    m = _model("vanilla")
-    idx = torch.randint(0, 64, (2, 8))
-    first = m(idx, idx)[0]
-    m(idx, idx)[0].backward()
-    assert len(made) == 1
-    # The shared mask is the mask: the loss is the one a freshly built mask gives.
-    model_mod._MASKS.clear()
-    assert torch.equal(m(idx, idx)[0], first)
-
-
 def _loader_batches(n: int):
     from lmprof.data.batching import packed_batch
 

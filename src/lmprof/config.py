@@ -437,6 +437,7 @@ IDENTITY_ADDED = (
     ("model", "n_kv_heads"),
     ("model", "norm_type"),
     ("model", "rope_theta"),
+    ("model", "loss"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]

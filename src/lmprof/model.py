@@ -189,47 +189,18 @@ def _sdpa_kernel(backend):
     return sdpa_kernel([backend])
 
 
-# The causal masks by (kind, T, dtype, device): built once and shared by every layer and step
-# instead of two kernels per layer per forward. Bounded: at most 8 masks of 16 MiB each; a
-# larger one (T > 2896 in bf16) is built per use, where its cost is lost in the T x T attention.
-_MASKS: dict[tuple, torch.Tensor] = {}
-_MAX_MASKS, _MAX_MASK_BYTES = 8, 16 * 1024**2
-
-
-def _cached_mask(kind: str, T: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """The (T, T) causal mask of `kind` ("bias": additive 0/-inf; "allowed": bool; "eye": bool
-    diagonal). Under torch.compile it is built in the graph, where its CSE keeps one copy."""
-
-    def build() -> torch.Tensor:
-        if kind == "bias":
-            return torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
-        idx = torch.arange(T, device=device)
-        return idx[None, :] <= idx[:, None] if kind == "allowed" else idx[None, :] == idx[:, None]
-
-    if torch.compiler.is_compiling() or T * T * dtype.itemsize > _MAX_MASK_BYTES:
-        return build()
-    key = (kind, T, dtype, torch.device(device))
-    mask = _MASKS.get(key)
-    if mask is None:
-        if len(_MASKS) >= _MAX_MASKS:
-            _MASKS.clear()
-        with torch.inference_mode(False), torch.no_grad():  # reusable by any later forward
-            mask = _MASKS[key] = build()
-    return mask
-
-
 def _causal_bias(T: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """0 on and below the diagonal, -inf above: an additive causal mask (shared: read only)."""
-    return _cached_mask("bias", T, dtype, device)
+    """0 on and below the diagonal, -inf above: an additive causal mask."""
+    return torch.full((T, T), float("-inf"), dtype=dtype, device=device).triu_(1)
 
 
 def _attention_mask(T: int, key_padding: torch.Tensor | None, device) -> torch.Tensor:
-    """True where query i may attend key j: causal, not PAD, and always itself (no empty row).
-    Without padding the shared causal mask itself (read only)."""
-    causal = _cached_mask("allowed", T, torch.bool, device)
+    """True where query i may attend key j: causal, not PAD, and always itself (no empty row)."""
+    idx = torch.arange(T, device=device)
+    causal = idx[None, :] <= idx[:, None]
     if key_padding is None:
         return causal
-    eye = _cached_mask("eye", T, torch.bool, device)
+    eye = idx[None, :] == idx[:, None]
     return (causal & key_padding[:, None, None, :]) | eye
 
 

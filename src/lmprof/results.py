@@ -126,6 +126,8 @@ def _cells(path: Path) -> tuple[list[str], list[list[str]]]:
     """
     if not path.exists():
         return [], []
+    if path.is_dir():
+        raise UserError(f"'{path}' is a folder where lmprof writes a file: move it away")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)

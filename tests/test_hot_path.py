@@ -122,16 +122,6 @@ def test_meter_add_runs_no_op_a_step_and_take_sums_the_interval():
     assert (loss, steps, real) == (7.0 / 5, 1, 5) and accuracy != accuracy
 
 
-def _model(attention: str):
-    from lmprof.model import ModelArgs, Transformer
-
-    args = ModelArgs(
-        vocab_size=64, d_model=16, n_heads=2, n_layers=3, d_ff=32, max_seq_len=8,
-        attention=attention, dropout=0.0,
-    )  # fmt: skip
-    return Transformer(args)
-
-
 def _loader_batches(n: int):
     from lmprof.data.batching import packed_batch
 

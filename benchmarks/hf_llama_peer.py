@@ -205,9 +205,9 @@ def _outputs(lm, hf, b: Batch, autocast: torch.dtype | None):
     )
     with torch.no_grad(), ctx:
         logits_lm = lm(b.input_ids).float()
-        loss_lm, _ = lm(b.input_ids, b.targets)
+        loss_sum_lm, _ = lm(b.input_ids, b.targets)  # lmprof's loss is the sum: the mean here
         out = hf(input_ids=b.input_ids, labels=b.input_ids)
-    return logits_lm, float(loss_lm), out.logits.float(), float(out.loss)
+    return logits_lm, float(loss_sum_lm) / b.n_real_tokens, out.logits.float(), float(out.loss)
 
 
 def fp32_twin(lm: Transformer, args: ModelArgs) -> Transformer:
@@ -316,7 +316,10 @@ def run_lmprof(layers, seed, batches, warmup, device) -> tuple[dict, dict]:
     trainer = lmprof_trainer(layers, seed, device)
     init = {k: v.detach().to("cpu", copy=True) for k, v in trainer.raw_model.state_dict().items()}
     trainer.model.train()
-    res = timed(lambda b: trainer.train_step(iter((b,)))[0], batches, warmup, device)
+    # train_step returns the summed loss (the trainer divides its gradient by the real tokens)
+    res = timed(
+        lambda b: trainer.train_step(iter((b,)))[0] / b.n_real_tokens, batches, warmup, device
+    )
     res["params"] = trainer.n_params
     return res, init
 

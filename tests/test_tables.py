@@ -97,3 +97,66 @@ def test_each_kernels_availability_check_names_a_real_function():
         if k.availability:
             module, function = k.availability.split(":")
             assert callable(getattr(importlib.import_module(module), function)), k.name
+
+
+# The operator whose shapes count each fused kernel in a GPU trace, its layout, a kernel name and
+# the operator that launches the forward kernel, as torch 2.11 / flash-attn-4 traces on an H100
+# record them: SDPA's inner entries launch their own kernels; FA4's forward kernel is launched
+# inside torch.library's generated autograd node, nested in lmprof::fa4_attention, which records
+# no key. `sdpa` runs as whichever kernel torch picks (cuDNN there).
+_TRACED = {
+    "cudnn": ("aten::_cudnn_attention_forward", "BHTD", "cudnn_generated_fort_native_sdpa_sm90"),
+    "flash": ("aten::_flash_attention_forward", "BTHD", "void pytorch_flash::flash_fwd_kernel"),
+    "mem_efficient": (
+        "aten::_efficient_attention_forward",
+        "BTHD",
+        "fmha_cutlassF_bf16_aligned_64x64_rf_sm80",
+    ),
+    "fa4": (
+        "lmprof::fa4_attention",
+        "BTHD",
+        "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90",
+        "GeneratedBackwardFor_lmprof_fa4_attention_default",
+    ),
+}
+_TRACED["sdpa"] = _TRACED["cudnn"]
+
+
+def _attention_trace(operator, layout, kernel_name, launcher=None, *, B, H, T, D) -> list[dict]:
+    """A forward and a backward call: each operator, and the kernel it (or `launcher` inside
+    it, for the forward) launches."""
+    shape = [B, H, T, D] if layout == "BHTD" else [B, T, H, D]
+    lse = [B, H, T, 1] if layout == "BHTD" else [B, H, T]
+    backward = f"{operator.replace('_forward', '')}_backward"
+    calls = ((operator, [shape, shape, shape, [], []]), (backward, [shape] * 5 + [lse, [], []]))
+    events = []
+    for ext, (op, dims) in enumerate(calls):
+        ts = 100 * ext
+        args = {"External id": ext, "Input Dims": dims, "Input type": ["c10::BFloat16"] * 5}
+        events.append({"ph": "X", "cat": "cpu_op", "name": op, "ts": ts, "dur": 20, "args": args})
+        launched_by = ext
+        if launcher and ext == 0:
+            launched_by = 10
+            inner = {"External id": 10, "Input Dims": [shape, []], "Input type": ["c10::BFloat16"]}
+            events.append(
+                {"ph": "X", "cat": "cpu_op", "name": launcher, "ts": 2, "dur": 5, "args": inner}
+            )
+        name = kernel_name if ext == 0 else kernel_name.replace("fwd", "bwd")
+        kernel_args = {"External id": launched_by, "stream": 7, "device": 0}
+        events.append(
+            {"ph": "X", "cat": "kernel", "name": name, "ts": ts + 50, "dur": 5, "args": kernel_args}
+        )
+    return events
+
+
+@pytest.mark.parametrize("name", sorted(_TRACED))
+def test_every_fused_kernel_is_counted_by_the_roofline_on_its_own_layout(name):
+    from lmprof.profiling import roofline
+
+    B, H, T, D = 2, 12, 1024, 64
+    trace = _attention_trace(*_TRACED[name], B=B, H=H, T=T, D=D)
+    table = {r["group"]: r for r in roofline.analyze(trace, roofline.Limits(1e15, 4e12)).table()}
+    # causal: half of 4 B H T^2 D forward, 2.5x that backward, whichever layout the op takes
+    forward = 4 * B * H * T * T * D / 2
+    assert table["attention"]["gflop_per_step"] == pytest.approx(3.5 * forward / 1e9), name
+    assert table["attention"]["no_work_ms"] == 0, name

@@ -171,6 +171,9 @@ KERNELS: dict[str, AttentionKernel] = {
             trace_ops=(
                 ("aten::_scaled_dot_product_cudnn_attention", "BHTD"),
                 ("aten::_scaled_dot_product_cudnn_attention_backward", "BHTD"),
+                # what SDPA's cuDNN entry calls, which launches the kernels (torch 2.11 traces)
+                ("aten::_cudnn_attention_forward", "BHTD"),
+                ("aten::_cudnn_attention_backward", "BHTD"),
             ),
             seed_flash=True,
             color="#bcbd22",

@@ -172,6 +172,7 @@ def analyze(
     limits = limits or Limits()
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     ops: dict[int, dict] = {}
+    cpu_ops: list[dict] = []
     runtime_ext: dict[int, int] = {}
     kernels: list[dict] = []
     steps = 0
@@ -182,6 +183,7 @@ def analyze(
         if cat in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e:
             kernels.append(e)
         elif cat == "cpu_op":
+            cpu_ops.append(e)
             ext = args.get("External id")
             if ext is not None and (ext not in ops or e.get("dur", 0) < ops[ext].get("dur", 0)):
                 ops[ext] = e
@@ -210,22 +212,38 @@ def analyze(
         name = op.get("name", "") if op else ""
         return catalog.classify(k.get("name", ""), name, k.get("cat", "kernel"))
 
+    parent = _parents(cpu_ops)
+
+    def with_work(k: dict, op: dict | None, by: spec.Op) -> tuple[dict | None, float | None]:
+        # The launching operator, else the nearest enclosing one that knows the work: a
+        # torch.library op with autograd (FA4's) launches its forward kernel inside the
+        # generated autograd node's own cpu_op, which records no query and key.
+        first = op
+        while True:
+            work = _work(k, op, by)
+            if work is not None or op is None or id(op) not in parent:
+                return (op, work) if work is not None else (first, None)
+            op = parent[id(op)]
+
     # Per-operator work of a group, shared among that operator's kernels of that group by
     # duration (a fused operator such as the LM head + loss launches matmuls and a loss kernel:
     # each group's work goes to its own kernels).
-    linked = [(k, op, counted_as(k, op)) for k, op in ((k, op_of(k)) for k in kernels)]
+    linked = []
+    for k in kernels:
+        op = op_of(k)
+        by = counted_as(k, op)
+        linked.append((k, by, *with_work(k, op, by)))
     op_kernel_us: dict[tuple[int, str], float] = defaultdict(float)
-    for k, op, by in linked:
+    for k, by, op, _ in linked:
         if op is not None:
             op_kernel_us[(id(op), by.group)] += k["dur"]
     rows: dict[str, GroupRow] = {}
     shapes_seen = False
-    for k, op, by in linked:
+    for k, by, op, work in linked:
         g = by.group
         r = rows.setdefault(g, GroupRow(g))
         r.launches += 1
         r.time_us += k["dur"]
-        work = _work(k, op, by)
         if op is not None and "Input Dims" in (op.get("args") or {}):
             shapes_seen = True
         if work is None:
@@ -248,6 +266,26 @@ def analyze(
     if idle > 0:
         rows["idle"] = GroupRow("idle", time_us=idle)
     return Roofline(rows, max(steps, 1), span, limits, notes)
+
+
+def _parents(cpu_ops: list[dict]) -> dict[int, dict]:
+    """Each operator's enclosing operator on its thread (by id), from their intervals: one sort
+    and a stack, n log n."""
+    parent: dict[int, dict] = {}
+    by_thread: dict[tuple, list[dict]] = defaultdict(list)
+    for e in cpu_ops:
+        by_thread[(e.get("pid"), e.get("tid"))].append(e)
+    for events in by_thread.values():
+        events.sort(key=lambda e: (e.get("ts", 0), -e.get("dur", 0)))
+        stack: list[dict] = []
+        for e in events:
+            start, end = e.get("ts", 0), e.get("ts", 0) + e.get("dur", 0)
+            while stack and stack[-1].get("ts", 0) + stack[-1].get("dur", 0) < end:
+                stack.pop()
+            if stack and stack[-1].get("ts", 0) <= start:
+                parent[id(e)] = stack[-1]
+            stack.append(e)
+    return parent
 
 
 def _work(k: dict, op: dict | None, by: spec.Op) -> float | None:

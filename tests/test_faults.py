@@ -597,6 +597,42 @@ def test_the_writers_never_write_through_a_link(tmp_path):
     assert outside.read_text() == "precious\n"
 
 
+def test_a_file_a_library_writes_is_renamed_into_place_only_when_complete(tmp_path):
+    # The profiler's trace and torch's memory snapshot are written by torch given a path
+    # (io.atomic_output): a write that dies midway leaves the old file, and no temp file.
+    from lmprof.io import atomic_output
+
+    trace = tmp_path / "traces" / "trace.json"
+    with atomic_output(trace) as tmp:
+        assert tmp.parent == trace.parent and tmp != trace
+        tmp.write_text('{"old": 1}')
+    assert trace.read_text() == '{"old": 1}'
+    with pytest.raises(KeyboardInterrupt), atomic_output(trace) as tmp:
+        tmp.write_text('{"tor')
+        raise KeyboardInterrupt  # a kill mid-export
+    assert trace.read_text() == '{"old": 1}'
+    assert [p.name for p in trace.parent.iterdir()] == ["trace.json"]
+    with pytest.raises(OutputError, match="permission denied|read-only"):
+        trace.chmod(0o444)  # its owner made it read-only: refused, as atomic_write_text does
+        with atomic_output(trace) as tmp:
+            tmp.write_text("{}")
+    assert [p.name for p in trace.parent.iterdir()] == ["trace.json"]
+
+
+def test_a_folder_built_whole_replaces_the_old_one_by_renames(tmp_path):
+    # The token cache and checkpoints (io.replace_dir): the old folder or the new one.
+    from lmprof.io import replace_dir
+
+    final = tmp_path / "step_2"
+    for text in ("first", "second"):
+        tmp = tmp_path / ".tmp_step_2"
+        tmp.mkdir()
+        (tmp / "trainer.json").write_text(text)
+        replace_dir(tmp, final)
+        assert (final / "trainer.json").read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2"]
+
+
 def test_a_predicted_oom_is_refused_in_milliseconds_as_an_oom_row(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     t0 = time.monotonic()

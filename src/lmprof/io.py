@@ -1,5 +1,7 @@
 """The one place lmprof writes files: whole files atomically (a temp file beside the target,
-then rename), streams (logs, per-step CSVs) opened without following a symbolic link.
+then rename), streams (logs, per-step CSVs) opened without following a symbolic link, files a
+library writes itself given a path (`atomic_output`), and folders built whole, then renamed
+into place (`replace_dir`: the token cache, checkpoints).
 
 Every failure to write (read-only folder, full disk, a file where a folder belongs, a planted
 link) is an `OutputError`: one line naming the path, never a traceback, and never a half-written
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -91,6 +94,61 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temp path beside `path` for a library that writes a file itself, given a path
+    (torch.profiler's Chrome trace, torch's memory snapshot): renamed to `path` when the block
+    ends, removed when it fails, so a crash or kill mid-write leaves the old file or none."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        mode = existing_mode(path)
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
+        raise
+
+
+def replace_dir(tmp: str | Path, path: str | Path) -> None:
+    """Publish a folder built whole in `tmp` (the token cache, a checkpoint: files written
+    inside it by numpy or torch.distributed.checkpoint) as `path` by renames: readers see the
+    old folder or the new one, never a part. An old one is moved aside first, then deleted."""
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in `path` durable (best effort: not every file system can)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class _NoFollowFile:

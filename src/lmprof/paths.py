@@ -93,6 +93,24 @@ def eval_csv(details: str | Path, run_stem: str) -> Path:
 
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+# A checkpoint's folder while its ranks write it (renamed to step_<N> when complete).
+CHECKPOINT_TMP_PREFIX = ".tmp_step_"
+CHECKPOINT_MAIN = "trainer.json"  # rank 0's: step, run identity, world size, lr
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's, written last by its save
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    """The complete checkpoint of `step` under a run's checkpoints folder."""
+    return root / f"step_{step}"
+
+
+def checkpoint_tmp_dir(root: Path, step: int) -> Path:
+    return root / f"{CHECKPOINT_TMP_PREFIX}{step}"
+
+
+def checkpoint_rank_state(checkpoint: Path, rank: int) -> Path:
+    """Rank `rank`'s trainer state_dict in a checkpoint folder."""
+    return checkpoint / f"rank_{rank}.json"
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -103,7 +121,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / "trainer.json").is_file() and (p / ".metadata").is_file():
+        if m and p.is_dir() and (p / CHECKPOINT_MAIN).is_file() and (p / DCP_METADATA).is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -152,7 +170,7 @@ class RunPaths:
             self.tensorboard_dir,
             self.traces_dir,
             self.profile_ops_table("md"),
-            self.tables_dir / f"{self.stem}_roofline.md",
+            self.roofline_table("md"),
         )
 
     # -- shared by every run of the output folder ----------------------------------------------
@@ -219,6 +237,10 @@ class RunPaths:
         """The profiler's per-op table, `suffix` "md" or "csv"."""
         return self.tables_dir / f"{self.stem}_profile_ops.{suffix}"
 
+    def roofline_table(self, suffix: str) -> Path:
+        """The kernel groups' roofline of the run's trace, `suffix` "md" or "csv"."""
+        return self.tables_dir / f"{self.stem}_roofline.{suffix}"
+
     @property
     def checkpoints_dir(self) -> Path:
         return self.output_dir / self.checkpoint_dir / self.run_name
@@ -226,6 +248,10 @@ class RunPaths:
     @property
     def find_max_dir(self) -> Path:
         return self.output_dir / "results" / "find_max" / self.run_name
+
+    def find_max_table(self, suffix: str) -> Path:
+        """find-max's probes and boundary, `suffix` "csv" or "md"."""
+        return self.find_max_dir / f"{self.run_name}.{suffix}"
 
 
 def attempt_of(row: Mapping[str, str]) -> int:

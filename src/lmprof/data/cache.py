@@ -46,7 +46,7 @@ from lmprof.data.tokenizers import (
     train_tokenizer,
 )
 from lmprof.errors import UserError
-from lmprof.io import atomic_write_text, file_lock
+from lmprof.io import atomic_write_text, file_lock, replace_dir
 
 # 2: checksums per split, an optional test split, val_fraction out of the key for named splits.
 FORMAT_VERSION = 2
@@ -254,22 +254,11 @@ def _build(
             "numpy": np.__version__,
         }
         atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        _publish(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Rename the finished directory into place; a stale one is moved aside, then deleted."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
 
 
 def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:

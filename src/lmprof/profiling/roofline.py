@@ -38,6 +38,7 @@ from typing import Any
 
 from lmprof.ops import catalog, spec
 from lmprof.ops.spec import COMPUTE_GROUPS, MEMORY_GROUPS
+from lmprof.paths import RunPaths
 
 GROUPS = (*spec.GROUPS, "idle")
 
@@ -388,18 +389,15 @@ def markdown(rl: Roofline, title: str = "") -> str:
 
 def write_roofline(
     trace_path: str | Path,
-    tables_dir: str | Path,
-    run_name: str,
+    paths: RunPaths,
     limits: Limits,
     optimizer_bytes_per_step: float | None = None,
 ) -> tuple[Path, Path]:
     from lmprof.io import atomic_write_text
 
     rl = analyze(load_trace(trace_path), limits, optimizer_bytes_per_step)
-    tables_dir = Path(tables_dir)
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    md, csv_path = tables_dir / f"{run_name}_roofline.md", tables_dir / f"{run_name}_roofline.csv"
-    atomic_write_text(md, markdown(rl, run_name))
+    md, csv_path = paths.roofline_table("md"), paths.roofline_table("csv")
+    atomic_write_text(md, markdown(rl, paths.stem))
     rows = rl.table()
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["group"])

@@ -91,16 +91,17 @@ def model_seed(cfg: RunConfig, vary: str, vocab_size: int, capacity_gb: float, l
 
 
 class Searcher:
-    def __init__(self, cfg: RunConfig, vocab_size: int, out_dir: Path, steps: int, say=print):
+    def __init__(self, cfg: RunConfig, vocab_size: int, paths: RunPaths, steps: int, say=print):
         from lmprof.sweep.runner import SweepRunner
 
-        self.cfg, self.vocab_size, self.out_dir, self.steps, self.say = (
+        self.cfg, self.vocab_size, self.paths, self.steps, self.say = (
             cfg,
             vocab_size,
-            out_dir,
+            paths,
             steps,
             say,
         )
+        self.out_dir = paths.find_max_dir  # the probes' output folder
         self.runner = SweepRunner(out=io.StringIO())  # the probes report through `say`
         self.probes: list[Probe] = []
 
@@ -186,8 +187,7 @@ class Searcher:
                 hi = mid
         return lo
 
-    def write(self, name: str, boundary: list[tuple[int, int | None, str]]) -> Path:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def write(self, boundary: list[tuple[int, int | None, str]]) -> Path:
         lines = [
             "batch_size,sequence_length,status,peak_gpu_mem_gb,predicted_peak_mem_gb,model_error,detail"
         ]
@@ -198,7 +198,7 @@ class Searcher:
                 f"{p.batch_size},{p.sequence_length},{p.status},{_s(p.peak_gb)},"
                 f"{_s(p.predicted_gb)},{err},{detail}"
             )
-        atomic_write_text(self.out_dir / f"{name}.csv", "\n".join(lines) + "\n")
+        atomic_write_text(self.paths.find_max_table("csv"), "\n".join(lines) + "\n")
         md = [
             "| batch | seq | status | peak GiB | predicted GiB | model error |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -219,7 +219,7 @@ class Searcher:
                 f"\nMemory model error over {len(errs)} fitting probes: "
                 f"mean {sum(errs) / len(errs):.1%}, worst {max(errs):.1%}."
             )
-        path = self.out_dir / f"{name}.md"
+        path = self.paths.find_max_table("md")
         atomic_write_text(path, "\n".join(md) + "\n")
         return path
 
@@ -243,7 +243,7 @@ def find_max(
 
     capacity = _capacity_gb(cfg)
     vocab = build_data(cfg, log=lambda *_: None).vocab_size
-    searcher = Searcher(cfg, vocab, RunPaths.of(cfg).find_max_dir, steps, say)
+    searcher = Searcher(cfg, vocab, RunPaths.of(cfg), steps, say)
     boundary: list[tuple[int, int | None, str]] = []
     if len(vary) == 1:
         v = vary[0]
@@ -264,7 +264,7 @@ def find_max(
                 (T, searcher.search("batch_size", start, limit, max_probes), f"sequence_length={T}")
             )
             T *= 2
-    path = searcher.write(cfg.logging.run_name, boundary)
+    path = searcher.write(boundary)
     for _, best, fixed in boundary:
         say(
             f"largest that fits at {fixed}: {best if best is not None else 'none (even the smallest ran out of memory)'}"

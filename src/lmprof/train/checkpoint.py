@@ -13,16 +13,18 @@ Layout, one folder per checkpoint, written whole or not at all:
         trainer.json                   step, run identity, world size, the optimizer's lr (rank 0)
         rank_<r>.json                  rank r's trainer state_dict (counters, scheduler, RNG...)
 
-Every rank writes into `.tmp_step_<N>`; when all have finished, rank 0 renames it to `step_<N>`,
-so a folder with that name is always complete, and prunes all but the newest checkpoint.keep.
+Every rank writes into `.tmp_step_<N>`; when all have finished, rank 0 renames it to `step_<N>`
+(`io.replace_dir`; the names are `paths.py`'s), so a folder with that name is always complete,
+and prunes all but the newest checkpoint.keep. DCP writes its shard files itself, inside the
+temp folder; the JSON files go through `io.atomic_write_text`.
 One code path serves one process, DDP and FSDP2: DCP writes each rank's shards (DDP's replicated
 tensors once) and reshards on load.
 
 Loading never runs code from the files. DCP itself does unpickle: its `.metadata` with plain
 `pickle.load`, and non-tensor entries with `torch.load(weights_only=False)`. So only tensors go
-through DCP (everything else is JSON), the reader unpickles `.metadata` with an allow-list of
-DCP's own metadata classes, and refuses any non-tensor entry; tensors are read by DCP with
-`torch.load(weights_only=True)`.
+through DCP (everything else is JSON), the reader (`dcp_io.py`) unpickles `.metadata` with an
+allow-list of DCP's own metadata classes, and refuses any non-tensor entry; tensors are read by
+DCP with `torch.load(weights_only=True)`.
 
 Resume (checkpoint.resume=auto) continues from the newest complete checkpoint of this run name if
 it was written by the same model/data/training config and world size; the data iterator is
@@ -33,18 +35,14 @@ dropped and the rest kept, so the curve continues without duplicated or missing 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
-import os
-import pickle
 import shutil
 import signal
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,9 +51,35 @@ import torch.distributed as dist
 from torch import nn
 
 from lmprof.config import RunConfig
-from lmprof.io import atomic_write_text
-from lmprof.paths import RunPaths, list_checkpoints
+from lmprof.io import atomic_write_text, replace_dir
+from lmprof.paths import (
+    CHECKPOINT_MAIN,
+    CHECKPOINT_TMP_PREFIX,
+    RunPaths,
+    checkpoint_dir,
+    checkpoint_rank_state,
+    checkpoint_tmp_dir,
+    list_checkpoints,
+)
+from lmprof.train.dcp_io import (
+    CheckpointError,
+    _MetadataUnpickler,
+    plain_errors,
+    safe_reader,
+    single_process_quiet,
+)
 from lmprof.train.distributed import DistInfo
+
+# Callers and tests import these from here.
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "Preempted",
+    "_MetadataUnpickler",
+    "continue_csv",
+    "list_checkpoints",
+    "trim_csv",
+]
 
 log = logging.getLogger("lmprof")
 
@@ -76,10 +100,6 @@ class Stateful(Protocol):
 
 class Preempted(Exception):
     """SIGTERM arrived: the step finished, a checkpoint was written, the run stops."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from (another config, tampered, incomplete)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,74 +123,6 @@ def resume_identity(cfg: RunConfig) -> str:
     key = {s: d[s] for s in ("model", "data", "training")} | {"precision": d["system"]["precision"]}
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Safe reading of DCP files
-
-
-_METADATA_CLASSES = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata",
-        "MetadataIndex",
-        "ChunkStorageMetadata",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "TensorProperties",
-        "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
-    },
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.serialization": {"_get_layout"},
-    "torch": {"Size"},
-    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"},
-    "collections": {"OrderedDict"},
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds DCP's metadata dataclasses and nothing else: any other global is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name in _METADATA_CLASSES.get(module, ()):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise CheckpointError(f"checkpoint metadata refers to {module}.{name}: refused")
-
-
-def _reader(path: Path):
-    """A DCP FileSystemReader that unpickles nothing outside the allow-list."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.planner import LoadItemType
-
-    class SafeFileSystemReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any):
-            from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
-
-            meta_path = self._get_metadata_path(kwargs.get("rank"))
-            with self.fs.create_stream(meta_path, "rb") as f:
-                try:
-                    metadata = _MetadataUnpickler(f).load()
-                except CheckpointError:
-                    raise
-                except Exception as exc:
-                    raise CheckpointError(f"unreadable checkpoint metadata: {exc}") from None
-            if not isinstance(metadata, Metadata):
-                raise CheckpointError("checkpoint metadata is not DCP metadata")
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-        def read_data(self, plan, planner):
-            # Non-tensor entries are torch.load(weights_only=False)'d by DCP's planner: we
-            # never write any, so one here is foreign.
-            if any(item.type == LoadItemType.BYTE_IO for item in plan.items):
-                raise CheckpointError("checkpoint holds pickled (non-tensor) entries: refused")
-            return super().read_data(plan, planner)
-
-    return SafeFileSystemReader(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +250,7 @@ class CheckpointManager:
             # Rank 0 decides, so every rank loads the same step even if a filesystem lags.
             dist.broadcast(step, src=0, group=self._group)
         n = int(step[0])
-        return self.root / f"step_{n}" if n >= 0 else None
+        return checkpoint_dir(self.root, n) if n >= 0 else None
 
     # -- the loop's hooks ------------------------------------------------------------------
 
@@ -382,7 +334,7 @@ class CheckpointManager:
         from torch.distributed.checkpoint import FileSystemWriter
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        tmp, final = self.root / f".tmp_step_{step}", self.root / f"step_{step}"
+        tmp, final = checkpoint_tmp_dir(self.root, step), checkpoint_dir(self.root, step)
         if self.dist.is_main:
             if self._fresh and not self.resuming:
                 self._clear_stale()
@@ -392,7 +344,7 @@ class CheckpointManager:
         self._barrier()
         model_sd, optim_sd = get_state_dict(self._model, self._optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
-        with _single_process_quiet(), _plain_errors("saving " + str(tmp)):
+        with single_process_quiet(), plain_errors("saving " + str(tmp)):
             dcp.save(
                 tensors,
                 storage_writer=FileSystemWriter(tmp),
@@ -400,7 +352,7 @@ class CheckpointManager:
                 no_dist=not dist.is_initialized(),
             )
         rank_state = self._trainer.state_dict()
-        atomic_write_text(tmp / f"rank_{self.dist.rank}.json", json.dumps(rank_state))
+        atomic_write_text(checkpoint_rank_state(tmp, self.dist.rank), json.dumps(rank_state))
         if self.dist.is_main:
             main_state = {
                 "format": FORMAT_VERSION,
@@ -412,13 +364,10 @@ class CheckpointManager:
                 # optimizer on load, so their lr (which the first resumed step uses) is kept here.
                 "lr": [g["lr"] for g in self._optimizer.param_groups],
             }
-            atomic_write_text(tmp / "trainer.json", json.dumps(main_state, indent=1))
+            atomic_write_text(tmp / CHECKPOINT_MAIN, json.dumps(main_state, indent=1))
         self._barrier()
         if self.dist.is_main:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
+            replace_dir(tmp, final)
             self._prune()
         self._barrier()
         self._saved_step = step
@@ -438,7 +387,7 @@ class CheckpointManager:
         for _, p in stale:
             shutil.rmtree(p, ignore_errors=True)
         if self.root.is_dir():
-            for p in self.root.glob(".tmp_step_*"):
+            for p in self.root.glob(f"{CHECKPOINT_TMP_PREFIX}*"):
                 shutil.rmtree(p, ignore_errors=True)
 
     def _prune(self) -> None:
@@ -452,7 +401,7 @@ class CheckpointManager:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        main = _read_json(path / "trainer.json")
+        main = _read_json(path / CHECKPOINT_MAIN)
         if main.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{path}: unknown checkpoint format {main.get('format')!r}")
         if main.get("identity") != resume_identity(self.cfg):
@@ -465,15 +414,15 @@ class CheckpointManager:
                 f"{path} was written by {main.get('world_size')} process(es), this run has "
                 f"{self.dist.world_size}: resume with the same number"
             )
-        mine = _read_json(path / f"rank_{self.dist.rank}.json")
+        mine = _read_json(checkpoint_rank_state(path, self.dist.rank))
         # get_state_dict gives the live tensors (and initialises empty optimizer state with a
         # zero-lr step), so DCP loads in place, each rank its own shards.
         model_sd, optim_sd = get_state_dict(self._model, self._optimizer)
         tensors = {"model": model_sd, "optim": optim_sd["state"]}
-        with _single_process_quiet(), _plain_errors(str(path)):
+        with single_process_quiet(), plain_errors(str(path)):
             dcp.load(
                 tensors,
-                storage_reader=_reader(path),
+                storage_reader=safe_reader(path),
                 process_group=self._group,
                 no_dist=not dist.is_initialized(),
             )
@@ -491,40 +440,3 @@ class CheckpointManager:
         step = int(main["step"])
         log.info("resumed from %s (step %d)", path, step)
         return step
-
-
-@contextlib.contextmanager
-def _plain_errors(what: str) -> Iterator[None]:
-    """DCP wraps every rank's error in a CheckpointException (a BaseException whose first line
-    names only ranks): re-raise the first rank's error as one line."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        yield
-    except CheckpointException as exc:
-        rank, (err, _) = sorted(exc.failures.items())[0]
-        if isinstance(err, CheckpointError):
-            raise CheckpointError(f"{what}: {err}") from None
-        text = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{what}: rank {rank}: {type(err).__name__}: {text}") from None
-
-
-@contextlib.contextmanager
-def _single_process_quiet() -> Iterator[None]:
-    """DCP warns on every single-process save/load that it assumes one process: we know."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.distributed is .*single process")
-        yield
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lmprof.config import RunConfig
-from lmprof.io import atomic_write_text
+from lmprof.io import atomic_output, atomic_write_text
 from lmprof.ops.catalog import classify
 from lmprof.ops.spec import GROUPS
 from lmprof.paths import RunPaths
@@ -195,9 +195,9 @@ class Instruments:
             prof.stop()
 
     def _trace_ready(self, prof) -> None:
-        self.trace_dir.mkdir(parents=True, exist_ok=True)
         trace = self.paths.profiler_trace
-        prof.export_chrome_trace(str(trace))
+        with atomic_output(trace) as tmp:  # the profiler writes the file itself
+            prof.export_chrome_trace(str(tmp))
         self._trace_path = trace
         self._write_op_table(prof)
         log.info("profiler trace: %s (open in https://ui.perfetto.dev or chrome://tracing)", trace)
@@ -237,13 +237,7 @@ class Instruments:
 
         try:
             limits = limits_for(self.device, self.cfg.system.precision, self.cfg.profile.peak)
-            paths = write_roofline(
-                trace,
-                self.tables_dir,
-                self.paths.stem,
-                limits,
-                self.optimizer_bytes_per_step,
-            )
+            paths = write_roofline(trace, self.paths, limits, self.optimizer_bytes_per_step)
             log.info("roofline table: %s", paths[0])
         except Exception as exc:  # noqa: BLE001 -- a report, never the run's failure
             log.warning("roofline table not written: %s", exc)
@@ -254,8 +248,8 @@ class Instruments:
         if not self.snapshot:
             return None
         path = self.paths.memory_snapshot(reason)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.cuda.memory._dump_snapshot(str(path))
+        with atomic_output(path) as tmp:  # torch writes the pickle itself
+            torch.cuda.memory._dump_snapshot(str(tmp))
         log.info("memory snapshot (%s): %s (open in https://pytorch.org/memory_viz)", reason, path)
         return path
 

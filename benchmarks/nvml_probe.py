@@ -18,7 +18,8 @@ import time
 import pynvml
 import torch
 
-from lmprof.profiling.energy import NVML_FI_DEV_POWER_INSTANT, integrate_power
+from lmprof.profiling.energy import integrate_power
+from lmprof.profiling.power import NVML_FI_DEV_POWER_INSTANT
 
 
 def main() -> None:

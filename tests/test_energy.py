@@ -8,6 +8,7 @@ import pytest
 
 from lmprof.ops.catalog import AdamW
 from lmprof.profiling import energy as en
+from lmprof.profiling import power
 from lmprof.profiling import roofline as rl
 
 
@@ -37,7 +38,7 @@ class FakeNvml:
 
 def _window(watts: float = 500.0, seconds: int = 10, reasons: int = 0x4):
     t = [0.0]
-    source = en.NvmlSource(FakeNvml(t, watts, reasons), handle=None)
+    source = power.NvmlSource(FakeNvml(t, watts, reasons), handle=None)
     sampler = en.EnergySampler(source, clock=lambda: t[0])
     t[0] = 2.0  # warm-up before the window
     sampler.start(thread=False)
@@ -90,15 +91,15 @@ def _zone(root: Path, name: str, energy: int, max_range: int) -> Path:
 def test_rapl_unwinds_wraparound(tmp_path: Path):
     z = _zone(tmp_path, "intel-rapl:0", energy=900, max_range=999)
     _zone(tmp_path, "intel-rapl:0:0", energy=0, max_range=999)  # a sub-zone is not counted
-    zones, why = en.rapl_zones(tmp_path)
+    zones, why = power.rapl_zones(tmp_path)
     assert zones == [z] and why == ""
-    src = en.RaplSource(zones)
+    src = power.RaplSource(zones)
     (z / "energy_uj").write_text("100\n")  # wrapped: 900 -> 999 -> 0 -> 100 is 200 uJ
     assert src.energy_j() == pytest.approx(200e-6)
 
 
 def test_rapl_missing_says_why(tmp_path: Path):
-    zones, why = en.rapl_zones(tmp_path)
+    zones, why = power.rapl_zones(tmp_path)
     assert zones == [] and "no RAPL" in why
 
 
@@ -196,13 +197,13 @@ def test_power_prefers_nvmls_instantaneous_field_and_falls_back_to_the_average()
 
     class Instant(FakeNvml):
         def nvmlDeviceGetFieldValues(self, h, ids):
-            assert ids == [en.NVML_FI_DEV_POWER_INSTANT]
+            assert ids == [power.NVML_FI_DEV_POWER_INSTANT]
             return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=640_000))]
 
     clock = [0.0]
-    assert en.NvmlSource(Instant(clock), None).sample()["power_w"] == pytest.approx(640.0)
+    assert power.NvmlSource(Instant(clock), None).sample()["power_w"] == pytest.approx(640.0)
     # A driver without the field (FakeNvml has no nvmlDeviceGetFieldValues): the average.
-    assert en.NvmlSource(FakeNvml(clock), None).sample()["power_w"] == pytest.approx(500.0)
+    assert power.NvmlSource(FakeNvml(clock), None).sample()["power_w"] == pytest.approx(500.0)
 
 
 def test_roofline_takes_the_optimizers_bytes_from_the_parameter_count():

@@ -204,7 +204,7 @@ def _seq_sweep(root: Path, seeds: tuple[int, ...]) -> Path:
 
 def _figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """The figures the sweep plots save, by file name, for inspection after the analysis."""
-    from lmprof.analysis import plots, style
+    from lmprof.analysis import lines, scaling, style
 
     saved: dict[str, object] = {}
 
@@ -212,7 +212,8 @@ def _figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
         saved[path.name] = fig
         style.save(fig, path)
 
-    monkeypatch.setattr(plots, "save", keep)
+    for module in (lines, scaling):  # the modules whose plots save a figure
+        monkeypatch.setattr(module, "save", keep)
     return saved
 
 

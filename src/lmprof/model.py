@@ -29,6 +29,7 @@ path everywhere except in `vanilla` and `sdpa_mask`, whose point is the explicit
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from contextlib import nullcontext
 
@@ -362,7 +363,7 @@ def _selective_policy_context():
     activations; dropout masks are replayed from the RNG state)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    save = {_torch_op(name) for name in SELECTIVE_SAVES}
+    save = _selective_saves()
 
     def policy(ctx, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
@@ -370,7 +371,12 @@ def _selective_policy_context():
     return create_selective_checkpoint_contexts(policy)
 
 
-def _torch_op(name: str):
-    """The operator a SELECTIVE_SAVES name stands for (aten.mm.default: torch.ops.aten.mm)."""
-    namespace, op, overload = name.split(".")
-    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+@functools.cache
+def _selective_saves() -> frozenset:
+    """SELECTIVE_SAVES's names as torch's operators (aten.mm.default: torch.ops.aten.mm.default),
+    resolved once: the context is made for every checkpointed block call."""
+    ops = set()
+    for name in SELECTIVE_SAVES:
+        namespace, op, overload = name.split(".")
+        ops.add(getattr(getattr(getattr(torch.ops, namespace), op), overload))
+    return frozenset(ops)

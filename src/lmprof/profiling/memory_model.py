@@ -90,13 +90,6 @@ PREDICTION_COLUMNS = ColumnGroup(
 )
 
 
-PREDICTION_COLUMNS = ColumnGroup(
-    "prediction",
-    "the memory model's predicted peak and the phase it falls in, before the run starts",
-    ("predicted_peak_mem_gb", "predicted_peak_phase"),
-)
-
-
 # What the memory model needs of a run: the model's own hyper-parameters (torch-free).
 Shape = ModelArgs
 

@@ -135,9 +135,22 @@ def _mean_finite(values) -> float:
 
 
 def _energy_row(trainer: Trainer, steady_tokens_per_sec: float | None) -> dict:
-    from lmprof.profiling.energy import energy_row
+    """The run's energy and cost columns (called on every rank after training: one all-reduce);
+    the steady tokens/s is the summary row's, so the steady window is summarised once. Read
+    here, from the trainer: lmprof.profiling takes plain values and never imports lmprof.train."""
+    from lmprof.profiling.energy import EnergyMeter, cost_columns, resolve_gpu_hour_usd
 
-    return energy_row(trainer, steady_tokens_per_sec)
+    cfg, st, dist = trainer.cfg, trainer.state, trainer.dist
+    meter: EnergyMeter | None = getattr(trainer.instruments, "energy", None)
+    row: dict = {}
+    if meter is not None:
+        warm = min(cfg.logging.timing_warmup_steps, st.step)
+        window_tokens = st.real_tokens / max(st.step, 1) * (st.step - warm)
+        row = meter.columns(window_tokens, lambda xs: all_reduce_sum(xs, dist))
+    cuda = trainer.device.type == "cuda"
+    name = torch.cuda.get_device_name(trainer.device) if cuda else ""
+    usd = resolve_gpu_hour_usd(cfg.cost.gpu_hour_usd, name)
+    return row | cost_columns(usd, dist.world_size, steady_tokens_per_sec, st.train_time_s)
 
 
 def _flops_row(trainer: Trainer, row: dict) -> dict:

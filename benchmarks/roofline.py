@@ -18,7 +18,8 @@ import sys
 from lmprof.io import atomic_write_text
 from lmprof.ops.catalog import AdamW
 from lmprof.profiling.peaks import gpu_key, peak_flops
-from lmprof.profiling.roofline import HBM_BYTES_PER_S, Limits, analyze, load_trace, markdown
+from lmprof.profiling.roofline import HBM_BYTES_PER_S, Limits, analyze, load_trace
+from lmprof.profiling.roofline_report import markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,7 @@
 """The attention kernels a run can ask for: one row per kernel, and the attention op's
-description (`Attention`), torch-free.
-
-Config validation, the environment check, debug_flash and the plots read the rows; the FLOPs,
-the memory model, the roofline and the kernel table read `Attention` (ops/spec.py's description
-type), which reads the rows. Adding a kernel means one row below, its dispatch in model.py and a
-test (tests/test_tables.py runs every row through all of them). model.py keeps the code that
-runs each kernel.
+description (`Attention`), torch-free. Validation, the environment check and the plots read the
+rows; FLOPs, the memory model, the roofline and the kernel table read `Attention`. A new kernel is
+one row here, its dispatch in model.py and tests/test_tables.py, which runs every row through all.
 """
 
 from __future__ import annotations

@@ -233,7 +233,8 @@ class Instruments:
 
     def _write_roofline(self, trace: Path) -> None:
         """Each kernel group's gap to its limit (profiling/roofline.py), after training."""
-        from lmprof.profiling.roofline import limits_for, write_roofline
+        from lmprof.profiling.roofline import limits_for
+        from lmprof.profiling.roofline_report import write_roofline
 
         try:
             limits = limits_for(self.device, self.cfg.system.precision, self.cfg.profile.peak)

@@ -185,6 +185,30 @@ def test_every_field_documents_itself_and_help_config_prints_it():
         build_config(overrides=["batching=zigzag"])
 
 
+def test_the_config_loads_without_torch_or_any_pipeline_its_components_belong_to():
+    # Each component's section lives beside its code (data/config.py, train/config.py, ...);
+    # `lmprof.config` imports those modules alone, so `--help-config` and a sweep's planning
+    # stay fast, and the pipelines (which import lmprof.config) import no cycle.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lmprof.config\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')"
+        " or m in ('lmprof.data.datamodule', 'lmprof.train.run', 'lmprof.train.loop',"
+        " 'lmprof.profiling.energy')]\n"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    # The pipelines still import with the config first, and their packages' names resolve.
+    from lmprof.data import build_data
+    from lmprof.data.datamodule import build_data as built_here
+    from lmprof.train.run import run
+
+    assert build_data is built_here and callable(run)
+
+
 def test_model_args_are_the_model_section_plus_what_the_run_adds():
     import dataclasses
 

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"lmprof: warning: {warning}", file=sys.stderr)
     if cfg.system.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
         return launch_ranks(cfg)
-    from lmprof.train import run
+    from lmprof.train.run import run
 
     return run(cfg)
 

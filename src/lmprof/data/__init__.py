@@ -12,8 +12,7 @@ the pipeline, which imports `lmprof.config` itself.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmprof.lazy import lazy_getattr
 
 _EXPORTS = {
     "IGNORE_INDEX": "batching",
@@ -25,8 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lmprof.data' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"lmprof.data.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -8,8 +8,7 @@ import time; `measure_peak_flops` imports it when called).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from lmprof.lazy import lazy_getattr
 
 _EXPORTS = {
     "FlopCount": "flops",
@@ -26,8 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lmprof.profiling' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"lmprof.profiling.{module}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -248,3 +248,24 @@ def test_run_with_several_gpus_outside_torchrun_starts_the_ranks(tmp_path, monke
         assert main(["run", *TINY, "num_gpus=1000", "run_name=many"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "1000" in err[0] and not (tmp_path / "rank2").exists()
+
+
+@pytest.mark.parametrize("eval_compiled, graphs", [(False, 1), (True, 2)])
+def test_a_compiled_run_compiles_one_training_graph_and_evaluates_eagerly(
+    tmp_path, monkeypatch, eval_compiled, graphs
+):
+    """Logging steps (accuracy asked) and the others share one graph; evaluation, a no-grad
+    forward, is a graph of its own only with logging.eval_compiled. Each graph costs seconds of
+    compilation on a GPU host, so a second or third one shows in the whole run's time."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()  # counts the graphs torch.compile hands to its backend
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None: real_compile(m, backend=counter))
+    torch._dynamo.reset()
+    monkeypatch.chdir(tmp_path)
+    args = ["system.compile=true", "eval_interval=2", f"logging.eval_compiled={eval_compiled}"]
+    assert main(["run", *TINY, *args, "run_name=c"]) == 0
+    torch._dynamo.reset()
+    assert counter.frame_count == graphs
+    assert [int(r["step"]) for r in _read(tmp_path / "results/details/c_eval.csv")] == [2, 4, 6]

@@ -164,6 +164,7 @@ IDENTITY_ADDED = (
     ("model", "norm_type"),
     ("model", "rope_theta"),
     ("model", "loss"),
+    ("logging", "eval_compiled"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]

@@ -71,9 +71,11 @@ def linear_cross_entropy(
 
 
 class FusedLinearCrossEntropy:
-    """`model.loss=fused` (described in ops/losses.py): the summed loss over real targets and,
-    when asked, the number right. The row kernel finds each row's maximum for the softmax
-    anyway, so the argmax costs no pass of its own; it is handed on only when asked."""
+    """`model.loss=fused` (described in ops/losses.py): the summed loss over real targets and
+    the number right. The row kernel finds each row's maximum for the softmax anyway, so the
+    argmax costs no pass of its own, and the count is returned whether asked or not: a bool
+    that decided it would make torch.compile build a second graph for the logging steps,
+    seconds of compilation for a sum the caller may drop."""
 
     def __init__(self, args: Any = None):
         self.chunk_size = int(getattr(args, "loss_chunk_size", 0) or 0)
@@ -82,7 +84,7 @@ class FusedLinearCrossEntropy:
         self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, accuracy: bool = False
     ) -> LossOutput:
         loss_sum, n_correct = linear_cross_entropy_sum(h, weight, targets, self.chunk_size)
-        return LossOutput(loss_sum, n_correct if accuracy else None)
+        return LossOutput(loss_sum, n_correct)
 
 
 # ---- the operator -----------------------------------------------------------------------------

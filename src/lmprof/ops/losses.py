@@ -4,8 +4,10 @@ described here (ops/spec.py's type, torch-free) beside the module that runs it.
 Every loss is a class built from the model's hyper-parameters, called as
 `loss(h, weight, targets, accuracy) -> LossOutput`: h (N, d) the final hidden states, weight
 (V, d) the LM head's, targets (N,) with IGNORE_INDEX at PAD. It returns the SUM of the per-token
-losses over the real (non-PAD) targets, fp32, and, only when `accuracy` is asked (a logging
-step, an evaluation), how many of them the argmax got right. The COUNT of real targets is the
+losses over the real (non-PAD) targets, fp32, and, when `accuracy` is asked (a logging step,
+an evaluation), how many of them the argmax got right; a loss whose count is free may return it
+always (the fused loss does: under torch.compile a bool that changes the graph is a second
+graph), and the caller ignores it when it did not ask. The COUNT of real targets is the
 batch's `n_real_tokens`, counted on the host when the batch is cut: the trainer divides by it
 (across micro-batches and ranks), so no loss computes one on the device and nothing waits.
 

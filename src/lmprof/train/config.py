@@ -99,6 +99,11 @@ class LoggingConfig:
     eval_max_batches: int = option(
         0, "batches per evaluation; 0: the whole validation split", **NON_NEGATIVE
     )
+    eval_compiled: bool = option(
+        False,
+        "evaluate with the compiled model (system.compile): a second graph, compiled at the "
+        "first evaluation; off: the same weights run eagerly and compile nothing",
+    )
     timing_warmup_steps: int = option(
         5, "first steps left out of the steady-state figures", **NON_NEGATIVE
     )

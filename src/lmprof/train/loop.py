@@ -183,6 +183,8 @@ class Trainer:
                     loss, n_correct = self.model(
                         batch.input_ids, batch.targets, batch.attention_mask, accuracy
                     )
+                if not accuracy:  # a loss may count anyway (see ops/losses.py)
+                    n_correct = None
                 if self.cudagraphs:  # the next replay overwrites the graph's outputs
                     loss = loss.clone()
                     n_correct = None if n_correct is None else n_correct.clone()
@@ -346,6 +348,9 @@ class Trainer:
         t0 = time.perf_counter()
         phase, ins.state_phase = ins.state_phase, "eval"
         self.model.eval()
+        # Compiled, a no-grad forward is a graph of its own, compiled at the first evaluation
+        # (seconds); eagerly, the same weights compile nothing (logging.eval_compiled).
+        model = self.model if cfg.logging.eval_compiled else self.raw_model
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_tokens = 0
@@ -360,7 +365,7 @@ class Trainer:
                 self.checkpoints.poll(self.state.step, what)
             batch = batch.to(self.device)
             with self.autocast():
-                loss, n_correct = self.model(
+                loss, n_correct = model(
                     batch.input_ids, batch.targets, batch.attention_mask, accuracy=True
                 )
             loss_sum += loss.double()

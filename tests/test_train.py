@@ -250,21 +250,29 @@ def test_run_with_several_gpus_outside_torchrun_starts_the_ranks(tmp_path, monke
         assert len(err) == 1 and "1000" in err[0] and not (tmp_path / "rank2").exists()
 
 
-@pytest.mark.parametrize("eval_compiled, graphs", [(False, 1), (True, 2)])
+@pytest.mark.parametrize(
+    "scope, eval_compiled, graphs", [("model", False, 1), ("model", True, 2), ("blocks", False, 1)]
+)
 def test_a_compiled_run_compiles_one_training_graph_and_evaluates_eagerly(
-    tmp_path, monkeypatch, eval_compiled, graphs
+    tmp_path, monkeypatch, scope, eval_compiled, graphs
 ):
     """Logging steps (accuracy asked) and the others share one graph; evaluation, a no-grad
-    forward, is a graph of its own only with logging.eval_compiled. Each graph costs seconds of
-    compilation on a GPU host, so a second or third one shows in the whole run's time."""
+    forward, is a graph of its own only with logging.eval_compiled; compile_scope=blocks
+    compiles one block's graph that both layers reuse. Each graph costs seconds of compilation
+    on a GPU host, so a second or third one shows in the whole run's time."""
     from torch._dynamo.testing import CompileCounter
 
     counter = CompileCounter()  # counts the graphs torch.compile hands to its backend
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda m, mode=None: real_compile(m, backend=counter))
+    real_compile = torch.compile  # nn.Module.compile calls it too
+
+    def compile_counted(model, *args, **kwargs):
+        return real_compile(model, *args, **{**kwargs, "mode": None, "backend": counter})
+
+    monkeypatch.setattr(torch, "compile", compile_counted)
     torch._dynamo.reset()
     monkeypatch.chdir(tmp_path)
     args = ["system.compile=true", "eval_interval=2", f"logging.eval_compiled={eval_compiled}"]
+    args += ["n_layers=2", f"system.compile_scope={scope}"]
     assert main(["run", *TINY, *args, "run_name=c"]) == 0
     torch._dynamo.reset()
     assert counter.frame_count == graphs

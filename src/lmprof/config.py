@@ -165,6 +165,7 @@ IDENTITY_ADDED = (
     ("model", "rope_theta"),
     ("model", "loss"),
     ("logging", "eval_compiled"),
+    ("system", "compile_scope"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
@@ -330,6 +331,8 @@ def default_run_name(cfg: RunConfig) -> str:
         name += f"_ckpt{s.gradient_checkpointing}"
     if s.compile:
         name += "_compile" if s.compile_mode == "default" else f"_compile_{s.compile_mode}"
+        if s.compile_scope != "model":
+            name += f"_{s.compile_scope}"
     return name
 
 

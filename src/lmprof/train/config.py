@@ -15,6 +15,7 @@ from lmprof.errors import ConfigError
 PRECISIONS = precision.NAMES
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
+COMPILE_SCOPES = ("model", "blocks")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
@@ -58,6 +59,15 @@ class SystemConfig:
     # max-autotune tries Triton matmul templates: long compiles.
     compile_mode: str = option(
         "default", "torch.compile's mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES
+    )
+    # blocks: every layer has the same code and shapes, so one compiled graph serves them all
+    # (torch.compile inlines nn.Modules, their parameters are inputs): about one layer's
+    # compilation instead of n_layers', for the fusions across a block's edge.
+    compile_scope: str = option(
+        "model",
+        "what torch.compile compiles: the whole model as one graph, or each Transformer block "
+        "(one graph every layer reuses: a fraction of the compile time)",
+        choices=COMPILE_SCOPES,
     )
     num_gpus: int = option(
         1, "processes for this run (gloo processes on a CPU-only machine)", above=0, at_most=4096

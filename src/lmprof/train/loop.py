@@ -114,12 +114,16 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         system = self.cfg.system
         mode = None if system.compile_mode == "default" else system.compile_mode
+        blocks = system.compile and system.compile_scope == "blocks"
+        if blocks:  # in place: the model's forward calls the compiled blocks
+            for block in model.blocks:
+                block.compile(mode=mode)
         if self.fsdp:
             from lmprof.train.fsdp import shard_model
 
             model = shard_model(model, self.dist, system.precision)
-            return torch.compile(model, mode=mode) if system.compile else model
-        if system.compile:
+            return torch.compile(model, mode=mode) if system.compile and not blocks else model
+        if system.compile and not blocks:
             model = torch.compile(model, mode=mode)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -350,7 +354,8 @@ class Trainer:
         self.model.eval()
         # Compiled, a no-grad forward is a graph of its own, compiled at the first evaluation
         # (seconds); eagerly, the same weights compile nothing (logging.eval_compiled).
-        model = self.model if cfg.logging.eval_compiled else self.raw_model
+        eager = not (cfg.system.compile and cfg.logging.eval_compiled)
+        stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n_tokens = 0
@@ -364,8 +369,8 @@ class Trainer:
             if self.checkpoints is not None:
                 self.checkpoints.poll(self.state.step, what)
             batch = batch.to(self.device)
-            with self.autocast():
-                loss, n_correct = model(
+            with self.autocast(), stance:
+                loss, n_correct = self.model(
                     batch.input_ids, batch.targets, batch.attention_mask, accuracy=True
                 )
             loss_sum += loss.double()

@@ -5,7 +5,8 @@ count the batches carry, weighting micro-batches by their real tokens."""
 from __future__ import annotations
 
 import contextlib
-from types import SimpleNamespace
+import sys
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,55 @@ from lmprof.train.loop import Trainer
 from lmprof.train.state import LossMeter, TrainState
 
 
+@pytest.fixture
+def fake_quack(monkeypatch):
+    """quack's three functions that ops/quack_loss.py calls, as quack 0.6.5 documents them, in
+    plain PyTorch (quack needs CUDA): the losses' wrapper arithmetic runs on the CPU. Returns
+    the keyword arguments chunked_linear_cross_entropy was called with."""
+    F = torch.nn.functional
+    calls = []
+
+    def cross_entropy_fwd(x, target, ignore_index=-100, return_lse=False):
+        # quack/cross_entropy.py: fp32 loss per row, 0 for an ignored row; fp32 lse per row.
+        assert return_lse
+        lse = torch.logsumexp(x, -1)
+        picked = x.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+        loss = torch.where(target != ignore_index, lse - picked, 0.0)
+        return loss.float(), lse.float()
+
+    def cross_entropy_bwd(x, target, dloss, lse, weight=None, ignore_index=-100):
+        # dloss is read per row and zeroed for an ignored one; dx is a new buffer.
+        keep = torch.where(target != ignore_index, dloss, 0.0).to(x.dtype)
+        g = (x - lse.to(x.dtype)[:, None]).exp()
+        g[torch.arange(x.shape[0]), target.clamp(min=0)] -= 1.0
+        return g * keep[:, None]
+
+    def chunked_linear_cross_entropy(x, weight, target, chunk_size=4096, ignore_index=-100,
+                                     reduction="mean"):  # fmt: skip
+        calls.append(dict(chunk_size=chunk_size, ignore_index=ignore_index, reduction=reduction))
+        assert chunk_size % 8 == 0 and x.shape[0] % 8 == 0  # its GEMMs' alignment
+        assert reduction in ("mean", "sum") and x.dtype == weight.dtype
+        # fp32 loss per row (0 where ignored), summed; "mean" divides by the real rows.
+        rows = F.cross_entropy(F.linear(x, weight), target, ignore_index=ignore_index,
+                               reduction="none").float()  # fmt: skip
+        real = (target != ignore_index).sum()
+        return rows.sum() if reduction == "sum" else rows.sum() / real
+
+    from lmprof.ops import quack_loss
+
+    quack = ModuleType("quack")
+    ce = ModuleType("quack.cross_entropy")
+    ce.cross_entropy_fwd, ce.cross_entropy_bwd = cross_entropy_fwd, cross_entropy_bwd
+    lce = ModuleType("quack.linear_cross_entropy")
+    lce.chunked_linear_cross_entropy = chunked_linear_cross_entropy
+    quack.cross_entropy, quack.linear_cross_entropy = ce, lce
+    for name, mod in (("quack", quack), (ce.__name__, ce), (lce.__name__, lce)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    quack_loss._import_error.cache_clear()
+    yield calls
+    quack_loss._import_error.cache_clear()
+
+
 def _inputs(n=40, d=16, v=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
@@ -29,13 +79,20 @@ def _inputs(n=40, d=16, v=50, seed=0):
     return h, w, t
 
 
-@pytest.mark.parametrize("chunk", [0, 7])
-def test_every_loss_sums_what_the_pytorch_reference_sums_with_the_same_gradients(chunk):
-    h, w, t = _inputs()
+@pytest.mark.parametrize("chunk", [0, 7, 16])
+@pytest.mark.parametrize("n", [40, 37])
+def test_every_loss_sums_what_the_pytorch_reference_sums_with_the_same_gradients(
+    chunk, n, fake_quack
+):
+    """Every loss, quack's through the fake: 37 tokens are padded to 40 for quack_chunked."""
+    h, w, t = _inputs(n)
     ref = torch.nn.functional.cross_entropy(h @ w.T, t, ignore_index=IGNORE_INDEX, reduction="sum")
     ref_grads = torch.autograd.grad(ref, (h, w))
-    for name in losses.NAMES:
-        args = SimpleNamespace(loss_chunk_size=chunk if losses.LOSSES[name].chunks else 0)
+    for name, cls in losses.LOSSES.items():
+        size = chunk if cls.chunks else 0
+        if size % cls.chunk_multiple:
+            continue  # refused by the config (test_a_chunk_size_off_the_multiple_is_refused)
+        args = SimpleNamespace(loss_chunk_size=size)
         out = losses.loss(name, args).build(args)(h, w, t)
         assert out.correct is None  # not asked: no accuracy
         torch.testing.assert_close(out.sum, ref.float(), rtol=1e-6, atol=1e-6)
@@ -43,7 +100,7 @@ def test_every_loss_sums_what_the_pytorch_reference_sums_with_the_same_gradients
             torch.testing.assert_close(g, g0, rtol=1e-5, atol=1e-6)
 
 
-def test_accuracy_when_asked_counts_real_targets_only():
+def test_accuracy_when_asked_counts_real_targets_only(fake_quack):
     h, w, t = _inputs()
     pred = (h @ w.T).argmax(-1)
     t = pred.clone()
@@ -53,18 +110,22 @@ def test_accuracy_when_asked_counts_real_targets_only():
     for name in losses.NAMES:
         out = losses.loss(name).build(None)(h, w, t, accuracy=True)
         assert int(out.correct) == real_right, name
+    # quack_chunked counts block by block: blocks of 8 over 40 tokens count the same
+    chunked = losses.loss("quack_chunked").build(SimpleNamespace(loss_chunk_size=8))
+    assert int(chunked(h, w, t, accuracy=True).correct) == real_right
 
 
-def test_the_models_losses_agree_under_each_choice():
+@pytest.mark.parametrize("name", [n for n in losses.NAMES if n != "pytorch"])
+def test_the_models_losses_agree_under_each_choice(name, fake_quack):
     torch.manual_seed(0)
     x = torch.randint(0, 97, (2, 16))
     t = torch.randint(0, 97, (2, 16))
     t[1, 10:] = IGNORE_INDEX
     base = dict(vocab_size=97, d_model=32, n_heads=4, n_layers=1, d_ff=64, dropout=0.0)
-    fused = Transformer(ModelArgs(**base, max_seq_len=16)).double()
+    chosen = Transformer(ModelArgs(**base, max_seq_len=16, loss=name)).double()
     plain = Transformer(ModelArgs(**base, max_seq_len=16, loss="pytorch")).double()
-    plain.load_state_dict(fused.state_dict())
-    a, b = fused(x, t, accuracy=True), plain(x, t, accuracy=True)
+    plain.load_state_dict(chosen.state_dict())
+    a, b = chosen(x, t, accuracy=True), plain(x, t, accuracy=True)
     torch.testing.assert_close(a.sum, b.sum)
     assert int(a.correct) == int(b.correct)
 
@@ -74,8 +135,8 @@ def test_a_loss_that_does_not_chunk_refuses_a_chunk_size():
     cfg.model.loss, cfg.model.loss_chunk_size = "pytorch", 128
     with pytest.raises(ConfigError, match="loss_chunk_size"):
         validate(cfg)
-    with pytest.raises(KeyError, match="known: fused, pytorch"):
-        losses.loss("quack")
+    with pytest.raises(KeyError, match="known: fused, pytorch, quack, quack_chunked"):
+        losses.loss("quake")
 
 
 def _batch(ids, targets):

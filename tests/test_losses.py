@@ -211,3 +211,138 @@ def test_the_memory_model_reads_the_chosen_loss():
     log_softmax = 8 * 1024 * 50304 * 4
     assert plain.saved_after_forward - fused.saved_after_forward > log_softmax // 2
     assert plain.predicted_peak_bytes > fused.predicted_peak_bytes + log_softmax // 2
+
+
+# ---- quack's losses: refused in one line where they cannot run, described honestly ------------
+
+
+def test_quack_chunked_passes_the_chunk_pad_and_sum_to_quack(fake_quack):
+    h, w, t = _inputs(37)
+    for size, expect in ((0, 4096), (16, 16)):
+        args = SimpleNamespace(loss_chunk_size=size)
+        losses.loss("quack_chunked", args).build(args)(h, w, t)
+        assert fake_quack[-1] == dict(chunk_size=expect, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def test_quack_missing_is_refused_in_one_line_before_any_work(monkeypatch, capsys, tmp_path):
+    from lmprof.cli import main
+    from lmprof.config import build_config
+    from lmprof.environment import check_environment
+    from lmprof.ops import quack_loss
+
+    monkeypatch.setitem(sys.modules, "quack", None)  # `import quack` raises ImportError
+    quack_loss._import_error.cache_clear()
+    monkeypatch.chdir(tmp_path)
+    try:
+        reason = quack_loss.unavailable_reason()
+        assert "\n" not in reason and "pip install 'lmprof[quack]'" in reason
+        assert "quack-kernels" in reason and "fused or pytorch" in reason
+        for name in ("quack", "quack_chunked"):
+            assert losses.loss(name).unavailable() == reason
+            # A CUDA machine without the package: the preflight says the same line.
+            with monkeypatch.context() as m:
+                m.setattr(torch.cuda, "is_available", lambda: True)
+                m.setattr(torch.cuda, "device_count", lambda: 1)
+                cfg = build_config(overrides=[f"loss={name}", "precision=bf16", "device=cuda"])
+                assert check_environment(cfg) == reason
+            assert main(["run", f"loss={name}"]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "lmprof[quack]" in err[0], err
+        assert not (tmp_path / "results.csv").exists()
+    finally:
+        quack_loss._import_error.cache_clear()
+
+
+def test_quack_on_a_cpu_is_refused_in_one_line(fake_quack, monkeypatch):
+    from lmprof.config import build_config
+    from lmprof.environment import check_environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = check_environment(build_config(overrides=["loss=quack"]))
+    assert reason is not None and "\n" not in reason and "need a CUDA GPU" in reason
+    # quack imports and a GPU is there, but the run asks for the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    reason = check_environment(build_config(overrides=["loss=quack_chunked", "device=cpu"]))
+    assert reason == "loss 'quack_chunked' needs a CUDA GPU (use fused or pytorch on a CPU)"
+    assert check_environment(build_config(overrides=["loss=quack", "device=cuda"])) is None
+
+
+def test_a_chunk_size_off_the_multiple_is_refused():
+    cfg = RunConfig()
+    cfg.model.loss, cfg.model.loss_chunk_size = "quack_chunked", 100
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        validate(cfg)
+    cfg.model.loss_chunk_size = 2048
+    validate(cfg)
+
+
+def test_the_quack_losses_are_choices_of_the_config():
+    from lmprof.config import describe_keys, spec
+
+    assert {"quack", "quack_chunked"} <= set(spec("model.loss").choices)
+    assert "fused, pytorch, quack, quack_chunked" in describe_keys()
+
+
+def _gpt2_site(precision="bf16", chunk=0):
+    from lmprof.ops.spec import Site
+
+    args = SimpleNamespace(
+        d_model=768, vocab_size=50257, vocab_multiple=64, dropout=0.0, loss_chunk_size=chunk
+    )
+    return args, Site(args, 16, 1024, precision)
+
+
+def test_quack_keeps_the_logits_and_an_fp32_lse_and_makes_their_gradient_anew():
+    args, s = _gpt2_site()
+    N, d, V = 16384, 768, 50304
+    x = SimpleNamespace(itemsize=4)  # the final norm's fp32 output: the head casts it
+    cost = losses.loss("quack", args).cost(s, x)
+    saved = {t.name: t.nbytes for t in cost.tensors if t.saved}
+    assert saved == {
+        "head_in": N * d * 2,
+        "head_weight": V * d * 2,
+        "quack_logits": N * V * 2,  # bf16, no fp32 copy, no log-softmax
+        "quack_lse": N * 4,
+    }
+    assert cost.backward_transient == N * V * 2 + N * 4  # d loss/d logits, a new buffer
+    assert cost.forward_flops == 2 * N * d * V and cost.backward_flops == 4 * N * d * V
+    q = losses.LOSSES["quack"]()
+    row = q.trace_work("lmprof::quack_cross_entropy", [[N, V], [N]], ["c10::BFloat16"], "loss")
+    back = q.trace_work(
+        "lmprof::quack_cross_entropy_backward", [[N, V], [N], [N], [N]], ["c10::BFloat16"], "loss"
+    )
+    assert (row, back) == (N * V * 2, 2 * N * V * 2)
+
+
+def test_quack_chunked_keeps_dh_and_an_fp32_dw_and_one_block_of_scratch():
+    N, d, V = 16384, 768, 50304
+    for chunk, c in ((0, 4096), (2048, 2048)):
+        args, s = _gpt2_site(chunk=chunk)
+        cost = losses.loss("quack_chunked", args).cost(s, None)
+        saved = {t.name: t.nbytes for t in cost.tensors if t.saved}
+        assert saved == {"head_grad_h": N * d * 2, "head_grad_w": V * d * 4}
+        # E, two fp32 partials per 192-column tile, the (V/64, c) strip, xs, the rows' loss
+        scratch = c * V * 2 + 2 * c * (V // 192) * 4 + (V // 64) * c * 2 + c * d * 2 + N * 4
+        assert cost.forward_transient == scratch
+        assert cost.backward_transient == 0  # dx and dw scaled in place, dw fp32 as the weight
+        assert cost.forward_flops + cost.backward_flops == 6 * N * d * V
+
+
+def test_the_memory_model_reads_the_quack_losses():
+    """At GPT-2 small, 8 x 1024 tokens: quack keeps the bf16 logits (0.8 GB) that fused and
+    quack_chunked never keep, and no fp32 log-softmax (pytorch's, 1.6 GB)."""
+    from lmprof.config import build_config
+    from lmprof.profiling.memory_model import estimate_memory
+
+    over = ["d_model=768", "nhead=12", "num_layers=12", "dim_feedforward=3072", "bf16=true"]
+    over += ["dropout=0.0", "sequence_length=1024", "batch_size=8"]
+    est = {
+        n: estimate_memory(build_config(overrides=[*over, f"loss={n}"]), 50258)
+        for n in losses.NAMES
+    }
+    logits = 8 * 1024 * 50304 * 2
+    kept = {n: e.saved_after_forward for n, e in est.items()}
+    assert kept["quack"] - kept["fused"] > logits * 0.9
+    assert kept["pytorch"] - kept["quack"] > logits * 0.9  # the fp32 log-softmax
+    assert abs(kept["quack_chunked"] - kept["fused"]) < logits // 4

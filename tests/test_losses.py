@@ -44,14 +44,16 @@ def fake_quack(monkeypatch):
         g[torch.arange(x.shape[0]), target.clamp(min=0)] -= 1.0
         return g * keep[:, None]
 
-    def chunked_linear_cross_entropy(x, weight, target, chunk_size=4096, ignore_index=-100,
-                                     reduction="mean"):  # fmt: skip
+    def chunked_linear_cross_entropy(
+        x, weight, target, chunk_size=4096, ignore_index=-100, reduction="mean"
+    ):
         calls.append(dict(chunk_size=chunk_size, ignore_index=ignore_index, reduction=reduction))
         assert chunk_size % 8 == 0 and x.shape[0] % 8 == 0  # its GEMMs' alignment
         assert reduction in ("mean", "sum") and x.dtype == weight.dtype
         # fp32 loss per row (0 where ignored), summed; "mean" divides by the real rows.
-        rows = F.cross_entropy(F.linear(x, weight), target, ignore_index=ignore_index,
-                               reduction="none").float()  # fmt: skip
+        rows = F.cross_entropy(
+            F.linear(x, weight), target, ignore_index=ignore_index, reduction="none"
+        ).float()
         real = (target != ignore_index).sum()
         return rows.sum() if reduction == "sum" else rows.sum() / real
 
@@ -346,3 +348,25 @@ def test_the_memory_model_reads_the_quack_losses():
     assert kept["quack"] - kept["fused"] > logits * 0.9
     assert kept["pytorch"] - kept["quack"] > logits * 0.9  # the fp32 log-softmax
     assert abs(kept["quack_chunked"] - kept["fused"]) < logits // 4
+
+
+def test_quack_compiles_to_one_graph_with_its_ops_opaque(fake_quack):
+    """torch.compile keeps one graph through forward and backward: lmprof's two custom ops
+    around quack's kernels are opaque to Dynamo (aot_eager: their fakes trace both graphs)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    loss = losses.loss("quack").build(None)
+
+    def f(h, w, t):
+        out = loss(h, w, t, accuracy=True)
+        return out.sum, out.correct
+
+    counter = CompileCounterWithBackend("aot_eager")
+    h, w, t = _inputs()
+    got, right = torch.compile(f, backend=counter, fullgraph=True)(h, w, t)
+    grads = torch.autograd.grad(got, (h, w))
+    want, want_right = f(h, w, t)
+    torch.testing.assert_close(got, want)
+    assert counter.frame_count == 1 and int(right) == int(want_right)
+    for g, g0 in zip(grads, torch.autograd.grad(want, (h, w)), strict=True):
+        torch.testing.assert_close(g, g0)

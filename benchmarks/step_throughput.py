@@ -40,6 +40,7 @@ import torch
 
 from lmprof.config import build_config
 from lmprof.io import atomic_write_text
+from lmprof.ops import losses
 from lmprof.train.distributed import DistInfo
 from lmprof.train.loop import Trainer
 
@@ -119,6 +120,20 @@ CONFIGS: dict[str, dict] = {
         bias=False,
         ref="nanogpt_small_nobias",
     ),
+    **{
+        f"small_cudnn_bf16_compile_nobias_{loss}": _cfg(
+            SMALL,
+            16,
+            1024,
+            **FAST,
+            attention="cudnn",
+            compile=True,
+            bias=False,
+            loss=loss,
+            ref="nanogpt_small_nobias",
+        )
+        for loss in ("pytorch", "quack", "quack_chunked")
+    },
     "small_cudnn_bf16_compile_bias": _cfg(
         SMALL,
         16,
@@ -185,6 +200,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "nanogpt_small_bias",
         "small_cudnn_bf16_compile_bias",
         "medium_cudnn_bf16_compile",
+    ),
+    # model.loss choices at equal architecture (fused is the unsuffixed nobias row)
+    "losses": (
+        "nanogpt_small_nobias",
+        "small_cudnn_bf16_compile_nobias",
+        "small_cudnn_bf16_compile_nobias_pytorch",
+        "small_cudnn_bf16_compile_nobias_quack",
+        "small_cudnn_bf16_compile_nobias_quack_chunked",
     ),
     "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }
@@ -416,6 +439,16 @@ def time_lmprof(name: str, spec: dict, steps: int, warmup: int, device: torch.de
     return _time(lambda i: trainer.train_step(it), steps, warmup, device), trainer.n_params
 
 
+def loss_unavailable(spec: dict, cuda: bool) -> str | None:
+    """Why the row's model.loss cannot run here (quack missing, or a CUDA-only loss on the
+    CPU), or None: such a row is skipped with that line, not counted as a failure."""
+    desc = losses.loss(spec.get("loss", losses.DEFAULT))
+    reason = desc.unavailable()
+    if reason is None and desc.cuda_only and not cuda:
+        reason = f"loss {desc.name} needs a CUDA GPU"
+    return reason
+
+
 def measure(name: str, spec: dict, steps: int, warmup: int, device: torch.device) -> dict:
     cuda = device.type == "cuda"
     if cuda:
@@ -430,7 +463,15 @@ def measure(name: str, spec: dict, steps: int, warmup: int, device: torch.device
         else "lmprof",
         **{
             k: spec.get(k)
-            for k in ("batch_size", "sequence_length", "precision", "attention", "compile", "bias")
+            for k in (
+                "batch_size",
+                "sequence_length",
+                "precision",
+                "attention",
+                "loss",
+                "compile",
+                "bias",
+            )
         },
         "ref": spec.get("ref"),
     }
@@ -444,6 +485,11 @@ def measure(name: str, spec: dict, steps: int, warmup: int, device: torch.device
                 return row
             (times, first, wall), n_params = time_nanogpt(spec, steps, warmup, device)
         else:
+            reason = loss_unavailable(spec, cuda)
+            if reason:
+                row.update(status="skipped", detail=reason)
+                print(f"step_throughput: {name} skipped: {reason}", file=sys.stderr)
+                return row
             (times, first, wall), n_params = time_lmprof(name, spec, steps, warmup, device)
     except torch.OutOfMemoryError as exc:
         row.update(status="oom", detail=str(exc).splitlines()[0][:120])

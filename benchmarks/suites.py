@@ -97,19 +97,22 @@ STEP = Suite(
         # and the small model whose step the per-step host work and tiny kernels show in.
         _step_matrix("vs_nanogpt", "vs_nanogpt", timeout=420),
         _step_matrix("small_kernels", "small_kernels", timeout=300),
+        # model.loss choices (fused, pytorch, quack's two) beside nanoGPT at equal architecture.
+        _step_matrix("losses", "losses", timeout=420),
     ),
 )
 
 OPS = Suite(
     "ops",
-    "the fused LM head + cross-entropy against PyTorch: error and cost (ops_check.py)",
+    "the fused LM head + cross-entropy and every model.loss against PyTorch: error and cost "
+    "(ops_check.py)",
     "the ops_check.py call of gpu_session5b.sh matrix|curves",
     (
         Step(
             "ops_check",
             ("benchmarks/ops_check.py", "--out", "{dir}"),
             "ops",
-            100,
+            300,  # the model.loss choices, each compiled, and quack's kernels JIT-built once
             keep={"ops_check.md": "ops_check.md"},
         ),
     ),

@@ -231,7 +231,7 @@ def test_nanogpt_recipe_runs_share_the_gpu_and_the_deadline_stops_the_rest(tmp_p
 def test_step_throughput_groups_expand_to_known_rows_and_ratios_name_rows():
     from benchmarks import step_throughput as st
 
-    rows = st.expand(["vs_nanogpt", "nanogpt_small_nobias", "small_kernels"])
+    rows = st.expand(["vs_nanogpt", "nanogpt_small_nobias", "small_kernels", "losses"])
     assert rows[0] == "nanogpt_small_nobias" and rows.count("nanogpt_small_nobias") == 1
     assert set(rows) <= set(st.CONFIGS)
     assert {st.CONFIGS[n]["ref"] for n in rows if st.CONFIGS[n].get("ref")} <= set(rows)
@@ -252,6 +252,19 @@ def test_step_throughput_nanogpt_row_is_skipped_when_ext_is_absent(monkeypatch, 
     row = st.measure("nanogpt_small_nobias", spec, 2, 1, torch.device("cpu"))
     assert row["status"] == "skipped" and "absent" in row["detail"]
     assert "skipped" in st.markdown([row])
+
+
+def test_step_throughput_quack_rows_are_skipped_with_a_line_where_quack_cannot_run(capsys):
+    import torch
+
+    from benchmarks import step_throughput as st
+
+    for loss in ("quack", "quack_chunked"):
+        name = f"small_cudnn_bf16_compile_nobias_{loss}"
+        assert name in st.GROUPS["losses"] and st.CONFIGS[name]["loss"] == loss
+        row = st.measure(name, st.smoke_spec(st.CONFIGS[name]), 2, 1, torch.device("cpu"))
+        assert row["status"] == "skipped" and ("quack" in row["detail"] or "CUDA" in row["detail"])
+        assert f"{name} skipped" in capsys.readouterr().err
 
 
 def test_step_throughput_table_gives_the_ratio_to_the_ref_row():

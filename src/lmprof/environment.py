@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import subprocess
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from lmprof import __version__, attention_kernels, precision
 from lmprof.config import RunConfig
+from lmprof.ops import losses
 from lmprof.results import ColumnGroup
 
 ENVIRONMENT_COLUMNS = ColumnGroup(
@@ -53,14 +53,19 @@ def check_environment(cfg: RunConfig) -> str | None:
             f"attention '{cfg.model.attention}' needs a CUDA GPU "
             f"(use {attention_kernels.or_list(cpu)} on a CPU)"
         )
-    kernel = attention_kernels.kernel(cfg.model.attention)
-    if kernel.availability:
-        # An optional package or a GPU generation: the kernel's own check (for FA4 it reads the
-        # compute capability: CUDA's runtime initialises, no context is made).
-        module, function = kernel.availability.split(":")
-        reason = getattr(importlib.import_module(module), function)()
+    loss = losses.loss(cfg.model.loss)
+    # An optional package or a GPU generation: the op's own check (`availability`; for FA4 it
+    # reads the compute capability: CUDA's runtime initialises, no context is made).
+    for op in (attention_kernels.Attention(attention_kernels.kernel(cfg.model.attention)), loss):
+        reason = op.unavailable()
         if reason:
             return reason
+    if on_cpu and loss.cuda_only:
+        cpu = tuple(n for n, cls in losses.LOSSES.items() if not cls.cuda_only)
+        return (
+            f"loss '{cfg.model.loss}' needs a CUDA GPU "
+            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
+        )
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "

@@ -68,11 +68,15 @@ class ModelConfig:
     )
     loss: str = option(
         losses.DEFAULT,
-        "the LM head and cross-entropy (see lmprof/ops/losses.py; pytorch: the reference)",
+        "the LM head and cross-entropy (see lmprof/ops/losses.py; pytorch: the reference; quack, "
+        "quack_chunked: quack-kernels' CUDA kernels, lmprof[quack])",
         choices=LOSSES,
     )
     loss_chunk_size: int = option(
-        0, ">0: cross-entropy over this many tokens at a time, no full logits", **NON_NEGATIVE
+        0,
+        ">0: cross-entropy over this many tokens at a time, no full logits (0: all of them; "
+        "quack_chunked: 4096)",
+        **NON_NEGATIVE,
     )
 
     def ffn_hidden(self) -> int:
@@ -109,6 +113,13 @@ def validate_model(m: ModelConfig, precision: str) -> None:
             "model.loss_chunk_size",
             m.loss_chunk_size,
             f"loss {m.loss} is not chunked: set it to 0 or use loss {' or '.join(chunked)}",
+        )
+    multiple = losses.LOSSES[m.loss].chunk_multiple
+    if m.loss_chunk_size % multiple:
+        raise ConfigError(
+            "model.loss_chunk_size",
+            m.loss_chunk_size,
+            f"loss {m.loss} takes blocks of a multiple of {multiple} tokens (0: its default)",
         )
     _validate_attention(m, precision)
 

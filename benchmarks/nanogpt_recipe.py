@@ -201,7 +201,14 @@ def nanogpt_argv(nanogpt: Path, scratch: Path, seed: int, smoke: bool) -> list[s
     return [*argv, f"--out_dir={out_dir}", *(NANOGPT_SMOKE if smoke else NANOGPT_GPU)]
 
 
-def lmprof_argv(out: Path, scratch: Path, halves: tuple[Path, Path], seed: int, smoke: bool):
+def lmprof_argv(
+    out: Path,
+    scratch: Path,
+    halves: tuple[Path, Path],
+    seed: int,
+    smoke: bool,
+    extra: tuple[str, ...] = (),
+):
     return [
         sys.executable,
         "-m",
@@ -216,6 +223,7 @@ def lmprof_argv(out: Path, scratch: Path, halves: tuple[Path, Path], seed: int, 
         f"logging.run_name=lmprof_seed{seed}",
         "logging.tag=nanogpt_recipe",
         *(LMPROF_SMOKE if smoke else ("system.device=cuda",)),
+        *extra,
     ]
 
 
@@ -363,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a tiny CPU run of the whole pipeline")
     p.add_argument("--nanogpt", type=Path, default=ROOT / "ext" / "nanoGPT")
     p.add_argument("--text", type=Path, default=ROOT / "ext" / "tinyshakespeare" / "input.txt")
+    p.add_argument(
+        "--lmprof-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="lmprof overrides after the recipe's (how lmprof runs it, not what it trains)",
+    )
     a = p.parse_args(argv)
     for path, what in ((a.nanogpt / "train.py", "nanoGPT's train.py"), (a.text, "input.txt")):
         if not path.is_file():
@@ -382,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 if trainer == "nanoGPT":
                     args = nanogpt_argv(a.nanogpt.resolve(), scratch, seed, a.smoke)
                 else:
-                    args = lmprof_argv(out, scratch, halves, seed, a.smoke)
+                    args = lmprof_argv(out, scratch, halves, seed, a.smoke, tuple(a.lmprof_set))
                 runs.append(Run(trainer, seed, args, out / "logs" / f"{trainer}_seed{seed}.log"))
         first, rest = runs[:2], runs[2:]
         for r in first:

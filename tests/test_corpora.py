@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from tiny import tiny
 
 from lmprof.config import build_config
 from lmprof.data import build_data
@@ -525,19 +526,7 @@ def test_offline_hub_fails_at_once_in_one_line(tmp_path, hf, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # The test split's columns, and TensorBoard reading back hparams and the summary row
 
-TINY = [
-    "n_layers=1",
-    "d_model=32",
-    "n_heads=2",
-    "d_ff=64",
-    "sequence_length=16",
-    "batch_size=4",
-    "max_steps=4",
-    "logging_steps=2",
-    "warmup_steps=1",
-    "eval_max_batches=2",
-    "progress=false",
-]
+TINY = tiny("max_steps=4", synthetic=False)
 
 
 def test_a_run_with_a_test_split_reports_it_and_tensorboard_reads_back(tmp_path, monkeypatch):

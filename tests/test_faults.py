@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny
 
 from lmprof.cli import main
 from lmprof.config import build_config
@@ -32,23 +33,13 @@ from lmprof.errors import ConfigError, OutputError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "data.source=synthetic",
-    "vocab_size=256",
-    "n_layers=1",
-    "d_model=32",
-    "n_heads=2",
-    "d_ff=64",
-    "sequence_length=16",
-    "batch_size=4",
+TINY = tiny(
     "max_steps=2",
     "logging_steps=1",
-    "warmup_steps=1",
     "eval_max_batches=1",
-    "progress=false",
     "system.device=cpu",
     "energy.sample=false",
-]
+)
 # The memory model refuses this in milliseconds: a cheap way to append a real row.
 HUGE = "batch_size=1000000000000"
 

@@ -11,25 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import TINY
 
 from lmprof.cli import main
 from lmprof.results import append_row
-
-TINY = [
-    "data.source=synthetic",
-    "vocab_size=256",
-    "n_layers=1",
-    "d_model=32",
-    "n_heads=2",
-    "d_ff=64",
-    "sequence_length=16",
-    "batch_size=4",
-    "max_steps=6",
-    "logging_steps=2",
-    "warmup_steps=1",
-    "eval_max_batches=2",
-    "progress=false",
-]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

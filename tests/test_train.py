@@ -7,26 +7,11 @@ import csv
 
 import pytest
 import torch
+from tiny import TINY
 
 from lmprof.cli import main
 from lmprof.columns import EVAL_COLUMNS, METRICS_COLUMNS
 from lmprof.results import SEED_COLUMNS, producer_of
-
-TINY = [
-    "data.source=synthetic",
-    "vocab_size=256",
-    "n_layers=1",
-    "d_model=32",
-    "n_heads=2",
-    "d_ff=64",
-    "sequence_length=16",
-    "batch_size=4",
-    "max_steps=6",
-    "logging_steps=2",
-    "warmup_steps=1",
-    "eval_max_batches=2",
-    "progress=false",
-]
 
 
 def _read(path):

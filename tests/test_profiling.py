@@ -71,7 +71,7 @@ FLOP_CASES = [
     ("sdpa", "pre", True, "full", 0.0),
     ("sdpa", "post", False, "full", 0.0),
     ("vanilla", "pre", True, "full", 0.1),  # dropout: the MLP down-projection is recomputed
-    ("vanilla", "pre", True, "selective", 0.0),  # baddbmm is not in the policy: QK^T again
+    ("vanilla", "pre", True, "selective", 0.0),  # baddbmm (QK^T) is saved: nothing recomputed
     ("sdpa", "post", True, "selective", 0.0),
     ("sdpa", "pre", True, "none", 0.1),  # CPU SDPA with dropout: the math path, explicit bmm
     ("sdpa_mask", "post", True, "none", 0.0),  # the seed's explicit mask, handed to SDPA

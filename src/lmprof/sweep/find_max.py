@@ -3,7 +3,7 @@
 A bounded search in isolated processes (the sweep's runner: a crashed or out-of-memory child
 never takes this process down), started from the memory model's prediction: grow or shrink by
 doubling until one probe fits and one does not, then bisect. Every probe and the boundary are
-written to results/find_max/<name>.csv and .md, with the memory model's error on each probe.
+written to results/find_max/<name>/<name>.csv and .md, with the memory model's error on each probe.
 """
 
 from __future__ import annotations

@@ -431,6 +431,25 @@ NANOGPT = Suite(
             570,
             keep={"nanogpt_recipe.md": "nanogpt_recipe.md"},
         ),
+        # The recipe's step is launch-bound on an H100 (5.5 ms of kernels in a 6.3 ms step):
+        # the whole run again, seed 0 alone, with lmprof replaying CUDA graphs.
+        Step(
+            "recipe_cudagraphs",
+            (
+                "benchmarks/nanogpt_recipe.py",
+                "--out",
+                "{dir}",
+                "--seeds",
+                "0",
+                "--deadline",
+                "280",
+                "--lmprof-set",
+                "system.compile_mode=reduce-overhead",
+            ),
+            "nanogpt_cudagraphs",
+            300,
+            keep={"nanogpt_recipe.md": "nanogpt_recipe_cudagraphs.md"},
+        ),
     ),
 )
 

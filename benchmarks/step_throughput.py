@@ -74,6 +74,11 @@ def _cfg(shape: dict, batch: int, seq: int, **kw) -> dict:
     return {**shape, "batch_size": batch, "sequence_length": seq, **kw}
 
 
+def _vs_nanogpt(**kw) -> dict:
+    """A compiled GPT-2-small row without biases, against nanoGPT's GPT at the same shape."""
+    return _cfg(SMALL, 16, 1024, **FAST, compile=True, bias=False, ref="nanogpt_small_nobias", **kw)
+
+
 CONFIGS: dict[str, dict] = {
     "small_seed_module_fp16": {
         "seed_module": True,
@@ -100,38 +105,10 @@ CONFIGS: dict[str, dict] = {
     "small_cudnn_bf16_compile_chunked": _cfg(
         SMALL, 16, 1024, **FAST, attention="cudnn", compile=True, loss_chunk_size=4096
     ),
-    "small_cudnn_bf16_compile_nobias": _cfg(
-        SMALL,
-        16,
-        1024,
-        **FAST,
-        attention="cudnn",
-        compile=True,
-        bias=False,
-        ref="nanogpt_small_nobias",
-    ),
-    "small_fa4_bf16_compile_nobias": _cfg(
-        SMALL,
-        16,
-        1024,
-        **FAST,
-        attention="fa4",
-        compile=True,
-        bias=False,
-        ref="nanogpt_small_nobias",
-    ),
+    "small_cudnn_bf16_compile_nobias": _vs_nanogpt(attention="cudnn"),
+    "small_fa4_bf16_compile_nobias": _vs_nanogpt(attention="fa4"),
     **{
-        f"small_cudnn_bf16_compile_nobias_{loss}": _cfg(
-            SMALL,
-            16,
-            1024,
-            **FAST,
-            attention="cudnn",
-            compile=True,
-            bias=False,
-            loss=loss,
-            ref="nanogpt_small_nobias",
-        )
+        f"small_cudnn_bf16_compile_nobias_{loss}": _vs_nanogpt(attention="cudnn", loss=loss)
         for loss in ("pytorch", "quack", "quack_chunked")
     },
     "small_cudnn_bf16_compile_bias": _cfg(

@@ -35,6 +35,8 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
+from lmprof.ops import import_problem
+
 __all__ = [
     "INSTALL_HINT",
     "REFERENCE",
@@ -86,12 +88,7 @@ def use_kernels(kernels: Kernels | None) -> Iterator[None]:
 @functools.cache
 def _import_error() -> str | None:
     """Why `flash_attn.cute` does not import, or None (imported once, then cached)."""
-    try:
-        import flash_attn.cute.interface  # noqa: F401
-    except Exception as exc:  # ImportError, or the CUTLASS DSL failing to load its libraries
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {first}"[:160]
-    return None
+    return import_problem("flash_attn.cute.interface")
 
 
 def unavailable_reason(device: int | None = None) -> str | None:

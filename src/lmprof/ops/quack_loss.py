@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmprof.ops import IGNORE_INDEX
+from lmprof.ops import IGNORE_INDEX, import_problem
 from lmprof.ops.losses import LossOutput
 
 INSTALL_HINT = "pip install 'lmprof[quack]'"
@@ -38,13 +38,7 @@ ROW_MULTIPLE = 8  # its TMA GEMMs' alignment: tokens and chunk a multiple of 8
 @functools.cache
 def _import_error() -> str | None:
     """Why quack's loss modules do not import, or None (imported once, then cached)."""
-    try:
-        import quack.cross_entropy  # noqa: F401
-        import quack.linear_cross_entropy  # noqa: F401
-    except Exception as exc:  # ImportError, or the CUTLASS DSL failing to load its libraries
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"{type(exc).__name__}: {first}"[:160]
-    return None
+    return import_problem("quack.cross_entropy", "quack.linear_cross_entropy")
 
 
 def unavailable_reason() -> str | None:

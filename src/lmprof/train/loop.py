@@ -114,16 +114,16 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         system = self.cfg.system
         mode = None if system.compile_mode == "default" else system.compile_mode
-        blocks = system.compile and system.compile_scope == "blocks"
-        if blocks:  # in place: the model's forward calls the compiled blocks
+        whole = system.compile and system.compile_scope == "model"
+        if system.compile and not whole:  # in place: the model's forward calls them compiled
             for block in model.blocks:
                 block.compile(mode=mode)
         if self.fsdp:
             from lmprof.train.fsdp import shard_model
 
             model = shard_model(model, self.dist, system.precision)
-            return torch.compile(model, mode=mode) if system.compile and not blocks else model
-        if system.compile and not blocks:
+            return torch.compile(model, mode=mode) if whole else model
+        if whole:
             model = torch.compile(model, mode=mode)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP

@@ -118,18 +118,25 @@ def test_a_failure_during_training_is_a_failed_row_not_a_crash(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_compiled_model_computes_the_same_loss_and_gradients():
-    """torch.compile (inductor, CPU) against eager in fp32: loss within 1e-5, grads within 1e-4."""
+@pytest.mark.parametrize("scope", ["model", "region"])
+def test_compiled_model_computes_the_same_loss_and_gradients(scope):
+    """torch.compile (inductor, CPU) against eager in fp32: loss within 1e-5, grads within 1e-4.
+    region: both layers run one compiled region; with inductor's buffer reuse on, the first
+    layer's gradients came out wrong by orders of magnitude (torch 2.13)."""
     from lmprof.model import ModelArgs, Transformer
+    from lmprof.train.config import SystemConfig
+    from lmprof.train.loop import _compile
 
     torch.manual_seed(0)
+    torch._dynamo.reset()
     args = ModelArgs(
         vocab_size=97, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0, max_seq_len=16
     )
     eager = Transformer(args)
     compiled_src = Transformer(args)
     compiled_src.load_state_dict(eager.state_dict())
-    compiled = torch.compile(compiled_src)
+    compiled_src.compile_region = scope == "region"
+    compiled = _compile(compiled_src, SystemConfig(compile=True, compile_scope=scope))
     x = torch.randint(0, 97, (2, 16))
     t = torch.randint(0, 97, (2, 16))
     results = []
@@ -137,6 +144,7 @@ def test_compiled_model_computes_the_same_loss_and_gradients():
         loss, _ = model(x, t)
         loss.backward()
         results.append((loss.detach(), [p.grad for p in params.parameters()]))
+    torch._dynamo.reset()
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -236,7 +244,8 @@ def test_run_with_several_gpus_outside_torchrun_starts_the_ranks(tmp_path, monke
 
 
 @pytest.mark.parametrize(
-    "scope, eval_compiled, graphs", [("model", False, 1), ("model", True, 2), ("blocks", False, 1)]
+    "scope, eval_compiled, graphs",
+    [("model", False, 1), ("model", True, 2), ("region", False, 1), ("blocks", False, 1)],
 )
 def test_a_compiled_run_compiles_one_training_graph_and_evaluates_eagerly(
     tmp_path, monkeypatch, scope, eval_compiled, graphs
@@ -245,12 +254,15 @@ def test_a_compiled_run_compiles_one_training_graph_and_evaluates_eagerly(
     forward, is a graph of its own only with logging.eval_compiled; compile_scope=blocks
     compiles one block's graph that both layers reuse. Each graph costs seconds of compilation
     on a GPU host, so a second or third one shows in the whole run's time."""
-    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.testing import CompileCounterWithBackend
 
-    counter = CompileCounter()  # counts the graphs torch.compile hands to its backend
+    # Counts the graphs torch.compile hands to its backend; aot_eager, because a region's
+    # invoke_subgraph runs only under AOTAutograd's tracing.
+    counter = CompileCounterWithBackend("aot_eager")
     real_compile = torch.compile  # nn.Module.compile calls it too
 
     def compile_counted(model, *args, **kwargs):
+        kwargs.pop("options", None)  # inductor's: the counter is the backend here
         return real_compile(model, *args, **{**kwargs, "mode": None, "backend": counter})
 
     monkeypatch.setattr(torch, "compile", compile_counted)

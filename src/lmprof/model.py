@@ -288,6 +288,8 @@ class Transformer(nn.Module):
             self.rope = RotaryEmbedding(args.d_head, args.max_seq_len, args.rope_theta)
         self.drop = nn.Dropout(args.dropout)
         self.blocks = nn.ModuleList(Block(args, self.rope) for _ in range(args.n_layers))
+        # system.compile_scope=region (set by the trainer): the blocks run as one nested region.
+        self.compile_region = False
         # Post-norm blocks already end in a norm; a pre-norm stack needs a final one.
         self.ln_f = _norm(args) if args.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(args.d_model, V, bias=False)
@@ -331,13 +333,14 @@ class Transformer(nn.Module):
         return self.ln_f(x)
 
     def _run_block(self, block: Block, x, key_padding):
+        call = _block_region if self.compile_region else _call_block
         mode = self.args.checkpointing
         if mode == "none" or not self.training:
-            return block(x, key_padding)
+            return call(block, x, key_padding)
         if mode == "full":
-            return checkpoint(block, x, key_padding, use_reentrant=False)
+            return checkpoint(call, block, x, key_padding, use_reentrant=False)
         return checkpoint(
-            block, x, key_padding, use_reentrant=False, context_fn=_selective_policy_context
+            call, block, x, key_padding, use_reentrant=False, context_fn=_selective_policy_context
         )
 
     def forward(
@@ -355,6 +358,15 @@ class Transformer(nn.Module):
             return self.lm_head(h)
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
         return self.loss(h, self.lm_head.weight, targets, accuracy)
+
+
+def _call_block(block: Block, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
+    return block(x, key_padding)
+
+
+# One function for every layer, so torch.compile lowers it once and calls that code n_layers
+# times (hierarchical compilation); outside torch.compile it is _call_block.
+_block_region = torch.compiler.nested_compile_region(_call_block)
 
 
 def _selective_policy_context():

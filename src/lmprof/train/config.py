@@ -15,7 +15,7 @@ from lmprof.errors import ConfigError
 PRECISIONS = precision.NAMES
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # they replay CUDA graphs
-COMPILE_SCOPES = ("model", "blocks")
+COMPILE_SCOPES = ("model", "region", "blocks")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
@@ -60,13 +60,15 @@ class SystemConfig:
     compile_mode: str = option(
         "default", "torch.compile's mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES
     )
-    # blocks: every layer has the same code and shapes, so one compiled graph serves them all
-    # (torch.compile inlines nn.Modules, their parameters are inputs): about one layer's
-    # compilation instead of n_layers', for the fusions across a block's edge.
+    # Every layer has the same code and shapes, so one layer's compiled code can serve them all
+    # (torch.compile inlines nn.Modules: their parameters are inputs). region: still one graph,
+    # each block a nested compile region (torch.compiler.nested_compile_region) lowered once;
+    # blocks: each block its own torch.compile call, a Python call between layers.
     compile_scope: str = option(
         "model",
-        "what torch.compile compiles: the whole model as one graph, or each Transformer block "
-        "(one graph every layer reuses: a fraction of the compile time)",
+        "what torch.compile compiles: the whole model as one graph; region: one graph whose "
+        "blocks are one nested region compiled once (a fraction of the compile time); blocks: "
+        "each block compiled on its own (one graph all layers reuse, a call per layer)",
         choices=COMPILE_SCOPES,
     )
     num_gpus: int = option(
@@ -148,13 +150,21 @@ def checkpointing_mode(value: Any) -> str:
 
 
 def validate_system(system: SystemConfig, training: TrainingConfig) -> None:
-    """torch.compile's CUDA-graph modes against gradient accumulation."""
+    """torch.compile's CUDA-graph modes against gradient accumulation; the region scope
+    against FSDP."""
     if system.compile_mode in CUDAGRAPH_MODES and training.grad_accum_steps > 1:
         raise ConfigError(
             "system.compile_mode",
             system.compile_mode,
             "CUDA graphs reuse their buffers across micro-steps: use grad_accum_steps=1 or "
             "compile_mode default / max-autotune-no-cudagraphs",
+        )
+    if system.compile and system.compile_scope == "region" and system.parallelism == "fsdp":
+        raise ConfigError(
+            "system.compile_scope",
+            system.compile_scope,
+            "FSDP shards each block with hooks around its call: use compile_scope model or "
+            "blocks with parallelism=fsdp",
         )
 
 

@@ -113,18 +113,19 @@ class Trainer:
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         system = self.cfg.system
-        mode = None if system.compile_mode == "default" else system.compile_mode
-        whole = system.compile and system.compile_scope == "model"
+        whole = system.compile and system.compile_scope != "blocks"
         if system.compile and not whole:  # in place: the model's forward calls them compiled
+            mode = None if system.compile_mode == "default" else system.compile_mode
             for block in model.blocks:
                 block.compile(mode=mode)
+        model.compile_region = system.compile and system.compile_scope == "region"
         if self.fsdp:
             from lmprof.train.fsdp import shard_model
 
             model = shard_model(model, self.dist, system.precision)
-            return torch.compile(model, mode=mode) if whole else model
+            return _compile(model, system) if whole else model
         if whole:
-            model = torch.compile(model, mode=mode)
+            model = _compile(model, system)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -448,3 +449,18 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
     return AdamW.bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)
+
+
+def _compile(model: nn.Module, system) -> nn.Module:
+    """torch.compile of the whole model in system.compile_mode. The region scope also turns
+    off inductor's buffer reuse: with it, the region's code called again for the next layer
+    can overwrite a buffer an earlier layer's backward still reads, and the gradients come out
+    wrong (torch 2.13 on a CPU; test_train pins it)."""
+    if system.compile_scope != "region":
+        return torch.compile(
+            model, mode=None if system.compile_mode == "default" else system.compile_mode
+        )
+    from torch._inductor import list_mode_options
+
+    options = {**list_mode_options(system.compile_mode), "allow_buffer_reuse": False}
+    return torch.compile(model, options=options)

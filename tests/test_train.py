@@ -4,6 +4,7 @@ and the optimised paths computing what the plain one does."""
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 import torch
@@ -47,6 +48,24 @@ def test_a_tiny_run_writes_both_csvs_the_log_and_the_config(tmp_path, monkeypatc
     assert (tmp_path / "results/details/tiny_config.yaml").exists()
     log = (tmp_path / "logs/tiny.log").read_text()
     assert "ended: ok" in log and f"time: {wall:.1f} s end to end" in log
+
+
+def test_waiting_for_queued_steps_at_a_log_point_is_training_time(tmp_path, monkeypatch):
+    """A host ahead of the GPU (CUDA graphs) waits at the meter's read for the queued steps:
+    that wait is training, not "the rest" of the run. Here the read sleeps 0.2 s, three times."""
+    from lmprof.train import state
+
+    take = state.LossMeter.take
+
+    def slow_take(self, dist):
+        time.sleep(0.2)
+        return take(self, dist)
+
+    monkeypatch.setattr(state.LossMeter, "take", slow_take)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *TINY, "run_name=lag"]) == 0  # logging steps 2, 4, 6
+    (row,) = _read(tmp_path / "results.csv")
+    assert float(row["training_time_sec"]) >= 0.6
 
 
 def test_the_end_to_end_time_counts_from_the_process_start():

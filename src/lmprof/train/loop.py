@@ -240,8 +240,11 @@ class Trainer:
             ckpt = checkpoints is not None and checkpoints.due(st.step)
             # A checkpoint step is always a log point, so the details CSVs cover each step once.
             if self._log_due(st.step) or ckpt:
+                # Reading the meter waits for the steps still queued on the device (a host
+                # ahead of the GPU, as under CUDA graphs, queues many): training time too.
+                taken = meter.take(self.dist)
                 st.train_time_s += time.perf_counter() - t_start
-                self._log_point(meter, progress)
+                self._log_point(taken, progress)
                 if self._eval_due(st.step):
                     self.evaluate()
                 if ckpt:
@@ -275,9 +278,10 @@ class Trainer:
         every = self.cfg.logging.eval_interval
         return bool(every) and step % every == 0 and step < self.cfg.training.max_steps
 
-    def _log_point(self, meter: LossMeter, progress) -> None:
+    def _log_point(self, taken: tuple[float, float, int, int], progress) -> None:
+        """Log the steps since the last point; `taken` is LossMeter.take's reading of them."""
         st, cfg = self.state, self.cfg
-        loss, accuracy, n_steps, real_total = meter.take(self.dist)
+        loss, accuracy, n_steps, real_total = taken
         step_ms = self.timer.collect()
         self.instruments.collect()
         self._check_divergence(loss)

@@ -111,16 +111,27 @@ CONFIGS: dict[str, dict] = {
         f"small_cudnn_bf16_compile_nobias_{loss}": _vs_nanogpt(attention="cudnn", loss=loss)
         for loss in ("pytorch", "quack", "quack_chunked")
     },
-    "small_cudnn_bf16_compile_bias": _cfg(
-        SMALL,
-        16,
-        1024,
-        **FAST,
-        attention="cudnn",
-        compile=True,
-        bias=True,
-        ref="nanogpt_small_bias",
-    ),
+    # CUDA graphs (compile_mode=reduce-overhead) on the default loss and on quack's chunked one.
+    **{
+        f"small_cudnn_bf16_compile_nobias{suffix}_cudagraphs": _vs_nanogpt(
+            attention="cudnn", compile_mode="reduce-overhead", **kw
+        )
+        for suffix, kw in (("", {}), ("_quack_chunked", {"loss": "quack_chunked"}))
+    },
+    **{
+        f"small_cudnn_bf16_compile_bias{suffix}": _cfg(
+            SMALL,
+            16,
+            1024,
+            **FAST,
+            attention="cudnn",
+            compile=True,
+            bias=True,
+            ref="nanogpt_small_bias",
+            **kw,
+        )
+        for suffix, kw in (("", {}), ("_quack_chunked", {"loss": "quack_chunked"}))
+    },
     "nanogpt_small_nobias": _cfg(
         SMALL, 16, 1024, nanogpt=True, precision="bf16", compile=True, dropout=0.0, bias=False
     ),
@@ -185,6 +196,17 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "small_cudnn_bf16_compile_nobias_pytorch",
         "small_cudnn_bf16_compile_nobias_quack",
         "small_cudnn_bf16_compile_nobias_quack_chunked",
+    ),
+    # CUDA graphs and quack's chunked loss, with and without biases.
+    "graphs": (
+        "nanogpt_small_nobias",
+        "small_cudnn_bf16_compile_nobias",
+        "small_cudnn_bf16_compile_nobias_cudagraphs",
+        "small_cudnn_bf16_compile_nobias_quack_chunked",
+        "small_cudnn_bf16_compile_nobias_quack_chunked_cudagraphs",
+        "nanogpt_small_bias",
+        "small_cudnn_bf16_compile_bias",
+        "small_cudnn_bf16_compile_bias_quack_chunked",
     ),
     "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }

@@ -122,6 +122,16 @@ def test_invalid_values_name_key_value_and_allowed(override, fragment):
     assert override.split("=")[1] in msg
 
 
+def test_the_region_scope_is_refused_with_fsdp_in_one_line():
+    """FSDP's hooks wrap each block's call; a nested compile region around that call is refused
+    before the run starts, naming the scopes that work."""
+    with pytest.raises(ConfigError) as info:
+        build_config(overrides=["compile=true", "compile_scope=region", "parallelism=fsdp"])
+    msg = str(info.value)
+    assert "system.compile_scope" in msg and "model or blocks" in msg and "\n" not in msg
+    build_config(overrides=["compile=true", "compile_scope=region"])  # ddp (the default): fine
+
+
 def test_bad_files_are_one_line_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

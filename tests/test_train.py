@@ -137,11 +137,14 @@ def test_a_failure_during_training_is_a_failed_row_not_a_crash(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scope", ["model", "region"])
-def test_compiled_model_computes_the_same_loss_and_gradients(scope):
+@pytest.mark.parametrize(
+    "scope, checkpointing", [("model", "none"), ("region", "none"), ("region", "full")]
+)
+def test_compiled_model_computes_the_same_loss_and_gradients(scope, checkpointing):
     """torch.compile (inductor, CPU) against eager in fp32: loss within 1e-5, grads within 1e-4.
-    region: both layers run one compiled region; with inductor's buffer reuse on, the first
-    layer's gradients came out wrong by orders of magnitude (torch 2.13)."""
+    region: both layers run one compiled region (inside the checkpoint, when asked); with
+    inductor's buffer reuse on, the first layer's gradients came out wrong by orders of
+    magnitude (torch 2.13)."""
     from lmprof.model import ModelArgs, Transformer
     from lmprof.train.config import SystemConfig
     from lmprof.train.loop import _compile
@@ -149,7 +152,14 @@ def test_compiled_model_computes_the_same_loss_and_gradients(scope):
     torch.manual_seed(0)
     torch._dynamo.reset()
     args = ModelArgs(
-        vocab_size=97, d_model=32, n_heads=4, n_layers=2, d_ff=64, dropout=0.0, max_seq_len=16
+        vocab_size=97,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_seq_len=16,
+        checkpointing=checkpointing,
     )
     eager = Transformer(args)
     compiled_src = Transformer(args)

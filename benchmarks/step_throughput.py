@@ -107,6 +107,12 @@ CONFIGS: dict[str, dict] = {
     ),
     "small_cudnn_bf16_compile_nobias": _vs_nanogpt(attention="cudnn"),
     "small_fa4_bf16_compile_nobias": _vs_nanogpt(attention="fa4"),
+    "small_fa4_bf16_compile_nobias_quack_chunked": _vs_nanogpt(
+        attention="fa4", loss="quack_chunked"
+    ),
+    "small_fa4_bf16_compile_nobias_quack_chunked_cudagraphs": _vs_nanogpt(
+        attention="fa4", loss="quack_chunked", compile_mode="reduce-overhead"
+    ),
     **{
         f"small_cudnn_bf16_compile_nobias_{loss}": _vs_nanogpt(attention="cudnn", loss=loss)
         for loss in ("pytorch", "quack", "quack_chunked")
@@ -161,6 +167,16 @@ CONFIGS: dict[str, dict] = {
         compile_mode="max-autotune-no-cudagraphs",
     ),
     "medium_cudnn_bf16_compile": _cfg(MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True),
+    "medium_cudnn_bf16_compile_quack_chunked_cudagraphs": _cfg(
+        MEDIUM,
+        16,
+        1024,
+        **FAST,
+        attention="cudnn",
+        compile=True,
+        loss="quack_chunked",
+        compile_mode="reduce-overhead",
+    ),
     "small_flash_bf16_ckpt_selective": _cfg(
         SMALL, 16, 1024, **FAST, attention="flash", gradient_checkpointing="selective"
     ),
@@ -207,6 +223,16 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "nanogpt_small_bias",
         "small_cudnn_bf16_compile_bias",
         "small_cudnn_bf16_compile_bias_quack_chunked",
+    ),
+    # FlashAttention-4 with quack's chunked loss and CUDA graphs; GPT-2 medium with the loss.
+    "fa4_quack": (
+        "nanogpt_small_nobias",
+        "small_cudnn_bf16_compile_nobias_quack_chunked_cudagraphs",
+        "small_fa4_bf16_compile_nobias",
+        "small_fa4_bf16_compile_nobias_quack_chunked",
+        "small_fa4_bf16_compile_nobias_quack_chunked_cudagraphs",
+        "medium_cudnn_bf16_compile",
+        "medium_cudnn_bf16_compile_quack_chunked_cudagraphs",
     ),
     "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }

@@ -164,7 +164,6 @@ def test_compiled_model_computes_the_same_loss_and_gradients(scope, checkpointin
     eager = Transformer(args)
     compiled_src = Transformer(args)
     compiled_src.load_state_dict(eager.state_dict())
-    compiled_src.compile_region = scope == "region"
     compiled = _compile(compiled_src, SystemConfig(compile=True, compile_scope=scope))
     x = torch.randint(0, 97, (2, 16))
     t = torch.randint(0, 97, (2, 16))

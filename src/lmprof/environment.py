@@ -32,6 +32,11 @@ ENVIRONMENT_COLUMNS = ColumnGroup(
 )
 
 
+def _needs_cuda(what: str, cpu_choices) -> str:
+    """The refusal of a CUDA-only choice on a CPU, naming the choices that run there."""
+    return f"{what} needs a CUDA GPU (use {attention_kernels.or_list(cpu_choices)} on a CPU)"
+
+
 def check_environment(cfg: RunConfig) -> str | None:
     """Why this machine cannot run `cfg` (a GPU, a kernel, a package it lacks), or None; a
     mistake in the config (a data path that does not exist) raises UserError instead. Cheap:
@@ -43,16 +48,10 @@ def check_environment(cfg: RunConfig) -> str | None:
     on_cpu = device == "cpu" or not has_cuda
     if on_cpu and precision.PRECISIONS[cfg.system.precision].cuda_only:
         cpu = tuple(p.name for p in precision.PRECISIONS.values() if not p.cuda_only)
-        return (
-            f"precision {cfg.system.precision} needs a CUDA GPU "
-            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
-        )
+        return _needs_cuda(f"precision {cfg.system.precision}", cpu)
     if on_cpu and attention_kernels.kernel(cfg.model.attention).cuda_only:
         cpu = attention_kernels.names_where(lambda k: not k.cuda_only)
-        return (
-            f"attention '{cfg.model.attention}' needs a CUDA GPU "
-            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
-        )
+        return _needs_cuda(f"attention '{cfg.model.attention}'", cpu)
     loss = losses.loss(cfg.model.loss)
     # An optional package or a GPU generation: the op's own check (`availability`; for FA4 it
     # reads the compute capability: CUDA's runtime initialises, no context is made).
@@ -62,10 +61,7 @@ def check_environment(cfg: RunConfig) -> str | None:
             return reason
     if on_cpu and loss.cuda_only:
         cpu = tuple(n for n, cls in losses.LOSSES.items() if not cls.cuda_only)
-        return (
-            f"loss '{cfg.model.loss}' needs a CUDA GPU "
-            f"(use {attention_kernels.or_list(cpu)} on a CPU)"
-        )
+        return _needs_cuda(f"loss '{cfg.model.loss}'", cpu)
     if not on_cpu and cfg.system.num_gpus > torch.cuda.device_count():
         return (
             f"system.num_gpus={cfg.system.num_gpus} but this machine has "

@@ -115,10 +115,8 @@ class Trainer:
         system = self.cfg.system
         whole = system.compile and system.compile_scope != "blocks"
         if system.compile and not whole:  # in place: the model's forward calls them compiled
-            mode = None if system.compile_mode == "default" else system.compile_mode
             for block in model.blocks:
-                block.compile(mode=mode)
-        model.compile_region = system.compile and system.compile_scope == "region"
+                block.compile(**_compile_args(system))
         if self.fsdp:
             from lmprof.train.fsdp import shard_model
 
@@ -456,15 +454,19 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
 
 
 def _compile(model: nn.Module, system) -> nn.Module:
-    """torch.compile of the whole model in system.compile_mode. The region scope also turns
-    off inductor's buffer reuse: with it, the region's code called again for the next layer
-    can overwrite a buffer an earlier layer's backward still reads, and the gradients come out
+    """torch.compile of the whole model in system.compile_mode; the region scope also has the
+    model run its blocks as one nested compile region."""
+    model.compile_region = system.compile_scope == "region"
+    return torch.compile(model, **_compile_args(system))
+
+
+def _compile_args(system) -> dict[str, Any]:
+    """torch.compile's arguments for system.compile_mode. The region scope also turns off
+    inductor's buffer reuse: with it, the region's code called again for the next layer can
+    overwrite a buffer an earlier layer's backward still reads, and the gradients come out
     wrong (torch 2.13 on a CPU; test_train pins it)."""
     if system.compile_scope != "region":
-        return torch.compile(
-            model, mode=None if system.compile_mode == "default" else system.compile_mode
-        )
+        return {"mode": None if system.compile_mode == "default" else system.compile_mode}
     from torch._inductor import list_mode_options
 
-    options = {**list_mode_options(system.compile_mode), "allow_buffer_reuse": False}
-    return torch.compile(model, options=options)
+    return {"options": {**list_mode_options(system.compile_mode), "allow_buffer_reuse": False}}

@@ -1,12 +1,13 @@
 """Check the memory model against real training steps on this GPU.
 
-    python benchmarks/memory_calibration.py [--grid default|quick|llama] [--out FILE.json]
+    python benchmarks/memory_calibration.py [--grid default|quick|llama|stream] [--out FILE.json]
     python benchmarks/memory_calibration.py --grid llama --predict-only   # no GPU: predictions
 
 `--grid llama` (issue 28): SmolLM-135M's Llama shape (RoPE, RMSNorm, SwiGLU, 9 query heads over
 3 K/V heads) at B4 x T2048 in bf16, checkpointing none/full/selective on the kernels that run
 grouped-query attention (sdpa copies K/V to every head, flash and cudnn take them as they are),
 plus its untied and multi-head variants; the goal is every peak within 2%. About a minute.
+`--grid stream`: GPT-2 small pre-norm in bf16 with `residual_stream` fp32 and compute.
 
 Each configuration runs a few steps of lmprof's training step (train/loop.py's order: autocast
 forward, scaled backward, unscale, clip, fused AdamW step, zero_grad(set_to_none=True)) on random
@@ -73,6 +74,18 @@ def llama_grid() -> list[list[str]]:
     grid.append(SMOLLM_135M + ["attention=cudnn", "model.n_kv_heads=0"])  # multi-head
     grid.append(SMOLLM_135M + ["attention=sdpa", "model.n_kv_heads=0"])
     return grid
+
+
+def stream_grid() -> list[list[str]]:
+    """GPT-2 small pre-norm in bf16 at B8 x T1024 with either residual stream, on the PyTorch
+    attention kernels, with and without checkpointing."""
+    base = GPT2_SMALL + ["norm=pre", "activation=gelu", "pos_encoding=learned", "bf16=true"]
+    base += ["dropout=0", "sequence_length=1024", "batch_size=8"]
+    return [
+        base + [f"attention={k}", f"gradient_checkpointing={c}", f"residual_stream={r}"]
+        for k, c in (("sdpa", "none"), ("cudnn", "none"), ("flash", "full"), ("flash", "selective"))
+        for r in ("fp32", "compute")
+    ]
 
 
 def default_grid(quick: bool = False) -> list[list[str]]:
@@ -204,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/memory_calibration.py", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--grid", choices=("default", "quick", "llama"), default="default")
+    parser.add_argument(
+        "--grid", choices=("default", "quick", "llama", "stream"), default="default"
+    )
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
@@ -212,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     llama = args.grid == "llama"
-    grid = llama_grid() if llama else default_grid(args.grid == "quick")
+    if args.grid == "stream":
+        grid = stream_grid()
+    else:
+        grid = llama_grid() if llama else default_grid(args.grid == "quick")
     vocab, base = (SMOLLM_VOCAB, SMOLLM_135M) if llama else (GPT2_VOCAB, GPT2_SMALL)
     if args.predict_only:
         for overrides in grid:

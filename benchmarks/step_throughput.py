@@ -138,6 +138,43 @@ CONFIGS: dict[str, dict] = {
         )
         for suffix, kw in (("", {}), ("_quack_chunked", {"loss": "quack_chunked"}))
     },
+    # residual_stream=compute: the residual stream, the norms' reads and writes in bf16.
+    "small_cudnn_bf16_compile_nobias_stream": _vs_nanogpt(
+        attention="cudnn", residual_stream="compute"
+    ),
+    "small_cudnn_bf16_compile_nobias_stream_cudagraphs": _vs_nanogpt(
+        attention="cudnn", residual_stream="compute", compile_mode="reduce-overhead"
+    ),
+    "small_cudnn_bf16_compile_bias_stream": _cfg(
+        SMALL,
+        16,
+        1024,
+        **FAST,
+        attention="cudnn",
+        compile=True,
+        bias=True,
+        ref="nanogpt_small_bias",
+        residual_stream="compute",
+    ),
+    # The fastest stack (FA4, quack's chunked loss, CUDA graphs) with and without the stream.
+    **{
+        f"small_fa4_bf16_compile_{bias}_quack_chunked_cudagraphs{suffix}": _cfg(
+            SMALL,
+            16,
+            1024,
+            **FAST,
+            attention="fa4",
+            compile=True,
+            bias=bias == "bias",
+            ref=f"nanogpt_small_{bias}",
+            loss="quack_chunked",
+            compile_mode="reduce-overhead",
+            **kw,
+        )
+        for bias in ("nobias", "bias")
+        for suffix, kw in (("", {}), ("_stream", {"residual_stream": "compute"}))
+        if (bias, suffix) != ("nobias", "")  # that one is the row above
+    },
     "nanogpt_small_nobias": _cfg(
         SMALL, 16, 1024, nanogpt=True, precision="bf16", compile=True, dropout=0.0, bias=False
     ),
@@ -177,6 +214,20 @@ CONFIGS: dict[str, dict] = {
         loss="quack_chunked",
         compile_mode="reduce-overhead",
     ),
+    **{
+        f"medium_fa4_bf16_compile_quack_chunked_cudagraphs{suffix}": _cfg(
+            MEDIUM,
+            16,
+            1024,
+            **FAST,
+            attention="fa4",
+            compile=True,
+            loss="quack_chunked",
+            compile_mode="reduce-overhead",
+            **kw,
+        )
+        for suffix, kw in (("", {}), ("_stream", {"residual_stream": "compute"}))
+    },
     "small_flash_bf16_ckpt_selective": _cfg(
         SMALL, 16, 1024, **FAST, attention="flash", gradient_checkpointing="selective"
     ),
@@ -234,6 +285,27 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "medium_cudnn_bf16_compile",
         "medium_cudnn_bf16_compile_quack_chunked_cudagraphs",
     ),
+    # residual_stream=compute on the PyTorch attention path (no optional wheels needed).
+    "stream": (
+        "nanogpt_small_nobias",
+        "small_cudnn_bf16_compile_nobias",
+        "small_cudnn_bf16_compile_nobias_stream",
+        "small_cudnn_bf16_compile_nobias_stream_cudagraphs",
+        "nanogpt_small_bias",
+        "small_cudnn_bf16_compile_bias",
+        "small_cudnn_bf16_compile_bias_stream",
+    ),
+    # ... and on the fastest stack (FA4, quack's chunked loss, CUDA graphs).
+    "fa4_stream": (
+        "nanogpt_small_nobias",
+        "small_fa4_bf16_compile_nobias_quack_chunked_cudagraphs",
+        "small_fa4_bf16_compile_nobias_quack_chunked_cudagraphs_stream",
+        "nanogpt_small_bias",
+        "small_fa4_bf16_compile_bias_quack_chunked_cudagraphs",
+        "small_fa4_bf16_compile_bias_quack_chunked_cudagraphs_stream",
+        "medium_fa4_bf16_compile_quack_chunked_cudagraphs",
+        "medium_fa4_bf16_compile_quack_chunked_cudagraphs_stream",
+    ),
     "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }
 
@@ -244,11 +316,12 @@ def anchor_flops_per_token(c: dict, vocab: int = 50304) -> float:
 
 
 def smoke_spec(spec: dict) -> dict:
-    """The row at a toy shape the CPU steps in a second: fp32, eager, a CPU attention kernel."""
+    """The row at a toy shape the CPU steps in a second: fp32 (bf16 where the row's residual
+    stream is the compute dtype's), eager, a CPU attention kernel."""
     attention = spec.get("attention")
     cpu_attention = attention if attention in ("vanilla", "sdpa_mask", "sdpa") else "sdpa"
     out = {**spec, **TOY, "batch_size": 2, "sequence_length": 32, "compile": False, "log_every": 2}
-    out["precision"] = "fp32"
+    out["precision"] = "bf16" if spec.get("residual_stream") == "compute" else "fp32"
     if attention is not None:
         out["attention"] = cpu_attention
     return out

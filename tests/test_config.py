@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lmprof.cli import main
+from lmprof.columns import config_row
 from lmprof.config import build_config, load_config
 from lmprof.errors import ConfigError, UserError
 
@@ -130,6 +131,38 @@ def test_the_region_scope_is_refused_with_fsdp_in_one_line():
     msg = str(info.value)
     assert "system.compile_scope" in msg and "model or blocks" in msg and "\n" not in msg
     build_config(overrides=["compile=true", "compile_scope=region"])  # ddp (the default): fine
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["residual_stream=compute"], "precision fp32 computes in fp32"),
+        (["residual_stream=compute", "precision=tf32"], "use residual_stream=fp32, or precision"),
+        (["residual_stream=compute", "precision=bf16", "norm=post"], "needs model.norm=pre"),
+    ],
+)
+def test_a_compute_dtype_stream_is_refused_where_it_cannot_be(overrides, fragment):
+    """A compute-dtype residual stream needs an autocast dtype, and a pre-norm block (a
+    post-norm block's norms write the stream in autocast's fp32)."""
+    with pytest.raises(ConfigError) as info:
+        build_config(overrides=overrides)
+    msg = str(info.value)
+    assert "system.residual_stream" in msg and fragment in msg and "\n" not in msg
+
+
+def test_a_compute_dtype_stream_is_named_hashed_and_a_column():
+    base = build_config(overrides=["precision=bf16"])
+    low = build_config(overrides=["precision=bf16", "residual_stream=compute"])
+    assert low.logging.run_name == base.logging.run_name + "_streamcompute"
+    assert low.hash() != base.hash()
+    # (At the default it stays out of the hash: test_llama's pinned hashes say so.)
+    assert config_row(low)["residual_stream"] == "compute"
+    assert config_row(base)["residual_stream"] == "fp32"
+    # FSDP's mixed precision casts the parameters: its stream is the compute dtype, and says so.
+    fsdp = build_config(overrides=["precision=bf16", "parallelism=fsdp"])
+    assert config_row(fsdp)["residual_stream"] == "compute"
+    fp32_fsdp = build_config(overrides=["parallelism=fsdp"])
+    assert config_row(fp32_fsdp)["residual_stream"] == "fp32"
 
 
 def test_bad_files_are_one_line_user_errors(tmp_path):

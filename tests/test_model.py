@@ -134,3 +134,28 @@ def test_vocab_is_padded_and_tied():
     assert model.lm_head.weight is model.tok_emb.weight
     untied = make(tie_embeddings=False)
     assert untied.num_params() > model.num_params()
+
+
+def test_a_compute_dtype_stream_runs_every_block_in_bf16_and_changes_little():
+    """residual_stream=compute under bf16 autocast: every block reads and writes a bf16 stream
+    (with the default the embedding's fp32 makes every residual add fp32), and the loss and the
+    gradients stay within bf16's rounding of the fp32 stream's."""
+    idx = torch.randint(0, 97, (4, 24))
+    results = {}
+    for stream in ("fp32", "compute"):
+        model = make(precision="bf16", residual_stream=stream).float().train()
+        dtypes = []
+        for block in model.blocks:
+            block.register_forward_hook(lambda m, i, o, d=dtypes: d.append((i[0].dtype, o.dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = model(idx, idx)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        results[stream] = (loss.detach(), grads, set(dtypes))
+    assert results["fp32"][2] == {(torch.float32, torch.float32)}
+    assert results["compute"][2] == {(torch.bfloat16, torch.bfloat16)}
+    (l32, g32, _), (l16, g16, _) = results["fp32"], results["compute"]
+    assert l16 != l32  # it did change the arithmetic
+    torch.testing.assert_close(l16, l32, rtol=2e-2, atol=0)
+    cosine = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cosine > 0.99

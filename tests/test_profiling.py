@@ -4,6 +4,7 @@ what PyTorch actually saves and allocates on the CPU (and against H200 measureme
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import json
@@ -489,6 +490,37 @@ def test_checkpointing_memory_matches_live_bytes(attention, dropout, precision, 
     predicted_saved, predicted_peak = _predicted(args, B, T, precision)
     assert retained == pytest.approx(predicted_saved, rel=0.02)
     assert peak == pytest.approx(predicted_peak, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "attention,dropout,ckpt,norm_type",
+    [
+        ("sdpa", 0.0, "none", "layernorm"),
+        ("sdpa_mask", 0.1, "none", "layernorm"),
+        ("vanilla", 0.1, "full", "layernorm"),
+        ("sdpa", 0.0, "selective", "layernorm"),
+        ("sdpa", 0.0, "none", "rmsnorm"),
+    ],
+)
+def test_a_compute_dtype_stream_matches_saved_and_live_bytes(attention, dropout, ckpt, norm_type):
+    """residual_stream=compute: the stream, the checkpointed blocks' inputs and the norms'
+    inputs in bf16 (the CPU's autocast leaves LayerNorm on its bf16 input; RMSNorm's
+    decomposition copies it to fp32), counted as the fp32 stream's are."""
+    args = dataclasses.replace(
+        _tiny(attention, dropout, "bf16", ckpt, "pre", max_seq_len=128, norm_type=norm_type),
+        precision="bf16",
+        residual_stream="compute",
+    )
+    B, T = 2, 128
+    hooked, retained, peak = _run_step(args, B, T, "bf16")
+    predicted_saved, predicted_peak = _predicted(args, B, T, "bf16")
+    if ckpt == "none":  # saved_tensors_hooks cannot see through checkpoint's own hooks
+        assert hooked == pytest.approx(predicted_saved, rel=0.02)
+    assert retained == pytest.approx(predicted_saved, rel=0.02)
+    assert peak == pytest.approx(predicted_peak, rel=0.06)
+    fp32_stream, _ = _predicted(dataclasses.replace(args, residual_stream="fp32"), B, T, "bf16")
+    if norm_type == "layernorm":
+        assert predicted_saved < fp32_stream
 
 
 @pytest.mark.parametrize(

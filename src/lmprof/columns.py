@@ -12,6 +12,7 @@ from lmprof import attention_kernels
 from lmprof.config import RunConfig
 from lmprof.paths import SWEEP_ID_ENV
 from lmprof.results import ColumnGroup
+from lmprof.train.config import effective_residual_stream
 
 OUTCOME_COLUMNS = ColumnGroup(
     "outcome",
@@ -33,6 +34,7 @@ CONFIG_COLUMNS = ColumnGroup(
         "flash_attention",
         "ddp_gpus",
         "precision",
+        "residual_stream",
         "attention",
         "compile",
         "compile_mode",
@@ -105,6 +107,7 @@ def config_row(cfg: RunConfig) -> dict[str, Any]:
         "flash_attention": attention_kernels.kernel(m.attention).seed_flash,
         "ddp_gpus": s.num_gpus,
         "precision": s.precision,
+        "residual_stream": effective_residual_stream(s),
         "attention": m.attention,
         "compile": s.compile,
         "compile_mode": s.compile_mode if s.compile else "",

@@ -166,6 +166,7 @@ IDENTITY_ADDED = (
     ("model", "loss"),
     ("logging", "eval_compiled"),
     ("system", "compile_scope"),
+    ("system", "residual_stream"),
 )
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in fields(RunConfig)}  # type: ignore[misc]
@@ -333,6 +334,8 @@ def default_run_name(cfg: RunConfig) -> str:
         name += "_compile" if s.compile_mode == "default" else f"_compile_{s.compile_mode}"
         if s.compile_scope != "model":
             name += f"_{s.compile_scope}"
+    if s.residual_stream != "fp32":
+        name += f"_stream{s.residual_stream}"
     return name
 
 
@@ -362,6 +365,13 @@ def validate(cfg: RunConfig) -> None:
     validate_logging(cfg.logging)
     validate_cost(cfg.cost)
     m = cfg.model
+    if cfg.system.residual_stream == "compute" and m.norm != "pre":
+        # A post-norm block's norms write the stream, and autocast runs them in fp32.
+        raise ConfigError(
+            "system.residual_stream",
+            "compute",
+            f"needs model.norm=pre (this model is {m.norm}-norm): use residual_stream=fp32",
+        )
     if m.max_seq_len and m.max_seq_len < cfg.seq_len:
         raise ConfigError(
             "model.max_seq_len", m.max_seq_len, f"must be >= data.sequence_length={cfg.seq_len}"

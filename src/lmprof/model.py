@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmprof import attention_kernels
+from lmprof import attention_kernels, precision
 from lmprof.attention_kernels import kernel as attention_kernel
 from lmprof.model_args import ModelArgs
 from lmprof.model_ops import SELECTIVE_SAVES
@@ -290,6 +290,10 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(args, self.rope) for _ in range(args.n_layers))
         # system.compile_scope=region (set by the trainer): the blocks run as one nested region.
         self.compile_region = False
+        # The residual stream's dtype when it is not left to the embedding's (fp32 under
+        # autocast; FSDP's mixed precision casts the parameters, so there it is the compute one).
+        compute = args.residual_stream == "compute"
+        self.stream_dtype = precision.torch_dtype(args.stream_dtype) if compute else None
         # Post-norm blocks already end in a norm; a pre-norm stack needs a final one.
         self.ln_f = _norm(args) if args.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(args.d_model, V, bias=False)
@@ -328,6 +332,8 @@ class Transformer(nn.Module):
         elif self.args.pos_encoding == "sinusoidal":
             x = x + self.pos_table[:T].to(x.dtype)
         x = self.drop(x)
+        if self.stream_dtype is not None:  # residual_stream=compute: not the tables' fp32
+            x = x.to(self.stream_dtype)
         for block in self.blocks:
             x = self._run_block(block, x, attention_mask)
         return self.ln_f(x)

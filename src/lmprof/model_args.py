@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmprof.config import ModelConfig, option
+from lmprof.precision import PRECISIONS
 
 
 @dataclass(kw_only=True)
@@ -20,6 +21,7 @@ class ModelArgs(ModelConfig):
     checkpointing: str = option("none", "none | full | selective")
     # attention=auto picks its kernel by the run's precision when the model is built.
     precision: str = option("fp32", "the run's precision (system.precision)")
+    residual_stream: str = option("fp32", "fp32 | compute (system.residual_stream)")
 
     def __post_init__(self) -> None:
         if self.vocab_size <= 0:
@@ -30,6 +32,13 @@ class ModelArgs(ModelConfig):
                 f"{self.d_model}, n_heads {self.n_heads}, n_kv_heads {self.n_kv_heads}"
             )
         self.d_ff = self.ffn_hidden()  # a config's d_ff is resolved already; direct callers' not
+
+    @property
+    def stream_dtype(self) -> str:
+        """The residual stream's torch dtype name: the autocast dtype with residual_stream
+        compute, else fp32 (the embedding's output, to which every residual add promotes)."""
+        p = PRECISIONS[self.precision]
+        return p.dtype if self.residual_stream == "compute" else "float32"
 
     @property
     def d_head(self) -> int:
@@ -54,4 +63,5 @@ class ModelArgs(ModelConfig):
             vocab_size=vocab_size,
             checkpointing=cfg.system.gradient_checkpointing,
             precision=cfg.system.precision,
+            residual_stream=cfg.system.residual_stream,
         )

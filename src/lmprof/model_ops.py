@@ -7,7 +7,9 @@ attention (attention_kernels.py) and of the losses (ops/losses.py) sit beside th
 
 Under autocast the residual stream and the LayerNorms stay fp32 (the parameters are fp32 and
 LayerNorm autocasts to fp32); a matmul reading an fp32 tensor keeps an autocast-dtype copy of it
-for the backward, and one of its weight (cached for the whole forward).
+for the backward, and one of its weight (cached for the whole forward). With residual_stream
+compute the stream is in autocast's dtype from the embedding on: on CUDA autocast runs each norm
+on an fp32 copy of it (the copy is what the norm keeps), on the CPU the norms take it as it is.
 """
 
 from __future__ import annotations
@@ -126,9 +128,21 @@ class LayerNorm(Op):
         self.name, self.d, self.bias = name, d, bias
 
     def cost(self, s: Site, x: Tensor | None) -> Cost:
+        copy, e = self._input(s, x)
         stats = Tensor(f"{self.name}_stats", 2 * s.N * 4, 4, saved=True)
-        out = Tensor(f"{self.name}_out", s.N * self.d * 4, 4)
-        return Cost([stats, out], out, saves_input=True)
+        out = Tensor(f"{self.name}_out", s.N * self.d * e, e)
+        return Cost([*copy, stats, out], out, saves_input=not copy)
+
+    def _input(self, s: Site, x: Tensor | None) -> tuple[list[Tensor], int]:
+        """The fp32 copy CUDA's autocast makes of a low-precision input (kept in its place),
+        and the bytes of an output element: fp32, or the input's on the CPU, whose autocast
+        leaves the norms to run on it."""
+        low = x is not None and x.itemsize != 4
+        if not low:
+            return [], 4
+        if s.cuda and s.autocast:
+            return [Tensor(f"{self.name}_in", s.N * self.d * 4, 4, saved=True)], 4
+        return [], x.itemsize
 
     def params(self, args: Any) -> int:
         return self.d * (2 if self.bias else 1)
@@ -137,19 +151,24 @@ class LayerNorm(Op):
 class RMSNorm(LayerNorm):
     """nn.RMSNorm (fp32 under autocast, as LayerNorm): keeps its input and each row's rstd. On
     CUDA F.rms_norm runs torch's fused kernel; on the CPU it is decomposed (x * rstd, then the
-    weight), which also keeps the normalised x for the weight's gradient."""
+    weight), which also keeps the normalised x for the weight's gradient. A low-precision input
+    (residual_stream compute) is copied to fp32 first, by CUDA's autocast or by the CPU's
+    decomposition, and the copy is what it keeps."""
 
     def cost(self, s: Site, x: Tensor | None) -> Cost:
-        t = [Tensor(f"{self.name}_rstd", s.N * 4, 4, saved=True)]
+        nd = s.N * self.d
+        low = x is not None and x.itemsize != 4
+        t = [Tensor(f"{self.name}_in", nd * 4, 4, saved=True)] if low else []
+        t.append(Tensor(f"{self.name}_rstd", s.N * 4, 4, saved=True))
         if not s.cuda:
-            t.append(Tensor(f"{self.name}_normed", s.N * self.d * 4, 4, saved=True))
-        out = Tensor(f"{self.name}_out", s.N * self.d * 4, 4)
+            t.append(Tensor(f"{self.name}_normed", nd * 4, 4, saved=True))
+        e = x.itemsize if low and not s.cuda else 4  # the CPU's result is cast back
+        out = Tensor(f"{self.name}_out", nd * e, e)
         # The decomposed backward's fp32 gradients of x * rstd and of x, beside the incoming one
         # (autocast's dtype) cast to fp32; the fused kernel's are one gradient, not counted, as
         # LayerNorm's are not.
-        nd = s.N * self.d
         grads = 0 if s.cuda else 2 * nd * 4 + (nd * s.e if s.autocast else 0)
-        return Cost([*t, out], out, saves_input=True, backward_transient=grads)
+        return Cost([*t, out], out, saves_input=not low, backward_transient=grads)
 
     def params(self, args: Any) -> int:
         return self.d
@@ -232,20 +251,22 @@ class Dropout(Op):
 
 
 class Residual(Op):
-    """x + branch(x): the residual stream, fp32 (the branch's autocast output is promoted). It
-    closes a sub-block: the memory model frees a sub-block's tensors when its backward is done."""
+    """x + branch(x): the residual stream, fp32 unless residual_stream compute (the branch's
+    autocast output is promoted to it). It closes a sub-block: the memory model frees a
+    sub-block's tensors when its backward is done."""
 
     def __init__(self, name: str = "residual"):
         self.name = name
 
     def cost(self, s: Site, x: Tensor | None) -> Cost:
-        out = Tensor(f"{self.name}_sum", s.N * s.d * 4, 4)
+        out = Tensor(f"{self.name}_sum", s.N * s.d * s.stream, s.stream)
         return Cost([out], out)
 
     def stream_gradient(self, s: Site) -> int:
-        """The stream's gradient alive through a block's backward: fp32, plus its autocast-dtype
-        copy for the branch."""
-        return s.N * s.d * 4 + (s.N * s.d * s.e if s.autocast else 0)
+        """The stream's gradient alive through a block's backward, plus its autocast-dtype copy
+        for the branch when the stream is fp32."""
+        copy = s.N * s.d * s.e if s.autocast and s.stream != s.e else 0
+        return s.N * s.d * s.stream + copy
 
 
 class Embedding(Op):
@@ -278,6 +299,20 @@ class Embedding(Op):
         if pos == "rope":
             return 2 * int(args.max_seq_len) * (int(args.d_model) // int(args.n_heads)) * 4
         return 0 if self.learned else int(args.max_seq_len) * int(args.d_model) * 4
+
+
+class StreamCast(Op):
+    """residual_stream compute: the embedding's fp32 output cast to the stream's dtype (its
+    backward casts the stream's gradient back to fp32). Nothing with an fp32 stream."""
+
+    name = "stream_cast"
+    group = "copies"
+
+    def cost(self, s: Site, x: Tensor | None) -> Cost:
+        if s.stream == 4 or x is None:
+            return Cost()
+        out = Tensor("stream_in", s.N * s.d * s.stream, s.stream)
+        return Cost([out], out, backward_transient=s.N * s.d * 4)
 
 
 def block_ops(args: Any) -> list[Op]:
@@ -313,7 +348,7 @@ def norm(name: str, args: Any) -> LayerNorm:
 
 def embedding_ops(args: Any) -> list[Op]:
     """What runs before the blocks."""
-    return [Embedding(args), Dropout("emb_drop")]
+    return [Embedding(args), Dropout("emb_drop"), StreamCast()]
 
 
 def head_ops(args: Any) -> list[Op]:

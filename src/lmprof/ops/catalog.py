@@ -40,12 +40,14 @@ class AdamW(Op):
         return super().trace_work(operator, dims, types, group)
 
     @staticmethod
-    def bytes_per_step(n_params: int, clipping: bool) -> float:
+    def bytes_per_step(n_params: int, clipping: bool, in_step: bool = False) -> float:
         """HBM bytes of one step: it reads params, grads, exp_avg and exp_avg_sq and writes
         params, exp_avg and exp_avg_sq (7 x 4 B a parameter); gradient clipping adds the
-        norm's read and the scaling's read and write (3 x 4 B). A trace cannot say this itself:
-        it records a TensorList's shapes as empty."""
-        return float(n_params) * 4 * (7 + (3 if clipping else 0))
+        norm's read and the scaling's read and write (3 x 4 B), or, done in the step
+        (optim.clip_in_step), the norm's read and the step's write of the scaled gradients
+        (2 x 4 B). A trace cannot say this itself: it records a TensorList's shapes as empty."""
+        clip = (2 if in_step else 3) if clipping else 0
+        return float(n_params) * 4 * (7 + clip)
 
 
 def _written_lists(op: str) -> tuple[int, ...]:

@@ -73,6 +73,13 @@ class Site:
         return PRECISIONS[self.precision].autocast is not None
 
     @property
+    def stream(self) -> int:
+        """Bytes of a residual-stream element: the activations' with residual_stream compute,
+        else fp32's (the embedding's, to which every residual add promotes)."""
+        compute = getattr(self.args, "residual_stream", "fp32") == "compute"
+        return self.e if compute else 4
+
+    @property
     def cuda(self) -> bool:
         return self.device != "cpu"
 

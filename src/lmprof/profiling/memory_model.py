@@ -28,7 +28,7 @@ Inside a block's backward the candidate moments are the ops with short-lived buf
 own (the MLP's activation, the attention): there, the op's buffers, the residual stream's
 gradient and the gradients of the matmul weights after it are alive, and the tensors kept by the
 ops after its sub-block's residual add are freed (the norms' few-KB gradients are not counted).
-Full checkpointing keeps each block's input (fp32) and rebuilds one block's tensors during its
+Full checkpointing keeps each block's input (the residual stream) and rebuilds one block's tensors during its
 backward; selective checkpointing keeps the outputs of the operators in
 model_ops.SELECTIVE_SAVES (model.py's policy) and rebuilds the rest; an op whose forward has a
 moment of its own (vanilla attention's raw scores beside its probabilities) adds it then.
@@ -106,7 +106,7 @@ class _Block:
 
 
 def _block(s: Shape, site: Site) -> _Block:
-    x_in = Tensor("x_in", site.N * site.d * 4, 4)  # the block's input (fp32)
+    x_in = Tensor("x_in", site.N * site.d * site.stream, site.stream)  # the block's input
     ran = run(block_ops(s), site, x_in)
     ts = [x_in, *(t for r in ran for t in r.cost.tensors)]
     mode = s.checkpointing
@@ -248,7 +248,7 @@ def step_phases(
     # Before the blocks: the embedding and its dropout; after them: the final norm and the loss,
     # reading the last block's output.
     before = run(embedding_ops(s), site, None)
-    h = Tensor("blocks_out", N * d * 4, 4)
+    h = Tensor("blocks_out", N * d * site.stream, site.stream)
     after = run(head_ops(s), site, h)
     loss = after[-1]
     head = [h, *(t for r in before + after for t in r.cost.tensors)]

@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLELISMS = ("ddp", "fsdp")
 CHECKPOINTING = ("none", "full", "selective")
+RESIDUAL_STREAMS = ("fp32", "compute")
 RESUMES = ("none", "auto")
 
 
@@ -51,6 +52,15 @@ class SystemConfig:
     device: str = option("auto", "where to train", choices=DEVICES)
     precision: str = option(
         "fp32", "numeric precision (see lmprof/precision.py)", choices=PRECISIONS
+    )
+    # Under autocast the embedding's fp32 output makes every residual add fp32, so each norm and
+    # add moves twice the bytes of the compute dtype. compute: the stream in bf16/fp16, as
+    # Megatron (no fp32_residual_connection) and FSDP's param_dtype keep it.
+    residual_stream: str = option(
+        "fp32",
+        "the residual stream's dtype under autocast: fp32, or the compute dtype (bf16/fp16; "
+        "pre-norm only; FSDP's mixed precision always runs it in the compute dtype)",
+        choices=RESIDUAL_STREAMS,
     )
     gradient_checkpointing: str = option(
         "none", "recompute activations in the backward (accepts true/false)", choices=CHECKPOINTING
@@ -149,9 +159,24 @@ def checkpointing_mode(value: Any) -> str:
     return text
 
 
+def effective_residual_stream(system: SystemConfig) -> str:
+    """The stream's dtype as the run has it: FSDP casts the parameters (MixedPrecisionPolicy),
+    so under it an autocast precision's stream is always the compute dtype."""
+    lowp = precision.PRECISIONS[system.precision].autocast is not None
+    return "compute" if lowp and system.parallelism == "fsdp" else system.residual_stream
+
+
 def validate_system(system: SystemConfig, training: TrainingConfig) -> None:
     """torch.compile's CUDA-graph modes against gradient accumulation; the region scope
-    against FSDP."""
+    against FSDP; a compute-dtype residual stream needs a compute dtype other than fp32."""
+    if system.residual_stream == "compute" and not precision.PRECISIONS[system.precision].autocast:
+        autocasts = [p.name for p in precision.PRECISIONS.values() if p.autocast]
+        raise ConfigError(
+            "system.residual_stream",
+            system.residual_stream,
+            f"precision {system.precision} computes in fp32: use residual_stream=fp32, or "
+            f"precision {' or '.join(autocasts)}",
+        )
     if system.compile_mode in CUDAGRAPH_MODES and training.grad_accum_steps > 1:
         raise ConfigError(
             "system.compile_mode",

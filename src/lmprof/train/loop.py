@@ -27,7 +27,7 @@ from lmprof.model import ModelArgs, Transformer
 from lmprof.precision import PRECISIONS, autocast_dtype
 from lmprof.train.distributed import DistInfo, all_reduce_count, all_reduce_sum
 from lmprof.train.instruments import Instruments
-from lmprof.train.optim import build_optimizer, build_scheduler
+from lmprof.train.optim import build_optimizer, build_scheduler, clip_in_step, clips_in_step
 from lmprof.train.outputs import CONSOLE, RunOutputs
 from lmprof.train.state import LossMeter, TrainState
 from lmprof.train.timing import StepTimer, steady_noise
@@ -84,9 +84,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=PRECISIONS[cfg.system.precision].grad_scaler
         )
+        self.params = list(self.model.parameters())
+        self.clip_in_step = clips_in_step(self.optimizer, self.scaler.is_enabled(), self.fsdp)
         self.timer = StepTimer(self.device)
         self.instruments = Instruments(cfg, self.device, dist.is_main)
-        self.instruments.optimizer_bytes_per_step = _optimizer_bytes(self.optimizer, cfg)
+        self.instruments.optimizer_bytes_per_step = _optimizer_bytes(
+            self.optimizer, cfg, self.clip_in_step
+        )
         # Where a stop request is checked outside the step (each evaluation batch): fit's.
         self.checkpoints: Checkpoints | None = None
 
@@ -197,10 +201,14 @@ class Trainer:
             if n_correct is not None:
                 correct = n_correct if correct is None else correct + n_correct
         with phase("optimizer"):
-            if self.cfg.training.max_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.max_grad_norm)
-            self.scaler.step(self.optimizer)
+            max_norm = self.cfg.training.max_grad_norm
+            if max_norm > 0 and self.clip_in_step:
+                clip_in_step(self.optimizer, self.params, max_norm)
+            else:
+                if max_norm > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.params, max_norm)
+                self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
@@ -444,13 +452,13 @@ class Trainer:
         }
 
 
-def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> float:
+def _optimizer_bytes(optimizer: torch.optim.Optimizer, cfg: RunConfig, in_step: bool) -> float:
     """This rank's AdamW traffic a step (a DTensor parameter counts its local shard)."""
     from lmprof.ops.catalog import AdamW
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     n = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
-    return AdamW.bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0)
+    return AdamW.bytes_per_step(n, clipping=cfg.training.max_grad_norm > 0, in_step=in_step)
 
 
 def _compile(model: nn.Module, system) -> nn.Module:

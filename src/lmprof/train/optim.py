@@ -28,6 +28,26 @@ def build_optimizer(
     )
 
 
+def clips_in_step(optimizer: torch.optim.Optimizer, scaler_enabled: bool, fsdp: bool) -> bool:
+    """Whether `clip_in_step` can clip for this optimizer: fused AdamW (it divides each gradient
+    by `grad_scale` in its own pass), no GradScaler (which sets grad_scale for its unscaling)
+    and no FSDP (whose DTensor gradients clip_grad_norm_ handles)."""
+    return bool(optimizer.defaults.get("fused")) and not scaler_enabled and not fsdp
+
+
+def clip_in_step(optimizer: torch.optim.Optimizer, params: list, max_norm: float) -> None:
+    """clip_grad_norm_(params, max_norm), then optimizer.step(), with the clipping done inside
+    fused AdamW's pass: it divides every gradient by `grad_scale` (the hook GradScaler uses),
+    so the norm is the one extra read; clip_grad_norm_ would also read and write every gradient
+    once more. The same coefficient, max_norm / (norm + 1e-6) capped at 1, without a sync."""
+    norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+    optimizer.grad_scale = (norm + 1e-6).div_(max_norm).clamp_(min=1.0)  # type: ignore[attr-defined]
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale  # type: ignore[attr-defined]
+
+
 def lr_factor(step: int, cfg: TrainingConfig) -> float:
     """Multiplier of the base lr at `step`: linear warmup, then cosine/linear decay to the floor."""
     if step < cfg.warmup_steps:

@@ -2,12 +2,14 @@
 
     python benchmarks/optimizer_step.py [--out DIR] [--model small|medium] [--iters N]
 
-Three ways, on lmprof's own parameters (no biases) with random fp32 gradients, each timed by
+Three ways (and the norm alone, two ways), on lmprof's own parameters (no biases) with random fp32 gradients, each timed by
 CUDA events around the whole phase, interleaved round by round so drift hits all three alike:
 - `clip_grad_norm_`: torch.nn.utils.clip_grad_norm_ then the fused AdamW step (the PyTorch path,
   what lmprof ran before `train/optim.py: clip_in_step`);
 - `clip_in_step`: the norm, then the step dividing each gradient by it in its own pass;
-- `no_clip`: the step alone (the floor).
+- `no_clip`: the step alone (the floor);
+- `norm_foreach`, `norm_per_tensor`: the gradients' norm alone, by foreach kernels (what the
+  first two use) or by one reduction a tensor.
 Every variant starts from the same gradients (copied back in before each timing, outside it).
 The table gives the median with p10 and p90, and the bytes `ops.catalog.AdamW.bytes_per_step`
 counts, over the median time. Needs a CUDA GPU.
@@ -33,7 +35,10 @@ SHAPES = {
     "small": {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072},
     "medium": {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096},
 }
-VARIANTS = ("clip_grad_norm_", "clip_in_step", "no_clip")
+VARIANTS = ("clip_grad_norm_", "clip_in_step", "no_clip", "norm_foreach", "norm_per_tensor")
+# The norm alone, two ways: the variants above compute it with foreach kernels
+# (get_total_norm(foreach=True), which clip_grad_norm_ uses on CUDA), or one reduction a tensor.
+NORMS = {"norm_foreach": True, "norm_per_tensor": False}
 
 
 def _setup(model: str):
@@ -60,6 +65,8 @@ def _phase(variant: str, opt, params) -> None:
         opt.step()
     elif variant == "clip_in_step":
         clip_in_step(opt, params, 1.0)
+    elif variant in NORMS:
+        nn.utils.get_total_norm([p.grad for p in params], foreach=NORMS[variant])
     else:
         opt.step()
 
@@ -98,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for v in VARIANTS:
         med, p10, p90 = _q(times[v])
-        clipping = v != "no_clip"
-        nbytes = AdamW.bytes_per_step(n, clipping=clipping, in_step=v == "clip_in_step")
+        if v in NORMS:
+            nbytes = 4.0 * n  # every gradient read once
+        else:
+            nbytes = AdamW.bytes_per_step(n, clipping=v != "no_clip", in_step=v == "clip_in_step")
         rows.append(
             {
                 "variant": v,

@@ -8,8 +8,8 @@ CUDA events around the whole phase, interleaved round by round so drift hits all
   what lmprof ran before `train/optim.py: clip_in_step`);
 - `clip_in_step`: the norm, then the step dividing each gradient by it in its own pass;
 - `no_clip`: the step alone (the floor);
-- `norm_foreach`, `norm_per_tensor`: the gradients' norm alone, by foreach kernels (what the
-  first two use) or by one reduction a tensor.
+- `norm_foreach`, `norm_per_tensor`, `norm_compiled`: the gradients' norm alone, by foreach
+  kernels (what the first two use), by one reduction a tensor, or by inductor's code.
 Every variant starts from the same gradients (copied back in before each timing, outside it).
 The table gives the median with p10 and p90, and the bytes `ops.catalog.AdamW.bytes_per_step`
 counts, over the median time. Needs a CUDA GPU.
@@ -35,7 +35,14 @@ SHAPES = {
     "small": {"n_layers": 12, "d_model": 768, "n_heads": 12, "d_ff": 3072},
     "medium": {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096},
 }
-VARIANTS = ("clip_grad_norm_", "clip_in_step", "no_clip", "norm_foreach", "norm_per_tensor")
+VARIANTS = (
+    "clip_grad_norm_",
+    "clip_in_step",
+    "no_clip",
+    "norm_foreach",
+    "norm_per_tensor",
+    "norm_compiled",
+)
 # The norm alone, two ways: the variants above compute it with foreach kernels
 # (get_total_norm(foreach=True), which clip_grad_norm_ uses on CUDA), or one reduction a tensor.
 NORMS = {"norm_foreach": True, "norm_per_tensor": False}
@@ -59,12 +66,19 @@ def _setup(model: str):
     return params, grads, opt
 
 
+@torch.compile
+def _compiled_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([g.float().pow(2).sum() for g in grads]).sum().sqrt()
+
+
 def _phase(variant: str, opt, params) -> None:
     if variant == "clip_grad_norm_":
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
     elif variant == "clip_in_step":
         clip_in_step(opt, params, 1.0)
+    elif variant == "norm_compiled":
+        _compiled_norm([p.grad for p in params])
     elif variant in NORMS:
         nn.utils.get_total_norm([p.grad for p in params], foreach=NORMS[variant])
     else:
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for v in VARIANTS:
         med, p10, p90 = _q(times[v])
-        if v in NORMS:
+        if v.startswith("norm_"):
             nbytes = 4.0 * n  # every gradient read once
         else:
             nbytes = AdamW.bytes_per_step(n, clipping=v != "no_clip", in_step=v == "clip_in_step")

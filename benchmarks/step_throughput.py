@@ -214,6 +214,9 @@ CONFIGS: dict[str, dict] = {
         loss="quack_chunked",
         compile_mode="reduce-overhead",
     ),
+    "medium_cudnn_bf16_compile_stream": _cfg(
+        MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True, residual_stream="compute"
+    ),
     **{
         f"medium_fa4_bf16_compile_quack_chunked_cudagraphs{suffix}": _cfg(
             MEDIUM,

@@ -300,6 +300,9 @@ def read_results(run: Run, out: Path) -> None:
         run.row = rows[-1] if rows else {}
 
 
+TRAINERS = ("nanoGPT", "lmprof")
+
+
 def _f(v: float | None, digits: int = 4) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
@@ -327,7 +330,7 @@ def table(runs: list[Run], smoke: bool) -> str:
         )
     lines += ["", "| trainer | seeds | best val loss: median (min to max) | at step: median |"]
     lines.append("| --- | --- | --- | --- |")
-    for trainer in ("nanoGPT", "lmprof"):
+    for trainer in TRAINERS:
         bests = [b for r in runs if r.trainer == trainer and (b := r.best())]
         if not bests:
             lines.append(f"| {trainer} | 0 | n/a | n/a |")
@@ -378,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="lmprof overrides after the recipe's (how lmprof runs it, not what it trains)",
     )
+    p.add_argument(
+        "--trainers",
+        nargs="+",
+        choices=TRAINERS,
+        default=list(TRAINERS),
+        help="which trainers run (one alone: a loss check against an earlier run of the other)",
+    )
     a = p.parse_args(argv)
     for path, what in ((a.nanogpt / "train.py", "nanoGPT's train.py"), (a.text, "input.txt")):
         if not path.is_file():
@@ -393,13 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         halves = prepare(scratch, a.nanogpt.resolve(), a.text.resolve())
         runs = []
         for seed in a.seeds:
-            for trainer in ("nanoGPT", "lmprof"):
+            for trainer in a.trainers:
                 if trainer == "nanoGPT":
                     args = nanogpt_argv(a.nanogpt.resolve(), scratch, seed, a.smoke)
                 else:
                     args = lmprof_argv(out, scratch, halves, seed, a.smoke, tuple(a.lmprof_set))
                 runs.append(Run(trainer, seed, args, out / "logs" / f"{trainer}_seed{seed}.log"))
-        first, rest = runs[:2], runs[2:]
+        first, rest = runs[: len(a.trainers)], runs[len(a.trainers) :]
         for r in first:
             r.alone = True
             run_all([r], scratch, 1, deadline)

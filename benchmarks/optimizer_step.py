@@ -11,8 +11,12 @@ CUDA events around the whole phase, interleaved round by round so drift hits all
 - `norm_foreach`, `norm_per_tensor`, `norm_compiled`: the gradients' norm alone, by foreach
   kernels (what the first two use), by one reduction a tensor, or by inductor's code.
 Every variant starts from the same gradients (copied back in before each timing, outside it).
-The table gives the median with p10 and p90, and the bytes `ops.catalog.AdamW.bytes_per_step`
-counts, over the median time. Needs a CUDA GPU.
+Each is timed twice a round. Queued: behind a ~5 ms `torch.cuda._sleep`, so the host has
+launched the whole phase before its first kernel runs: kernel time only, as in a training step,
+where the host launches the optimizer while the backward still runs. From idle: the GPU waits
+on the host's launches, as a benchmark of the phase alone would see it.
+The table gives the medians with p10 and p90, and the bytes `ops.catalog.AdamW.bytes_per_step`
+counts, over the queued median. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ VARIANTS = (
 # The norm alone, two ways: the variants above compute it with foreach kernels
 # (get_total_norm(foreach=True), which clip_grad_norm_ uses on CUDA), or one reduction a tensor.
 NORMS = {"norm_foreach": True, "norm_per_tensor": False}
+QUEUED = (True, False)
+SLEEP_CYCLES = 10_000_000  # ~5 ms at the H100's ~1.98 GHz: longer than any phase's launches
 
 
 def _setup(model: str):
@@ -100,25 +106,30 @@ def main(argv: list[str] | None = None) -> int:
         print("optimizer_step: needs a CUDA GPU", file=sys.stderr)
         return 2
     params, grads, opt = _setup(a.model)
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[tuple[str, bool], list[float]] = {(v, q): [] for v in VARIANTS for q in QUEUED}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for i in range(a.iters + 5):
         for v in VARIANTS:
-            for p, g in zip(params, grads, strict=True):
-                if p.grad is None:
-                    p.grad = g.clone()
-                else:
-                    p.grad.copy_(g)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            _phase(v, opt, params)
-            end.record()
-            end.synchronize()
-            if i >= 5:  # the first rounds build the fused kernels' state
-                times[v].append(start.elapsed_time(end))
+            for queued in QUEUED:
+                for p, g in zip(params, grads, strict=True):
+                    if p.grad is None:
+                        p.grad = g.clone()
+                    else:
+                        p.grad.copy_(g)
+                torch.cuda.synchronize()
+                if queued:
+                    torch.cuda._sleep(SLEEP_CYCLES)
+                start.record()
+                _phase(v, opt, params)
+                end.record()
+                end.synchronize()
+                if i >= 5:  # the first rounds build the fused kernels' state
+                    times[v, queued].append(start.elapsed_time(end))
     n = sum(p.numel() for p in params)
     rows = []
     for v in VARIANTS:
-        med, p10, p90 = _q(times[v])
+        med, p10, p90 = _q(times[v, True])
+        idle, idle10, idle90 = _q(times[v, False])
         if v.startswith("norm_"):
             nbytes = 4.0 * n  # every gradient read once
         else:
@@ -129,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ms_p50": med,
                 "ms_p10": p10,
                 "ms_p90": p90,
+                "idle_ms_p50": idle,
+                "idle_ms_p10": idle10,
+                "idle_ms_p90": idle90,
                 "counted_gb": nbytes / 1e9,
                 "tb_per_s": nbytes / (med * 1e-3) / 1e12,
             }
@@ -139,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         head,
         "",
-        "| variant | ms p50 [p10, p90] | counted GB | TB/s at p50 |",
-        "| --- | --- | --- | --- |",
+        "| variant | queued ms p50 [p10, p90] | from idle ms p50 [p10, p90] | counted GB "
+        "| TB/s at queued p50 |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['ms_p50']:.3f} [{r['ms_p10']:.3f}, {r['ms_p90']:.3f}] "
+            f"| {r['idle_ms_p50']:.3f} [{r['idle_ms_p10']:.3f}, {r['idle_ms_p90']:.3f}] "
             f"| {r['counted_gb']:.2f} | {r['tb_per_s']:.2f} |"
         )
     table = "\n".join(lines) + "\n"

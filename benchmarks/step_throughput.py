@@ -203,6 +203,17 @@ CONFIGS: dict[str, dict] = {
         compile=True,
         compile_mode="max-autotune-no-cudagraphs",
     ),
+    # Inductor's Triton matmul templates, which can take GELU (and the bias) into a GEMM's
+    # epilogue, compiled for one block (the region scope) to keep the autotuning short.
+    "small_cudnn_bf16_compile_nobias_stream_region_autotune": _vs_nanogpt(
+        attention="cudnn",
+        residual_stream="compute",
+        compile_scope="region",
+        compile_mode="max-autotune-no-cudagraphs",
+    ),
+    "small_cudnn_bf16_compile_nobias_stream_region": _vs_nanogpt(
+        attention="cudnn", residual_stream="compute", compile_scope="region"
+    ),
     "medium_cudnn_bf16_compile": _cfg(MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True),
     "medium_cudnn_bf16_compile_quack_chunked_cudagraphs": _cfg(
         MEDIUM,
@@ -308,6 +319,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "small_fa4_bf16_compile_bias_quack_chunked_cudagraphs_stream",
         "medium_fa4_bf16_compile_quack_chunked_cudagraphs",
         "medium_fa4_bf16_compile_quack_chunked_cudagraphs_stream",
+    ),
+    # The Triton-template route to the MLP's epilogues, beside the same row without it.
+    "autotune": (
+        "nanogpt_small_nobias",
+        "small_cudnn_bf16_compile_nobias_stream_region",
+        "small_cudnn_bf16_compile_nobias_stream_region_autotune",
     ),
     "small_kernels": ("char_cudnn_bf16_compile_loop", "char_vanilla_bf16_compile_loop"),
 }

@@ -205,15 +205,12 @@ CONFIGS: dict[str, dict] = {
     ),
     # Inductor's Triton matmul templates, which can take GELU (and the bias) into a GEMM's
     # epilogue, compiled for one block (the region scope) to keep the autotuning short.
-    "small_cudnn_bf16_compile_nobias_stream_region_autotune": _vs_nanogpt(
-        attention="cudnn",
-        residual_stream="compute",
-        compile_scope="region",
-        compile_mode="max-autotune-no-cudagraphs",
-    ),
-    "small_cudnn_bf16_compile_nobias_stream_region": _vs_nanogpt(
-        attention="cudnn", residual_stream="compute", compile_scope="region"
-    ),
+    **{
+        f"small_cudnn_bf16_compile_nobias_stream_region{suffix}": _vs_nanogpt(
+            attention="cudnn", residual_stream="compute", compile_scope="region", **kw
+        )
+        for suffix, kw in (("", {}), ("_autotune", {"compile_mode": "max-autotune-no-cudagraphs"}))
+    },
     "medium_cudnn_bf16_compile": _cfg(MEDIUM, 16, 1024, **FAST, attention="cudnn", compile=True),
     "medium_cudnn_bf16_compile_quack_chunked_cudagraphs": _cfg(
         MEDIUM,
